@@ -1,0 +1,235 @@
+"""Stage 1: MIFAE pre-training on real faces (facial-region-guided masking + high-frequency masking).
+
+One process:      python main_pretrain.py --data_path faces.csv --model mae_vit_base_patch16 ...
+Several GPUs:     torchrun --nproc_per_node 8 main_pretrain.py ...
+Slurm:            python submitit_pretrain.py --nodes 8 ...   (same flags)
+"""
+import argparse
+import datetime
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+import models_mae
+import util.misc as misc
+from engine_pretrain import train_one_epoch
+from util.datasets import FaceDataset, FaceTransform, load_samples
+from util.freq import max_radius
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser('MIFAE pre-training', add_help=False)
+    parser.add_argument('--batch_size', default=64, type=int, help='batch size per GPU (effective: batch_size * accum_iter * #gpus)')
+    parser.add_argument('--epochs', default=400, type=int)
+    parser.add_argument('--accum_iter', default=1, type=int, help='accumulate gradients over this many iterations')
+
+    g = parser.add_argument_group('model')
+    g.add_argument('--model', default='mae_vit_base_patch16', type=str, metavar='MODEL',
+                   help=f'one of: {", ".join(models_mae.MODELS)}')
+    g.add_argument('--input_size', default=224, type=int, help='image size')
+    g.add_argument('--mask_ratio', default=0.75, type=float, help='fraction of patches removed')
+    g.add_argument('--mask_strategy', default='facial', choices=['facial', 'random'],
+                   help='facial: facial-region-guided masking; random: vanilla MAE masking')
+    g.add_argument('--num_mask_regions', default=1, type=int, help='facial regions hidden per image (1-4)')
+    g.add_argument('--norm_pix_loss', action='store_true', help='spatial loss on per-patch normalised pixels')
+    g.set_defaults(norm_pix_loss=False)
+    g.add_argument('--mask_radius', '--radius', dest='mask_radius', default=None, type=float,
+                   help='low-frequency disc radius in frequency bins (default 16 at 224 px, scaled with input_size)')
+    g.add_argument('--lamda', default=1.0, type=float, help='weight of the frequency loss')
+    g.add_argument('--ffl_alpha', default=1.0, type=float, help='focal frequency loss exponent (0 = plain mean distance)')
+
+    g = parser.add_argument_group('optimizer')
+    g.add_argument('--weight_decay', type=float, default=0.05)
+    g.add_argument('--lr', type=float, default=None, metavar='LR', help='absolute lr (default: blr * eff_batch / 256)')
+    g.add_argument('--blr', type=float, default=1.5e-4, metavar='LR', help='base lr per 256 images')
+    g.add_argument('--min_lr', type=float, default=0., metavar='LR', help='floor of the cosine schedule')
+    g.add_argument('--warmup_epochs', type=int, default=40, metavar='N')
+    g.add_argument('--clip_grad', type=float, default=None, help='max gradient norm (off by default)')
+
+    g = parser.add_argument_group('data')
+    g.add_argument('--data_path', default='', type=str, help='manifest CSV or folder of faces with sidecar .npy landmarks')
+    g.add_argument('--min_crop_scale', default=0.2, type=float, help='RandomResizedCrop minimum area fraction')
+    g.add_argument('--strict_data', action='store_true', help='an unreadable image is an error, not skipped')
+    g.add_argument('--num_workers', default=10, type=int)
+    g.add_argument('--pin_mem', action='store_true', help='pin CPU memory in DataLoader')
+    g.add_argument('--no_pin_mem', action='store_false', dest='pin_mem')
+    parser.set_defaults(pin_mem=True)
+
+    g = parser.add_argument_group('run')
+    g.add_argument('--output_dir', default='./output_dir', help='where checkpoints and log.txt go')
+    g.add_argument('--log_dir', default=None, help='TensorBoard folder (default: output_dir)')
+    g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    g.add_argument('--seed', default=0, type=int)
+    g.add_argument('--resume', default='', help='checkpoint to resume from')
+    g.add_argument('--auto_resume', action='store_true', default=True,
+                   help='resume from output_dir/checkpoint-last.pth when it exists (default)')
+    g.add_argument('--no_auto_resume', action='store_false', dest='auto_resume')
+    g.add_argument('--init_from', default='', help='initialise from a MAE/MIFAE checkpoint (weights only)')
+    g.add_argument('--start_epoch', default=0, type=int, metavar='N')
+    g.add_argument('--save_freq', default=20, type=int, help='also keep checkpoint-<epoch>.pth every N epochs')
+    g.add_argument('--amp', default='auto', choices=['auto', 'bf16', 'fp16', 'none'],
+                   help='autocast precision (auto: bf16 on CUDA, fp32 on CPU)')
+    g.add_argument('--compile', default='auto', choices=['auto', 'on', 'off'],
+                   help='torch.compile the model (auto: on for CUDA, off on CPU)')
+    g.add_argument('--print_freq', default=20, type=int, help='iterations between loss read-backs and logs')
+    g.add_argument('--quiet', action='store_true', help='no progress bar')
+
+    g = parser.add_argument_group('distributed')
+    g.add_argument('--world_size', default=1, type=int, help='number of processes (set by the launcher)')
+    g.add_argument('--local_rank', default=-1, type=int)
+    g.add_argument('--dist_on_itp', action='store_true')
+    g.add_argument('--dist_url', default='env://', help='rendezvous for init_process_group')
+    g.add_argument('--dist_timeout', default=600, type=int, help='seconds to wait for the other processes')
+    return parser
+
+
+def patch_size_of(model_name):
+    m = re.search(r'patch(\d+)', model_name)
+    return int(m.group(1)) if m else 16
+
+
+def check_args(args):
+    """Reject contradictory flags at start with a one-line reason."""
+    def fail(msg):
+        raise SystemExit(f'main_pretrain.py: error: {msg}')
+    if args.model not in models_mae.MODELS:
+        fail(f'--model {args.model} is unknown; choose one of {", ".join(models_mae.MODELS)}')
+    p = patch_size_of(args.model)
+    if args.input_size % p:
+        fail(f'--input_size {args.input_size} is not divisible by the patch size {p} of {args.model}')
+    if not 0 < args.mask_ratio < 1:
+        fail(f'--mask_ratio {args.mask_ratio} must lie strictly between 0 and 1')
+    limit = max_radius(args.input_size, args.input_size)
+    if args.mask_radius is not None and not 0 < args.mask_radius <= limit:
+        fail(f'--mask_radius {args.mask_radius} must lie in (0, {limit:.1f}]: the {args.input_size}x{args.input_size} '
+             f'spectrum has no bin farther from its centre')
+    if not 1 <= args.num_mask_regions <= 4:
+        fail(f'--num_mask_regions {args.num_mask_regions} must be 1 to 4 (eyes, nose, mouth)')
+    for flag in ('batch_size', 'accum_iter', 'epochs', 'save_freq', 'print_freq'):
+        if getattr(args, flag) < 1:
+            fail(f'--{flag} must be at least 1')
+    if args.num_workers < 0:
+        fail('--num_workers must be >= 0')
+    if not 0 < args.min_crop_scale <= 1:
+        fail(f'--min_crop_scale {args.min_crop_scale} must lie in (0, 1]')
+    if not args.data_path:
+        fail('--data_path is required (a manifest CSV or a folder of face images)')
+    if not Path(args.data_path).exists():
+        fail(f'--data_path {args.data_path} does not exist')
+    if args.amp == 'fp16' and not str(args.device).startswith('cuda'):
+        fail('--amp fp16 needs a CUDA device (use bf16 or none on CPU)')
+
+
+def build_model(args):
+    return models_mae.MODELS[args.model](img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
+                                         mask_ratio=args.mask_ratio, mask_radius=args.mask_radius,
+                                         ffl_alpha=args.ffl_alpha, lamda=args.lamda)
+
+
+def init_from_checkpoint(model, path):
+    """Initialise from an original MAE (encoder only or full) or a MIFAE checkpoint; report what is fresh."""
+    ckpt = misc.load_checkpoint(path)
+    state = ckpt.get('model', ckpt)
+    own = model.state_dict()
+    fixed = {'pos_embed', 'decoder_pos_embed'}                 # fixed sin-cos: rebuilt for this input size
+    mismatched = [f'{k}: {tuple(v.shape)} in file, {tuple(own[k].shape)} here' for k, v in state.items()
+                  if k in own and k not in fixed and v.shape != own[k].shape]
+    if mismatched:
+        raise SystemExit(f'{path}: {len(mismatched)} tensor(s) differ in shape, e.g. {mismatched[0]} '
+                         f'(is --model right?)')
+    state = {k: v for k, v in state.items() if k in own and k not in fixed}
+    missing = sorted(set(own) - set(state) - fixed)
+    model.load_state_dict(state, strict=False)
+    fresh = sorted({k.split('.')[0] for k in missing})
+    print(f'Initialised from {path}: {len(state)} tensors loaded; freshly initialised: {", ".join(fresh) or "none"}')
+
+
+def build_loader(args, samples):
+    dataset = FaceDataset(samples, FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0)),
+                          mask_strategy=args.mask_strategy, patch_size=patch_size_of(args.model),
+                          mask_ratio=args.mask_ratio, num_regions=args.num_mask_regions, strict=args.strict_data)
+    if len(dataset) < args.batch_size * misc.get_world_size():
+        raise SystemExit(f'--data_path {args.data_path}: {len(dataset)} images are fewer than one batch '
+                         f'({args.batch_size} x {misc.get_world_size()} processes)')
+    if args.distributed:
+        sampler = DistributedSampler(dataset, num_replicas=misc.get_world_size(), rank=misc.get_rank(),
+                                     shuffle=True, seed=args.seed)
+    else:
+        sampler = RandomSampler(dataset)
+    loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
+                        pin_memory=args.pin_mem and str(args.device).startswith('cuda'), drop_last=True,
+                        persistent_workers=args.num_workers > 0)
+    return dataset, sampler, loader
+
+
+def main(args):
+    check_args(args)
+    misc.init_distributed_mode(args)
+    device = torch.device(args.device)
+    if args.distributed and device.type == 'cuda':
+        device = torch.device('cuda', args.gpu)
+    misc.seed_everything(args.seed + misc.get_rank())
+    if args.output_dir:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    args.log_dir = args.log_dir or args.output_dir
+
+    samples = load_samples(args.data_path)
+    dataset, sampler, loader = build_loader(args, samples)
+
+    model = build_model(args).to(device)
+    if args.init_from:
+        init_from_checkpoint(model, args.init_from)
+    model_without_ddp = model
+
+    eff_batch = args.batch_size * args.accum_iter * misc.get_world_size()
+    if args.lr is None:
+        args.lr = args.blr * eff_batch / 256
+    optimizer = misc.make_adamw(misc.param_groups_weight_decay(model_without_ddp, args.weight_decay),
+                                lr=args.lr, betas=(0.9, 0.95), device=device)
+    amp_dtype, scaler = misc.resolve_amp(args.amp, device)
+    misc.resume_training(args, model_without_ddp, optimizer, scaler)
+
+    if args.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == 'cuda' else None)
+    if args.compile == 'on' or (args.compile == 'auto' and device.type == 'cuda'):
+        model = torch.compile(model)
+
+    if misc.is_main_process():
+        print(f'{args.model}: {sum(p.numel() for p in model_without_ddp.parameters()) / 1e6:.1f}M parameters, '
+              f'{len(dataset)} images, mask {args.mask_strategy} {args.mask_ratio}, radius {model_without_ddp.mask_radius:g}')
+        print(f'effective batch size {eff_batch} = {args.batch_size} x {args.accum_iter} accum x '
+              f'{misc.get_world_size()} processes; lr {args.lr:.3e} (blr {args.blr:.3e} x {eff_batch} / 256)')
+        print(json.dumps({k: v for k, v in vars(args).items()}, default=str))
+    log_writer = misc.make_log_writer(args.log_dir)
+
+    start_time, stats = time.time(), {}
+    for epoch in range(args.start_epoch, args.epochs):
+        if args.distributed:
+            sampler.set_epoch(epoch)
+        stats = train_one_epoch(model, loader, optimizer, device, epoch, amp_dtype, scaler, log_writer, args)
+        stats['epoch'] = epoch
+        if args.output_dir:
+            misc.save_checkpoint(args.output_dir, 'checkpoint-last.pth', model_without_ddp, optimizer, epoch, args, scaler)
+            if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.epochs:
+                misc.save_checkpoint(args.output_dir, f'checkpoint-{epoch}.pth', model_without_ddp, optimizer,
+                                     epoch, args, scaler)
+        misc.append_log(args.output_dir, stats)
+        if misc.is_main_process():
+            print(f'epoch {epoch}: ' + ', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}'
+                                                for k, v in stats.items()), flush=True)
+    if log_writer is not None:
+        log_writer.close()
+    if args.distributed:
+        torch.distributed.destroy_process_group()
+    if misc.is_main_process():
+        print(f'Training time {datetime.timedelta(seconds=int(time.time() - start_time))}')
+    return stats
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser('MIFAE pre-training', parents=[get_args_parser()])
+    main(parser.parse_args())

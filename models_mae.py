@@ -1,0 +1,239 @@
+"""MIFAE: a ViT masked autoencoder with a spatial and a frequency pretext task sharing one encoder.
+
+Spatial branch (facial-region-guided masking): the encoder sees the visible 25% of the patches, the
+spatial decoder (MAE's, 8 x 512 for ViT-B) predicts the removed ones; MSE on removed patches.
+Frequency branch (high-frequency masking): the encoder -- same blocks, own cls token -- sees all
+patches of the low-pass image; a light frequency decoder predicts an image whose spectrum must match
+the original's in the masked high-frequency bins; focal frequency loss.
+loss = spatial + lamda * frequency.
+
+Shapes are static throughout: a mask removes a fixed number of patches, visible tokens are picked with
+`gather` on index tensors, so the step compiles into one graph and needs no host synchronisation.
+"""
+from functools import partial
+
+import torch
+import torch.nn as nn
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+
+from util.freq import filter_spectrum, low_pass_mask, max_radius
+from util.losses import focal_frequency_loss, masked_patch_mse, to_gray
+from util.masking import num_masked
+from util.pos_embed import sincos_pos_embed_2d
+
+
+def default_mask_radius(img_size):
+    """The paper's radius of 16 frequency bins at 224 px, scaled with the input size."""
+    return 16.0 * img_size / 224
+
+
+class MaskedImageFrequencyAutoencoder(nn.Module):
+    def __init__(self, img_size=224, patch_size=16, in_chans=3,
+                 embed_dim=1024, depth=24, num_heads=16,
+                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
+                 mlp_ratio=4., norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                 norm_pix_loss=False, mask_ratio=0.75, mask_radius=None, ffl_alpha=1.0, lamda=1.0):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f'img_size {img_size} is not divisible by the patch size {patch_size}')
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.norm_pix_loss, self.mask_ratio = norm_pix_loss, mask_ratio
+        self.mask_radius = default_mask_radius(img_size) if mask_radius is None else float(mask_radius)
+        if not 0 < self.mask_radius <= max_radius(img_size, img_size):
+            raise ValueError(f'mask_radius {self.mask_radius} must lie in (0, {max_radius(img_size, img_size):.1f}]'
+                             f' for a {img_size}x{img_size} spectrum')
+        self.ffl_alpha, self.lamda = ffl_alpha, lamda
+
+        # ---- shared encoder
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.num_patches = num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.freq_cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))   # the frequency branch's own
+        grid = img_size // patch_size
+        self.register_buffer('pos_embed', torch.from_numpy(sincos_pos_embed_2d(embed_dim, grid, True))[None])
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)])
+        self.norm = norm_layer(embed_dim)
+
+        # ---- spatial decoder
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.register_buffer('decoder_pos_embed',
+                             torch.from_numpy(sincos_pos_embed_2d(decoder_embed_dim, grid, True))[None])
+        self.decoder_blocks = nn.ModuleList([
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(decoder_depth)])
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
+
+        # ---- light frequency decoder: embed -> Linear -> LayerNorm -> Linear to pixels
+        self.freq_decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.freq_decoder_fc = nn.Linear(decoder_embed_dim, decoder_embed_dim)
+        self.freq_decoder_norm = norm_layer(decoder_embed_dim)
+        self.freq_decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
+
+        # ---- frequency filters, in FFT (unshifted) order: 1 = kept low frequency / 1 = scored high frequency
+        _, keep = low_pass_mask(img_size, img_size, self.mask_radius)
+        self.register_buffer('freq_keep', keep.clone(), persistent=False)
+        self.register_buffer('freq_scored', 1 - keep, persistent=False)
+
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        w = self.patch_embed.proj.weight.data
+        torch.nn.init.xavier_uniform_(w.view([w.shape[0], -1]))     # like a Linear on flattened patches
+        for t in (self.cls_token, self.freq_cls_token, self.mask_token):
+            torch.nn.init.normal_(t, std=.02)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            torch.nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.bias, 0)
+            nn.init.constant_(m.weight, 1.0)
+
+    # ------------------------------------------------------------------ patches
+    def patchify(self, imgs):
+        """[N, C, H, W] -> [N, L, p*p*C] (patch pixels in (row, col, channel) order)."""
+        p, c = self.patch_size, self.in_chans
+        n, _, h, w = imgs.shape
+        x = imgs.reshape(n, c, h // p, p, w // p, p)
+        return torch.einsum('nchpwq->nhwpqc', x).reshape(n, (h // p) * (w // p), p * p * c)
+
+    def unpatchify(self, x):
+        """[N, L, p*p*C] -> [N, C, H, W]."""
+        p, c = self.patch_size, self.in_chans
+        g = int(round(x.shape[1] ** .5))
+        x = x.reshape(x.shape[0], g, g, p, p, c)
+        return torch.einsum('nhwpqc->nchpwq', x).reshape(x.shape[0], c, g * p, g * p)
+
+    def random_masks(self, n, device):
+        """Vanilla MAE masks made on the device (for benchmarks and mask-less calls). -> [N, L] bool"""
+        L = self.num_patches
+        order = torch.rand(n, L, device=device).argsort(dim=1)
+        return order.argsort(dim=1) < num_masked(L, self.mask_ratio)
+
+    # ------------------------------------------------------------------ spatial branch
+    def forward_encoder(self, imgs, mask):
+        """Encode the visible patches. mask: [N, L], True = removed. -> latent [N, 1+K, D], ids_restore [N, L]"""
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:]                  # [N, L, D]
+        n, L, d = x.shape
+        num_keep = L - num_masked(L, self.mask_ratio)
+        ids_shuffle = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)  # visible first, in patch order
+        ids_restore = torch.argsort(ids_shuffle, dim=1)                     # token j -> patch ids_shuffle[j]
+        ids_keep = ids_shuffle[:, :num_keep]                                # [N, K]
+        x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, d))  # [N, K, D]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(n, -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), ids_restore
+
+    def forward_decoder(self, latent, ids_restore=None):
+        """Predict every patch's pixels from cls + K tokens. -> [N, L, p*p*C]
+
+        The K tokens are the visible ones in the order of ids_shuffle; ids_restore=None means all L
+        patches are present in patch order (stage 2 reconstructs from the classifier's full token set).
+        """
+        x = self.decoder_embed(latent)                                      # [N, 1+K, Dd]
+        n, _, d = x.shape
+        num_missing = self.num_patches + 1 - x.shape[1]
+        tokens = x[:, 1:]
+        if num_missing:
+            tokens = torch.cat([tokens, self.mask_token.expand(n, num_missing, -1)], dim=1)  # [N, L, Dd]
+        if ids_restore is not None:                                         # every token back at its patch
+            tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
+        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    def spatial_loss(self, imgs, pred, mask):
+        return masked_patch_mse(pred, self.patchify(imgs), mask, self.norm_pix_loss)
+
+    # ------------------------------------------------------------------ frequency branch
+    def low_pass(self, imgs):
+        """High-frequency masking of the input: the low-pass image. [N, C, H, W] float32"""
+        return filter_spectrum(imgs, self.freq_keep)
+
+    def forward_freq_encoder(self, low_imgs):
+        """Encode all patches of the low-pass image with the shared blocks. -> [N, 1+L, D]"""
+        x = self.patch_embed(low_imgs.to(self.patch_embed.proj.weight.dtype)) + self.pos_embed[:, 1:]
+        cls = (self.freq_cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward_freq_decoder(self, latent):
+        """Predict the full image from the patch tokens. -> [N, C, H, W]"""
+        x = self.freq_decoder_embed(latent[:, 1:])
+        x = self.freq_decoder_pred(self.freq_decoder_norm(self.freq_decoder_fc(x)))
+        return self.unpatchify(x)
+
+    def frequency_loss(self, imgs, freq_pred):
+        """Focal frequency loss between grayscale spectra, over the masked (high-frequency) bins only."""
+        return focal_frequency_loss(to_gray(freq_pred), to_gray(imgs), self.freq_scored, self.ffl_alpha)
+
+    # ------------------------------------------------------------------ both
+    def forward(self, imgs, mask=None):
+        """imgs: [N, C, H, W] normalised; mask: [N, L] bool, True = removed (None: random on the device).
+
+        Returns (loss, outputs) with outputs holding spat_loss, freq_loss, pred [N, L, p*p*C],
+        mask, low [N, C, H, W] and freq_pred [N, C, H, W].
+        """
+        if mask is None:
+            mask = self.random_masks(imgs.shape[0], imgs.device)
+        latent, ids_restore = self.forward_encoder(imgs, mask)
+        pred = self.forward_decoder(latent, ids_restore)
+        spat_loss = self.spatial_loss(imgs, pred, mask)
+
+        low = self.low_pass(imgs)
+        freq_pred = self.forward_freq_decoder(self.forward_freq_encoder(low))
+        freq_loss = self.frequency_loss(imgs, freq_pred)
+
+        loss = spat_loss + self.lamda * freq_loss
+        return loss, dict(spat_loss=spat_loss, freq_loss=freq_loss, pred=pred, mask=mask, low=low,
+                          freq_pred=freq_pred)
+
+
+# ---------------------------------------------------------------------- factories (looked up by --model)
+def _mifae(**kw):
+    defaults = dict(mlp_ratio=4, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    defaults.update(kw)
+    return MaskedImageFrequencyAutoencoder(**defaults)
+
+
+def mae_vit_tiny_patch16(**kwargs):
+    return _mifae(patch_size=16, embed_dim=192, depth=12, num_heads=3,
+                  decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4, **kwargs)
+
+
+def mae_vit_small_patch16(**kwargs):
+    return _mifae(patch_size=16, embed_dim=384, depth=12, num_heads=6,
+                  decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8, **kwargs)
+
+
+def mae_vit_base_patch16(**kwargs):
+    return _mifae(patch_size=16, embed_dim=768, depth=12, num_heads=12,
+                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, **kwargs)
+
+
+def mae_vit_large_patch16(**kwargs):
+    return _mifae(patch_size=16, embed_dim=1024, depth=24, num_heads=16,
+                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, **kwargs)
+
+
+def mae_vit_huge_patch14(**kwargs):
+    return _mifae(patch_size=14, embed_dim=1280, depth=32, num_heads=16,
+                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, **kwargs)
+
+
+MODELS = {f.__name__: f for f in (mae_vit_tiny_patch16, mae_vit_small_patch16, mae_vit_base_patch16,
+                                  mae_vit_large_patch16, mae_vit_huge_patch14)}

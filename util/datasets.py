@@ -1,0 +1,210 @@
+"""Face data: manifests and folders of face crops with landmarks, augmentation that moves the landmarks,
+and per-sample facial-region masks made in the DataLoader workers.
+
+A manifest is a CSV whose header starts `path,landmarks,label,video,dataset` (more columns allowed);
+paths are relative to the CSV; `landmarks` names a float32 [68, 2] .npy (empty = none); label 1 = fake,
+0 = real, empty = unknown. A folder is scanned recursively for images, each with an optional sidecar
+`<same stem>.npy` of landmarks.
+"""
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from util.landmarks import crop_resize_landmarks, hflip_landmarks, load_landmarks
+from util.masking import facial_region_mask, random_mask
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
+MANIFEST_COLUMNS = ('path', 'landmarks', 'label', 'video', 'dataset')
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NO_LABEL = -1
+
+cv2.setNumThreads(1)      # one thread per DataLoader worker; the workers are the parallelism
+
+
+@dataclass
+class Sample:
+    path: str
+    landmarks: str | None      # path of the .npy, or None
+    label: int                 # 1 = fake, 0 = real, NO_LABEL = unknown
+    video: str
+    dataset: str
+
+
+# ---------------------------------------------------------------------- sources
+def read_manifest(csv_path):
+    """Read a manifest CSV into Samples with absolute paths; a one-line error for a malformed file."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f'{csv_path}: manifest not found')
+    root = csv_path.parent
+    samples = []
+    with open(csv_path, newline='') as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f'{csv_path}: manifest header lacks column(s) {", ".join(missing)}'
+                             f' (expected {",".join(MANIFEST_COLUMNS)},...)')
+        for line, row in enumerate(reader, start=2):
+            label = (row['label'] or '').strip()
+            if label not in ('', '0', '1'):
+                raise ValueError(f'{csv_path}:{line}: label must be 0 (real), 1 (fake) or empty, got {label!r}')
+            lm = (row['landmarks'] or '').strip()
+            samples.append(Sample(
+                path=str(root / row['path']),
+                landmarks=str(root / lm) if lm else None,
+                label=int(label) if label else NO_LABEL,
+                video=row['video'] or row['path'],
+                dataset=row['dataset'] or csv_path.stem))
+    if not samples:
+        raise ValueError(f'{csv_path}: manifest has no rows')
+    return samples
+
+
+def scan_folder(folder):
+    """Images below `folder` (recursively), each with its sidecar landmarks when one exists."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f'{folder}: data folder not found')
+    samples = []
+    for dirpath, _, files in os.walk(folder):
+        for name in sorted(files):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                path = Path(dirpath) / name
+                lm = path.with_suffix('.npy')
+                samples.append(Sample(str(path), str(lm) if lm.is_file() else None, NO_LABEL,
+                                      str(path.parent.relative_to(folder)), folder.name))
+    samples.sort(key=lambda s: s.path)
+    if not samples:
+        raise ValueError(f'{folder}: no images ({", ".join(IMAGE_EXTENSIONS)}) found')
+    return samples
+
+
+def load_samples(data_path):
+    """A manifest CSV or a folder of images -> list of Samples."""
+    return read_manifest(data_path) if str(data_path).lower().endswith('.csv') else scan_folder(data_path)
+
+
+def read_image_rgb(path):
+    """uint8 RGB [H, W, 3]; grayscale, RGBA and 16-bit images are converted. ValueError when unreadable."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f'{path}: unreadable image')
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+# ---------------------------------------------------------------------- augmentation
+class FaceTransform:
+    """RandomResizedCrop + horizontal flip (train) or a plain resize (eval), landmarks moved along.
+
+    Returns (normalised float tensor [3, S, S], landmarks [68, 2] in pixels of the S x S output or None).
+    """
+
+    def __init__(self, input_size, train=True, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.size, self.train, self.scale, self.ratio, self.hflip = input_size, train, scale, ratio, hflip
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+
+    def crop_box(self, h, w, generator=None):
+        """A RandomResizedCrop box (x0, y0, cw, ch): area fraction in `scale`, aspect ratio in `ratio`."""
+        area = h * w
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            u = torch.rand(4, generator=generator).tolist()
+            target = area * (self.scale[0] + u[0] * (self.scale[1] - self.scale[0]))
+            aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
+            cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                return int(u[2] * (w - cw + 1)), int(u[3] * (h - ch + 1)), cw, ch
+        side = min(h, w)                                  # fallback: central square
+        return (w - side) // 2, (h - side) // 2, side, side
+
+    def __call__(self, img, landmarks=None, generator=None):
+        h, w = img.shape[:2]
+        box = self.crop_box(h, w, generator) if self.train else (0, 0, w, h)
+        x0, y0, cw, ch = box
+        crop = img[y0:y0 + ch, x0:x0 + cw]
+        shrink = cw > self.size or ch > self.size
+        crop = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        if landmarks is not None:
+            landmarks = crop_resize_landmarks(landmarks, box, self.size)
+        if self.train and self.hflip > 0 and torch.rand(1, generator=generator).item() < self.hflip:
+            crop = crop[:, ::-1]
+            if landmarks is not None:
+                landmarks = hflip_landmarks(landmarks, self.size)
+        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div_(255)
+        return x.sub_(self.mean).div_(self.std), landmarks
+
+
+def denormalize(x, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Normalised [..., 3, H, W] -> [0, 1] for display."""
+    m = torch.tensor(mean, device=x.device).view(3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(3, 1, 1)
+    return (x * s + m).clamp(0, 1)
+
+
+# ---------------------------------------------------------------------- dataset
+class FaceDataset(Dataset):
+    """Face crops with landmarks, labels and (optionally) per-sample patch masks.
+
+    Each item is a dict: img [3, S, S], label (NO_LABEL when unknown), index, has_landmarks,
+    replaced (how many unreadable images were skipped to produce it) and, when `mask_strategy` is set,
+    mask [L] bool (True = removed) built from the augmented landmarks.
+    Unreadable images are reported once, replaced by another sample and counted; with `strict` they are
+    errors. Landmark files of the wrong shape or with NaNs are always errors naming the file.
+    """
+
+    def __init__(self, samples, transform, mask_strategy=None, patch_size=16, mask_ratio=0.75,
+                 num_regions=1, strict=False, require_label=False):
+        if mask_strategy not in (None, 'facial', 'random'):
+            raise ValueError(f'unknown mask strategy {mask_strategy!r} (facial | random)')
+        if require_label:
+            unlabelled = [s.path for s in samples if s.label == NO_LABEL]
+            if unlabelled:
+                raise ValueError(f'{len(unlabelled)} sample(s) have no label, e.g. {unlabelled[0]}')
+        self.samples, self.transform = samples, transform
+        self.mask_strategy, self.patch_size = mask_strategy, patch_size
+        self.mask_ratio, self.num_regions, self.strict = mask_ratio, num_regions, strict
+        self._reported = set()
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _report_once(self, msg):
+        if msg not in self._reported:
+            self._reported.add(msg)
+            print(f'[data] skipped: {msg}', flush=True)
+
+    def __getitem__(self, index):
+        replaced, idx = 0, index
+        while True:
+            sample = self.samples[idx]
+            try:
+                img = read_image_rgb(sample.path)
+                break
+            except ValueError as e:
+                if self.strict:
+                    raise
+                self._report_once(str(e))
+                replaced += 1
+                if replaced > 50:
+                    raise RuntimeError(f'more than 50 unreadable images in a row (last: {sample.path})') from e
+                idx = int(torch.randint(len(self.samples), (1,)).item())
+        lm = load_landmarks(sample.landmarks) if sample.landmarks else None
+        x, lm = self.transform(img, lm)
+        item = dict(img=x, label=sample.label, index=idx, has_landmarks=lm is not None, replaced=replaced)
+        if self.mask_strategy is not None:
+            size = x.shape[-1]
+            if self.mask_strategy == 'facial':
+                item['mask'] = facial_region_mask(lm, size, self.patch_size, self.mask_ratio, self.num_regions)
+            else:
+                item['mask'] = random_mask((size // self.patch_size) ** 2, self.mask_ratio)
+        return item

@@ -1,0 +1,55 @@
+"""Frequency-domain pieces of the MIFAE frequency branch: the low-pass (high-frequency masking) filter.
+
+The spectrum is the orthonormal 2-D FFT, "centred" so that the zero frequency sits at (H/2, W/2).
+A disc of radius r around that centre is kept (distance strictly less than r); the rest -- the high
+frequencies -- is masked. The filters are computed in float32 whatever the autocast state.
+"""
+import functools
+import math
+
+import torch
+
+
+@functools.lru_cache(maxsize=16)
+def _disc(h, w, radius, device_str):
+    ys = torch.arange(h, dtype=torch.float32) - h // 2
+    xs = torch.arange(w, dtype=torch.float32) - w // 2
+    dist = torch.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2)
+    keep = (dist < radius).float()                                # [H, W] centred, 1 = kept
+    return keep.to(device_str), torch.fft.ifftshift(keep).to(device_str)
+
+
+def low_pass_mask(h, w, radius, device='cpu'):
+    """The centred keep-disc [H, W] (1 = kept low frequency) and the same disc in FFT (unshifted) order."""
+    return _disc(int(h), int(w), float(radius), str(torch.device(device)))
+
+
+def max_radius(h, w):
+    """Distance from the spectrum's centre to its farthest bin: a radius above it masks nothing."""
+    return math.hypot(h - h // 2, w - w // 2)
+
+
+def low_pass(imgs, radius):
+    """High-frequency masking: keep the centred spectrum's disc of `radius` bins, back to pixels.
+
+    imgs: [N, C, H, W] on any device. Returns (low-passed imgs [N, C, H, W] float32, keep_mask [H, W]).
+    """
+    h, w = imgs.shape[-2:]
+    keep, keep_unshifted = low_pass_mask(h, w, radius, imgs.device)
+    return filter_spectrum(imgs, keep_unshifted), keep
+
+
+def filter_spectrum(imgs, keep_unshifted):
+    """Multiply the spectrum of `imgs` [N, C, H, W] by a filter given in FFT (unshifted) order; real part back.
+
+    Masking the unshifted spectrum with the unshifted disc equals shift, mask, shift back.
+    """
+    with torch.autocast(imgs.device.type, enabled=False):
+        spec = torch.fft.fft2(imgs.float(), norm='ortho')
+        return torch.fft.ifft2(spec * keep_unshifted, norm='ortho').real
+
+
+def log_magnitude_spectrum(img):
+    """Centred log(1 + |FFT|) of an [..., H, W] tensor, for display."""
+    spec = torch.fft.fftshift(torch.fft.fft2(img.float(), norm='ortho'), dim=(-2, -1))
+    return torch.log1p(spec.abs())

@@ -1,0 +1,80 @@
+"""Patch masks for the spatial branch: facial-region-guided masking and vanilla MAE random masking.
+
+A mask is a BoolTensor [L] over the patches of one image in row-major order, True = removed
+(MAE's "1 is remove"). Every mask removes exactly `num_masked(L, mask_ratio)` patches, so a batch of
+masks always has a static shape and the model can pick visible tokens with `gather`.
+"""
+import cv2
+import numpy as np
+import torch
+
+from util.landmarks import FACIAL_REGIONS
+
+REGION_NAMES = tuple(FACIAL_REGIONS)          # right_eye, left_eye, nose, mouth
+_REGION_INDICES = [np.array(FACIAL_REGIONS[k]) for k in REGION_NAMES]
+
+
+def num_masked(num_patches, mask_ratio):
+    """How many of `num_patches` a mask removes: round(L * mask_ratio)."""
+    return int(round(num_patches * mask_ratio))
+
+
+def random_mask(num_patches, mask_ratio, generator=None):
+    """Vanilla MAE masking: a uniformly random subset of round(L * mask_ratio) patches. -> [L] bool"""
+    mask = torch.zeros(num_patches, dtype=torch.bool)
+    perm = torch.randperm(num_patches, generator=generator)
+    mask[perm[:num_masked(num_patches, mask_ratio)]] = True
+    return mask
+
+
+def region_patches(landmarks, region, img_size, patch_size=16, dilate=4):
+    """Patches touched by one facial region: the convex hull of its landmarks, dilated by `dilate` px.
+
+    landmarks: [68, 2] in pixels of the img_size x img_size image; region: a name of REGION_NAMES.
+    Returns a numpy bool array [L] in row-major patch order.
+    """
+    pts = np.asarray(landmarks, np.float32)[FACIAL_REGIONS[region]]
+    canvas = np.zeros((img_size, img_size), np.uint8)
+    shift = 4                                          # sub-pixel vertex precision (1/16 px)
+    hull = cv2.convexHull(np.round(pts * (1 << shift)).astype(np.int32))
+    cv2.fillConvexPoly(canvas, hull, 1, lineType=cv2.LINE_8, shift=shift)
+    if dilate > 0:
+        cv2.polylines(canvas, [hull], True, 1, thickness=2 * dilate + 1, lineType=cv2.LINE_8, shift=shift)
+    grid = img_size // patch_size
+    touched = canvas[:grid * patch_size, :grid * patch_size].reshape(grid, patch_size, grid, patch_size)
+    return touched.any(axis=(1, 3)).reshape(-1)
+
+
+def facial_region_mask(landmarks, img_size, patch_size=16, mask_ratio=0.75, num_regions=1,
+                       generator=None, dilate=4):
+    """Facial-region-guided mask: hide whole facial parts, then fill the budget at random.
+
+    Picks `num_regions` of (right eye+brow, left eye+brow, nose, mouth) at random, removes every patch
+    their dilated convex hulls touch, and fills the rest of the budget uniformly from the other patches.
+    If the chosen regions alone exceed the budget, a random subset of their patches is removed.
+    `landmarks=None` gives plain random masking. Exactly round(L * mask_ratio) patches are removed.
+    landmarks: [68, 2] (numpy or torch) in pixels of the img_size x img_size input. -> [L] bool
+    """
+    grid = img_size // patch_size
+    L = grid * grid
+    if landmarks is None:
+        return random_mask(L, mask_ratio, generator)
+    if torch.is_tensor(landmarks):
+        landmarks = landmarks.detach().cpu().numpy()
+    budget = num_masked(L, mask_ratio)
+
+    chosen = torch.randperm(len(REGION_NAMES), generator=generator)[:num_regions].tolist()
+    in_region = np.zeros(L, bool)
+    for r in chosen:
+        in_region |= region_patches(landmarks, REGION_NAMES[r], img_size, patch_size, dilate)
+    region_idx = torch.from_numpy(np.flatnonzero(in_region))
+    other_idx = torch.from_numpy(np.flatnonzero(~in_region))
+
+    mask = torch.zeros(L, dtype=torch.bool)
+    if len(region_idx) >= budget:                     # regions alone exceed the budget
+        mask[region_idx[torch.randperm(len(region_idx), generator=generator)[:budget]]] = True
+    else:
+        mask[region_idx] = True
+        fill = other_idx[torch.randperm(len(other_idx), generator=generator)[:budget - len(region_idx)]]
+        mask[fill] = True
+    return mask

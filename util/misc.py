@@ -1,0 +1,201 @@
+"""Run plumbing shared by both stages: distributed set-up, mixed precision, checkpoints, logging."""
+import datetime
+import json
+import os
+import random
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+# ---------------------------------------------------------------------- distributed
+def init_distributed_mode(args):
+    """Join a process group when the launcher (torchrun, or submitit through the same variables) asked.
+
+    Reads RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/PORT for env://). NCCL on CUDA, gloo on CPU.
+    Sets args.distributed, args.rank, args.world_size, args.gpu.
+    """
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ or int(os.environ['WORLD_SIZE']) < 2:
+        args.distributed, args.rank, args.world_size, args.gpu = False, 0, 1, 0
+        return
+    args.rank = int(os.environ['RANK'])
+    args.world_size = int(os.environ['WORLD_SIZE'])
+    args.gpu = int(os.environ.get('LOCAL_RANK', 0))
+    args.distributed = True
+    use_cuda = str(args.device).startswith('cuda') and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(args.gpu)
+    backend = 'nccl' if use_cuda else 'gloo'
+    where = args.dist_url
+    if where == 'env://':
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    timeout = datetime.timedelta(seconds=getattr(args, 'dist_timeout', 600))
+    try:
+        dist.init_process_group(backend, init_method=args.dist_url, world_size=args.world_size,
+                                rank=args.rank, timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - name the rendezvous instead of a bare stack
+        raise RuntimeError(f'rank {args.rank}: could not join the process group at {where} '
+                           f'within {timeout.seconds} s ({type(e).__name__}: {e})') from e
+    print(f'| distributed init (rank {args.rank} of {args.world_size}, {backend}): {where}', flush=True)
+    dist.barrier()
+
+
+def is_dist():
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank():
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process():
+    return get_rank() == 0
+
+
+def all_reduce_mean(t):
+    """Mean of a tensor over ranks (identity when not distributed)."""
+    if is_dist():
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= get_world_size()
+    return t
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    random.seed(seed)
+
+
+# ---------------------------------------------------------------------- mixed precision
+def resolve_amp(amp, device):
+    """'auto' -> bf16 on CUDA, none on CPU. Returns (dtype or None, GradScaler or None)."""
+    if amp == 'auto':
+        amp = 'bf16' if device.type == 'cuda' else 'none'
+    if amp == 'none':
+        return None, None
+    if amp == 'bf16':
+        return torch.bfloat16, None
+    if amp == 'fp16':
+        return torch.float16, torch.amp.GradScaler(device.type)
+    raise ValueError(f'--amp must be bf16, fp16, none or auto, got {amp!r}')
+
+
+def autocast(device, dtype):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def backward_and_step(loss, optimizer, scaler=None, update=True, clip_grad=None, parameters=None):
+    """loss.backward() (scaled for fp16) and, when `update`, an optimizer step with optional clipping."""
+    if scaler is not None:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    if not update:
+        return
+    if clip_grad:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def param_groups_weight_decay(model, weight_decay, skip=()):
+    """Two AdamW groups: no decay for biases, norms, tokens and embeddings (1-D or named in `skip`)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith('.bias') or name in skip else decay).append(p)
+    return [{'params': no_decay, 'weight_decay': 0.0}, {'params': decay, 'weight_decay': weight_decay}]
+
+
+def make_adamw(param_groups, lr, betas, device):
+    """AdamW, fused on CUDA (one kernel for all parameters), foreach elsewhere."""
+    kw = dict(fused=True) if device.type == 'cuda' else dict(foreach=True)
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, **kw)
+
+
+# ---------------------------------------------------------------------- checkpoints and logs
+def atomic_torch_save(obj, path):
+    """torch.save through a temporary file and a rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(output_dir, name, model_without_ddp, optimizer, epoch, args, scaler=None, **extra):
+    """Write `output_dir/name` atomically (rank 0 only)."""
+    if not is_main_process():
+        return None
+    state = dict(model=model_without_ddp.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
+                 scaler=scaler.state_dict() if scaler is not None else None, args=vars(args), **extra)
+    path = Path(output_dir) / name
+    atomic_torch_save(state, path)
+    return path
+
+
+def load_checkpoint(path):
+    """Load a checkpoint file on the CPU with a one-line error when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: checkpoint not found')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from e
+
+
+def find_resume_checkpoint(args):
+    """--resume PATH, or with --auto_resume the output folder's checkpoint-last.pth when it exists."""
+    if args.resume:
+        return args.resume
+    last = Path(args.output_dir) / 'checkpoint-last.pth' if args.output_dir else None
+    if getattr(args, 'auto_resume', False) and last is not None and last.is_file():
+        return str(last)
+    return None
+
+
+def resume_training(args, model_without_ddp, optimizer, scaler=None):
+    """Restore model, optimizer, scaler and epoch; training continues at the next epoch."""
+    path = find_resume_checkpoint(args)
+    if not path:
+        return None
+    ckpt = load_checkpoint(path)
+    model_without_ddp.load_state_dict(ckpt['model'])
+    if 'optimizer' in ckpt and 'epoch' in ckpt and not getattr(args, 'eval', False):
+        optimizer.load_state_dict(ckpt['optimizer'])
+        args.start_epoch = ckpt['epoch'] + 1
+        if scaler is not None and ckpt.get('scaler'):
+            scaler.load_state_dict(ckpt['scaler'])
+    print(f'Resumed from {path} (epoch {ckpt.get("epoch")}); continuing at epoch {args.start_epoch}', flush=True)
+    return ckpt
+
+
+def append_log(output_dir, stats):
+    """One JSON line per epoch in output_dir/log.txt (rank 0 only)."""
+    if output_dir and is_main_process():
+        with open(Path(output_dir) / 'log.txt', 'a') as f:
+            f.write(json.dumps(stats) + '\n')
+
+
+def make_log_writer(log_dir):
+    """A TensorBoard SummaryWriter on rank 0, None elsewhere or without log_dir."""
+    if not log_dir or not is_main_process():
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    os.makedirs(log_dir, exist_ok=True)
+    return SummaryWriter(log_dir=log_dir)
