@@ -7,16 +7,16 @@ frequencies -- is masked. The filters are computed in float32 whatever the autoc
 import functools
 import math
 
+import numpy as np
 import torch
 
 
 @functools.lru_cache(maxsize=16)
 def _disc(h, w, radius, device_str):
-    ys = torch.arange(h, dtype=torch.float32) - h // 2
-    xs = torch.arange(w, dtype=torch.float32) - w // 2
-    dist = torch.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2)
-    keep = (dist < radius).float()                                # [H, W] centred, 1 = kept
-    return keep.to(device_str), torch.fft.ifftshift(keep).to(device_str)
+    yy, xx = np.mgrid[0:h, 0:w]
+    keep = (np.hypot(yy - h // 2, xx - w // 2) < radius).astype(np.float32)   # [H, W] centred, 1 = kept
+    return (torch.from_numpy(keep).to(device_str),
+            torch.from_numpy(np.ascontiguousarray(np.fft.ifftshift(keep))).to(device_str))
 
 
 def low_pass_mask(h, w, radius, device='cpu'):

@@ -1,0 +1,48 @@
+"""Shared fixtures: one synthetic face set and one tiny pre-trained MIFAE per test session.
+
+Everything runs on the CPU, offline. The small sizes keep the whole suite within minutes on 2 cores.
+"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault('OMP_NUM_THREADS', '2')
+torch.set_num_threads(2)
+
+TINY = dict(model='mae_vit_tiny_patch16', input_size=112)
+
+
+@pytest.fixture(scope='session')
+def synthetic_data(tmp_path_factory):
+    """Real and fake synthetic faces (128 px) with manifests: all / train / test / pretrain."""
+    from util.synthetic_faces import generate_dataset
+    out = tmp_path_factory.mktemp('synthetic')
+    return generate_dataset(out, num_identities=40, frames_per_identity=4, size=128, seed=0, fake_ratio=0.5,
+                            test_fraction=0.25, progress=False)
+
+
+def pretrain_args(data_path, output_dir, **overrides):
+    """Parsed main_pretrain arguments for a tiny CPU run."""
+    import main_pretrain
+    argv = ['--data_path', str(data_path), '--output_dir', str(output_dir), '--model', TINY['model'],
+            '--input_size', str(TINY['input_size']), '--batch_size', '16', '--epochs', '4', '--warmup_epochs', '1',
+            '--blr', '1.5e-3', '--num_workers', '0', '--device', 'cpu', '--quiet', '--print_freq', '2']
+    args = main_pretrain.get_args_parser().parse_args(argv)
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
+@pytest.fixture(scope='session')
+def pretrained_tiny(synthetic_data, tmp_path_factory):
+    """A tiny MIFAE pre-trained for a few epochs on the synthetic real faces: its output folder."""
+    import main_pretrain
+    out = tmp_path_factory.mktemp('pretrain')
+    args = pretrain_args(synthetic_data['pretrain'], out, epochs=6, save_freq=3)
+    main_pretrain.main(args)
+    return out
