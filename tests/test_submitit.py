@@ -45,12 +45,18 @@ def finetune_available():
     return (ROOT / 'main_finetune.py').is_file()
 
 
+def clear_rank_env(monkeypatch):
+    """Unset the torchrun variables now, and again after the test (also when the test itself set them)."""
+    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.setenv(k, '')                   # recorded, so that teardown removes what the test sets
+        monkeypatch.delenv(k)
+
+
 @pytest.fixture
 def local_job_env(monkeypatch):
     """Processes started by the LocalExecutor inherit this environment: 1 thread each, no stray rank variables."""
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
-        monkeypatch.delenv(k, raising=False)
+    clear_rank_env(monkeypatch)
     return monkeypatch
 
 
@@ -199,8 +205,7 @@ def fake_slurm_task(monkeypatch, rank, ntasks=16, nodes=2, job_id='4242'):
                      SLURM_NODEID=rank // (ntasks // nodes), SLURM_PROCID=rank, SLURM_LOCALID=rank % (ntasks // nodes),
                      SLURM_JOB_NODELIST='gpu[07-08]').items():
         monkeypatch.setenv(k, str(v))
-    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
-        monkeypatch.delenv(k, raising=False)
+    clear_rank_env(monkeypatch)
 
 
 def launcher_args(tmp_path, monkeypatch, *extra):
@@ -226,6 +231,11 @@ def test_slurm_task_becomes_torchrun_variables(tmp_path, monkeypatch):
     a = slurm.Trainer('main_pretrain', args).job_args(env.job_id)
     slurm.setup_distributed(a, env)
     assert a.dist_url == (tmp_path / '4242' / f'{args.rendezvous_id}_init').as_uri()
+
+
+def test_rank_variables_do_not_leak():
+    """The test above set RANK, WORLD_SIZE, ... in this process: later tests must not see them."""
+    assert os.environ.get('WORLD_SIZE') != '16' and os.environ.get('MASTER_ADDR') != 'gpu07'
 
 
 def test_checkpoint_method_requeues_a_fresh_trainer(tmp_path, monkeypatch):
