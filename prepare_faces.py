@@ -520,11 +520,9 @@ def init_worker(opts):
         import signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         cv2.setNumThreads(1)
-        try:
+        if opts['landmarker'] == 'face_alignment' and opts['needs_landmarker']:
             import torch
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts['workers']))
-        except ImportError:
-            pass
     landmarker = None
     if opts['needs_landmarker']:
         landmarker = F.build_landmarker(opts['landmarker'], device=opts['device'],
@@ -891,6 +889,8 @@ def _run_items(pending, opts, journal, run, args):
             results = map(process_item, pending)
         else:
             import multiprocessing as mp
+            # spawn, not fork: a forked child can deadlock on thread pools (OpenCV, OpenMP, CUDA)
+            # that the parent had started
             pool = mp.get_context('spawn').Pool(opts['workers'], initializer=init_worker, initargs=(opts,))
             results = pool.imap_unordered(process_item, pending, chunksize=1)
         weights = {it['key']: weight(it) for it in pending}
