@@ -933,7 +933,7 @@ if __name__ == '__main__':
     args = get_args_parser().parse_args()
     try:
         summary = main(args)
-    except (LayoutError, F.WeightsNotFoundError, RuntimeError) as e:
+    except (ValueError, RuntimeError) as e:    # LayoutError, WeightsNotFoundError, bad options
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     sys.exit(130 if summary['interrupted'] else 0)
