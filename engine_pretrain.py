@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 import util.lr_sched as lr_sched
 import util.misc as misc
+from util.datasets import normalize_batch
 
 LOSS_NAMES = ('train_loss', 'spat_loss', 'freq_loss')
 
@@ -39,7 +40,7 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
     for it, batch in enumerate(bar):
         if it % accum_iter == 0:                                   # per-iteration schedule
             lr = lr_sched.adjust_learning_rate(optimizer, it / steps + epoch, args)
-        imgs = batch['img'].to(device, non_blocking=True)
+        imgs = normalize_batch(batch['img'].to(device, non_blocking=True))   # uint8 -> normalised, on device
         mask = batch['mask'].to(device, non_blocking=True)
         replaced += int(batch['replaced'].sum())
         no_landmarks += int((~batch['has_landmarks']).sum())

@@ -149,7 +149,8 @@ def init_from_checkpoint(model, path):
 
 
 def build_loader(args, samples):
-    dataset = FaceDataset(samples, FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0)),
+    transform = FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0), normalize=False)
+    dataset = FaceDataset(samples, transform,
                           mask_strategy=args.mask_strategy, patch_size=patch_size_of(args.model),
                           mask_ratio=args.mask_ratio, num_regions=args.num_mask_regions, strict=args.strict_data)
     if len(dataset) < args.batch_size * misc.get_world_size():
@@ -223,7 +224,9 @@ def main(args):
                                                 for k, v in stats.items()), flush=True)
     if log_writer is not None:
         log_writer.close()
-    if args.distributed:
+    if args.distributed:       # a cheap proof that every rank ends with the same weights
+        checksum = sum(p.detach().double().sum() for p in model_without_ddp.parameters()).item()
+        print(f'rank {misc.get_rank()}: final parameter checksum {checksum:.12e}', flush=True)
         torch.distributed.destroy_process_group()
     if misc.is_main_process():
         print(f'Training time {datetime.timedelta(seconds=int(time.time() - start_time))}')

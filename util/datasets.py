@@ -7,6 +7,7 @@ paths are relative to the CSV; `landmarks` names a float32 [68, 2] .npy (empty =
 `<same stem>.npy` of landmarks.
 """
 import csv
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -108,8 +109,9 @@ class FaceTransform:
     """
 
     def __init__(self, input_size, train=True, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, normalize=True):
         self.size, self.train, self.scale, self.ratio, self.hflip = input_size, train, scale, ratio, hflip
+        self.normalize = normalize          # False: uint8 [3, S, S], normalised on the GPU (normalize_batch)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
 
@@ -132,16 +134,36 @@ class FaceTransform:
         box = self.crop_box(h, w, generator) if self.train else (0, 0, w, h)
         x0, y0, cw, ch = box
         crop = img[y0:y0 + ch, x0:x0 + cw]
-        shrink = cw > self.size or ch > self.size
-        crop = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        # area averaging only where it matters against aliasing (shrinking by more than 1.5x)
+        strong_shrink = max(cw, ch) > 1.5 * self.size
+        crop = cv2.resize(crop, (self.size, self.size),
+                          interpolation=cv2.INTER_AREA if strong_shrink else cv2.INTER_LINEAR)
         if landmarks is not None:
             landmarks = crop_resize_landmarks(landmarks, box, self.size)
         if self.train and self.hflip > 0 and torch.rand(1, generator=generator).item() < self.hflip:
-            crop = crop[:, ::-1]
+            crop = cv2.flip(crop, 1)
             if landmarks is not None:
                 landmarks = hflip_landmarks(landmarks, self.size)
-        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div_(255)
-        return x.sub_(self.mean).div_(self.std), landmarks
+        x = torch.from_numpy(crop).permute(2, 0, 1)                    # [3, S, S] uint8
+        if not self.normalize:
+            return x.contiguous(), landmarks
+        return x.float().div_(255).sub_(self.mean).div_(self.std), landmarks
+
+
+@functools.lru_cache(maxsize=8)
+def _scaled_stats(device, mean, std):
+    m = torch.tensor(mean).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std).view(1, 3, 1, 1) * 255
+    return m.to(device), s.to(device)
+
+
+def normalize_batch(x, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """uint8 [N, 3, H, W] (on any device) -> normalised float32, as FaceTransform(normalize=True) gives.
+
+    The constants are cached per device, so the call adds no host-to-device copy to the step.
+    """
+    m, s = _scaled_stats(x.device, tuple(mean), tuple(std))
+    return (x.float() - m) / s
 
 
 def denormalize(x, mean=IMAGENET_MEAN, std=IMAGENET_STD):

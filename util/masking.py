@@ -31,18 +31,26 @@ def region_patches(landmarks, region, img_size, patch_size=16, dilate=4):
     """Patches touched by one facial region: the convex hull of its landmarks, dilated by `dilate` px.
 
     landmarks: [68, 2] in pixels of the img_size x img_size image; region: a name of REGION_NAMES.
-    Returns a numpy bool array [L] in row-major patch order.
+    Returns a numpy bool array [L] in row-major patch order. Only the patch-aligned bounding box of
+    the dilated hull is rasterised, which keeps this cheap enough for every sample of every epoch.
     """
+    grid = img_size // patch_size
+    touched = np.zeros((grid, grid), bool)
     pts = np.asarray(landmarks, np.float32)[FACIAL_REGIONS[region]]
-    canvas = np.zeros((img_size, img_size), np.uint8)
-    shift = 4                                          # sub-pixel vertex precision (1/16 px)
-    hull = cv2.convexHull(np.round(pts * (1 << shift)).astype(np.int32))
+    lo = np.floor((pts.min(0) - dilate - 1) / patch_size).astype(int).clip(0, grid)   # patch box (x, y)
+    hi = np.ceil((pts.max(0) + dilate + 2) / patch_size).astype(int).clip(0, grid)
+    if (hi <= lo).any():                                  # the region lies outside the image
+        return touched.reshape(-1)
+    canvas = np.zeros(((hi[1] - lo[1]) * patch_size, (hi[0] - lo[0]) * patch_size), np.uint8)
+    shift = 4                                             # sub-pixel vertex precision (1/16 px)
+    local = (pts - lo * patch_size) * (1 << shift)
+    hull = cv2.convexHull(np.round(local).astype(np.int32))
     cv2.fillConvexPoly(canvas, hull, 1, lineType=cv2.LINE_8, shift=shift)
     if dilate > 0:
         cv2.polylines(canvas, [hull], True, 1, thickness=2 * dilate + 1, lineType=cv2.LINE_8, shift=shift)
-    grid = img_size // patch_size
-    touched = canvas[:grid * patch_size, :grid * patch_size].reshape(grid, patch_size, grid, patch_size)
-    return touched.any(axis=(1, 3)).reshape(-1)
+    h, w = hi[1] - lo[1], hi[0] - lo[0]
+    touched[lo[1]:hi[1], lo[0]:hi[0]] = canvas.reshape(h, patch_size, w, patch_size).max(axis=(1, 3)) > 0
+    return touched.reshape(-1)
 
 
 def facial_region_mask(landmarks, img_size, patch_size=16, mask_ratio=0.75, num_regions=1,

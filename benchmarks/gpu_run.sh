@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the project in one short run (a lent H100/H200 with torch 2.11, timm, OpenCV).
+# Usage on the device machine, from the repository root:  bash benchmarks/gpu_run.sh $OUT
+# Writes gpu_env.txt, pretrain.jsonl, finetune.jsonl, data.jsonl and tests.txt into the folder given.
+set -u
+out=${1:-benchmarks/out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+  python3 -c "import torch, timm, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'timm', timm.__version__)"
+  nproc; } > "$out/gpu_env.txt" 2>&1
+cat "$out/gpu_env.txt"
+
+step() { echo "== $*"; timeout "${BUDGET:-150}" python3 "$@" 2>&1 | grep -v Warning; }
+
+# 1. Pre-training step, ViT-B/16 at 224: reference-like, eager bf16, compiled bf16 at batch 64 and 256.
+BUDGET=80  step benchmark_pretrain.py --variant reference --batch_size 64 256 --steps 12 --warmup 3 | tee -a "$out/pretrain.jsonl"
+BUDGET=70  step benchmark_pretrain.py --amp bf16 --compile off --batch_size 64 256 --steps 12 --warmup 3 --check_loss | tee -a "$out/pretrain.jsonl"
+BUDGET=200 step benchmark_pretrain.py --amp bf16 --compile on --batch_size 64 256 --steps 25 --warmup 4 --check_loss | tee -a "$out/pretrain.jsonl"
+
+# 2. Stage 2: evaluation and fine-tuning throughput.
+if [ -f benchmark_finetune.py ]; then
+  BUDGET=120 step benchmark_finetune.py --device cuda --mode eval_gpu train eval_e2e --compile on --batch_size 256 \
+      --num_workers 16 --steps 15 | tee -a "$out/finetune.jsonl"
+fi
+
+# 3. Input pipeline of one worker on this machine's CPU (256-px crops).
+BUDGET=25 step benchmark_pretrain.py --data_only --num_images 256 --image_format jpg | tee -a "$out/data.jsonl"
+BUDGET=25 step benchmark_pretrain.py --data_only --num_images 256 --image_format png | tee -a "$out/data.jsonl"
+grep -h '^{' "$out"/*.jsonl | python3 -c "
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print({k: r.get(k) for k in ('variant', 'mode', 'batch', 'amp', 'compile', 'img_s', 'img_s_per_worker', 'ms_step', 'peak_gib', 'gflop_img', 'peak_share')})
+"

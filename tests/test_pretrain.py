@@ -1,0 +1,230 @@
+"""Stage 1 training: losses fall, resume, torchrun (gloo), bad input, flag checks, compiled vs eager."""
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import main_pretrain
+import models_mae
+import util.misc as misc
+from conftest import ROOT, pretrain_args
+from engine_pretrain import NonFiniteLossError
+from util.datasets import FaceDataset, FaceTransform, read_manifest
+
+
+def small_manifest(synthetic_data, tmp_path, n=32):
+    """The first n rows of the pre-training manifest, re-rooted in tmp_path (paths stay valid)."""
+    src = Path(synthetic_data['pretrain'])
+    rows = list(csv.DictReader(open(src)))[:n]
+    out = tmp_path / 'small.csv'
+    with open(out, 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            r['path'] = str(src.parent / r['path'])
+            r['landmarks'] = str(src.parent / r['landmarks']) if r['landmarks'] else ''
+            w.writerow(r)
+    return out
+
+
+def read_log(folder):
+    return [json.loads(line) for line in open(Path(folder) / 'log.txt')]
+
+
+def test_both_losses_fall(pretrained_tiny):
+    log = read_log(pretrained_tiny)
+    assert [e['epoch'] for e in log] == list(range(6))
+    assert log[-1]['spat_loss'] < 0.8 * log[0]['spat_loss']
+    assert log[-1]['freq_loss'] < 0.8 * log[0]['freq_loss']
+    assert (pretrained_tiny / 'checkpoint-last.pth').is_file() and (pretrained_tiny / 'checkpoint-5.pth').is_file()
+    assert (pretrained_tiny / 'checkpoint-2.pth').is_file()
+    assert any(p.name.startswith('events.out.tfevents') for p in pretrained_tiny.iterdir())
+
+
+def test_resume_continues_at_next_epoch_with_same_optimizer_state(synthetic_data, tmp_path):
+    data = small_manifest(synthetic_data, tmp_path)
+    out = tmp_path / 'run'
+    main_pretrain.main(pretrain_args(data, out, epochs=1, batch_size=8))
+    saved = misc.load_checkpoint(out / 'checkpoint-last.pth')
+    assert saved['epoch'] == 0
+
+    # the state a resumed run starts from is exactly the saved one
+    args = pretrain_args(data, out, epochs=2, batch_size=8)
+    model = main_pretrain.build_model(args)
+    opt = misc.make_adamw(misc.param_groups_weight_decay(model, 0.05), 1e-4, (0.9, 0.95), torch.device('cpu'))
+    misc.resume_training(args, model, opt)
+    assert args.start_epoch == 1
+    for k, v in saved['optimizer']['state'].items():
+        for name, t in v.items():
+            assert torch.equal(opt.state_dict()['state'][k][name], t)
+    for k, v in saved['model'].items():
+        assert torch.equal(model.state_dict()[k], v)
+
+    main_pretrain.main(pretrain_args(data, out, epochs=2, batch_size=8))      # auto-resume
+    assert [e['epoch'] for e in read_log(out)] == [0, 1]
+    assert misc.load_checkpoint(out / 'checkpoint-last.pth')['epoch'] == 1
+
+
+def test_torchrun_two_processes_gloo(synthetic_data, tmp_path):
+    data = small_manifest(synthetic_data, tmp_path)
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29531',
+           'main_pretrain.py', '--data_path', str(data), '--output_dir', str(out), '--model', 'mae_vit_tiny_patch16',
+           '--input_size', '64', '--batch_size', '4', '--epochs', '1', '--warmup_epochs', '1', '--num_workers', '0',
+           '--device', 'cpu', '--quiet', '--print_freq', '2']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    sums = sorted(line for line in (res.stdout + res.stderr).splitlines() if 'parameter checksum' in line)
+    assert len(sums) == 2, res.stdout[-2000:]
+    assert sums[0].split('checksum')[1] == sums[1].split('checksum')[1]      # both ranks hold the same weights
+    assert {'rank 0', 'rank 1'} == {s.split(':')[0].strip() for s in sums}
+    log = read_log(out)
+    assert len(log) == 1 and log[0]['epoch'] == 0                             # rank 0 alone writes logs
+    assert (out / 'checkpoint-last.pth').is_file()
+
+
+# ---------------------------------------------------------------------- bad input
+def folder_with_bad_files(tmp_path, synthetic_data, n=12):
+    """A folder dataset: n good faces, one corrupt image, one image without landmarks."""
+    folder = tmp_path / 'faces'
+    folder.mkdir()
+    samples = read_manifest(synthetic_data['pretrain'])[:n]
+    for i, s in enumerate(samples):
+        shutil.copy(s.path, folder / f'{i:03d}.png')
+        shutil.copy(s.landmarks, folder / f'{i:03d}.npy')
+    (folder / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+    np.save(folder / 'corrupt.npy', np.zeros((68, 2), np.float32))
+    shutil.copy(samples[0].path, folder / 'nolm.png')
+    return folder
+
+
+def test_corrupt_image_is_replaced_and_counted_strict_is_error(synthetic_data, tmp_path, capsys):
+    folder = folder_with_bad_files(tmp_path, synthetic_data)
+    stats = main_pretrain.main(pretrain_args(folder, tmp_path / 'o', epochs=1, batch_size=14))
+    assert stats['unreadable_images'] >= 1
+    assert stats['images_without_landmarks'] >= 1
+    assert 'corrupt.png: unreadable image' in capsys.readouterr().out
+
+    with pytest.raises(ValueError, match='corrupt.png: unreadable image'):
+        main_pretrain.main(pretrain_args(folder, tmp_path / 'o2', epochs=1, batch_size=14, strict_data=True))
+
+
+@pytest.mark.parametrize('bad', [np.zeros((5, 2), np.float32), np.full((68, 2), np.nan, np.float32)])
+def test_bad_landmark_file_is_an_error_naming_it(synthetic_data, tmp_path, bad):
+    folder = folder_with_bad_files(tmp_path, synthetic_data)
+    np.save(folder / '003.npy', bad)
+    ds = FaceDataset(main_pretrain.load_samples(folder), FaceTransform(64), mask_strategy='facial')
+    idx = [i for i, s in enumerate(ds.samples) if s.path.endswith('003.png')][0]
+    with pytest.raises(ValueError, match=r'003\.npy'):
+        ds[idx]
+
+
+def test_image_without_landmarks_gets_random_mask(synthetic_data, tmp_path):
+    folder = folder_with_bad_files(tmp_path, synthetic_data)
+    ds = FaceDataset(main_pretrain.load_samples(folder), FaceTransform(64), mask_strategy='facial')
+    idx = [i for i, s in enumerate(ds.samples) if s.path.endswith('nolm.png')][0]
+    item = ds[idx]
+    assert not item['has_landmarks'] and int(item['mask'].sum()) == 12
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(synthetic_data, tmp_path):
+    data = small_manifest(synthetic_data, tmp_path, n=16)
+    out = tmp_path / 'nan'
+    main_pretrain.main(pretrain_args(data, out, epochs=1, batch_size=8))
+    digest = hashlib.sha256((out / 'checkpoint-last.pth').read_bytes()).hexdigest()
+    with pytest.raises(NonFiniteLossError, match=r'non-finite loss at step 2 \(epoch 1, iteration 0\)'):
+        main_pretrain.main(pretrain_args(data, out, epochs=2, batch_size=8, lamda=float('nan')))
+    assert hashlib.sha256((out / 'checkpoint-last.pth').read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize('flags,reason', [
+    (['--input_size', '100'], 'not divisible by the patch size 16'),
+    (['--mask_ratio', '1.0'], '--mask_ratio 1.0 must lie strictly between 0 and 1'),
+    (['--mask_ratio', '0'], '--mask_ratio 0.0 must lie strictly between 0 and 1'),
+    (['--mask_radius', '500'], '--mask_radius 500.0 must lie in'),
+    (['--num_mask_regions', '5'], '--num_mask_regions 5 must be 1 to 4'),
+    (['--model', 'vit_nope'], '--model vit_nope is unknown'),
+    (['--data_path', '/no/such/place'], '--data_path /no/such/place does not exist'),
+])
+def test_contradicting_flags_are_rejected_with_one_line(flags, reason, tmp_path):
+    argv = ['--data_path', str(tmp_path), '--output_dir', str(tmp_path / 'o'), '--device', 'cpu'] + flags
+    args = main_pretrain.get_args_parser().parse_args(argv)
+    with pytest.raises(SystemExit) as e:
+        main_pretrain.check_args(args)
+    msg = str(e.value)
+    assert reason in msg and '\n' not in msg
+
+
+def test_seed_readme_command_parses_and_radius_alias():
+    argv = ['--batch_size', '64', '--model', 'mae_vit_base_patch16', '--norm_pix_loss', '--mask_ratio', '0.75',
+            '--mask_radius', '16', '--epochs', '800', '--warmup_epochs', '40', '--blr', '1.5e-4', '--weight_decay', '0.05']
+    args = main_pretrain.get_args_parser().parse_args(argv)
+    assert args.mask_radius == 16 and args.norm_pix_loss and args.epochs == 800
+    assert main_pretrain.get_args_parser().parse_args(['--radius', '12']).mask_radius == 12
+
+
+def test_init_from_original_mae_checkpoint(tmp_path):
+    """An encoder-only MAE state dict initialises the shared encoder; the frequency head starts fresh."""
+    mifae = models_mae.mae_vit_tiny_patch16(img_size=64)
+    mae_like = {k: v.clone() + 1.0 for k, v in mifae.state_dict().items()
+                if k.startswith(('patch_embed', 'blocks', 'norm.', 'cls_token', 'pos_embed'))}
+    torch.save({'model': mae_like}, tmp_path / 'mae_pretrain_vit_tiny.pth')
+    fresh = models_mae.mae_vit_tiny_patch16(img_size=64)
+    main_pretrain.init_from_checkpoint(fresh, tmp_path / 'mae_pretrain_vit_tiny.pth')
+    assert torch.equal(fresh.blocks[3].attn.qkv.weight, mae_like['blocks.3.attn.qkv.weight'])
+    assert torch.equal(fresh.pos_embed, mifae.pos_embed)                # fixed sin-cos is not overwritten
+    bad = {'blocks.0.attn.qkv.weight': torch.zeros(3, 3)}
+    torch.save(bad, tmp_path / 'wrong.pth')
+    with pytest.raises(SystemExit, match='differ in shape'):
+        main_pretrain.init_from_checkpoint(fresh, tmp_path / 'wrong.pth')
+
+
+def test_masks_per_seed_are_deterministic(synthetic_data):
+    samples = read_manifest(synthetic_data['pretrain'])[:4]
+    ds = FaceDataset(samples, FaceTransform(112), mask_strategy='facial')
+    torch.manual_seed(3)
+    a = [ds[i]['mask'] for i in range(4)]
+    torch.manual_seed(3)
+    b = [ds[i]['mask'] for i in range(4)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_facial_mask_lands_on_the_augmented_face(synthetic_data):
+    """In the augmented image, the patches at the landmarks of some facial region are all removed."""
+    from util.landmarks import FACIAL_REGIONS
+    samples = read_manifest(synthetic_data['pretrain'])[:8]
+    torch.manual_seed(0)
+    t = FaceTransform(112, train=True, scale=(0.6, 1.0))
+    for s in samples:
+        img = cv2.cvtColor(cv2.imread(s.path), cv2.COLOR_BGR2RGB)
+        x, lm = t(img, np.load(s.landmarks))
+        from util.masking import facial_region_mask
+        mask = facial_region_mask(lm, 112, 16, 0.75, 1).reshape(7, 7).numpy()
+        hits = []
+        for idx in FACIAL_REGIONS.values():
+            pts = lm[idx]
+            pts = pts[(pts >= 0).all(1) & (pts < 112).all(1)].astype(int) // 16
+            hits.append(len(pts) > 0 and mask[pts[:, 1], pts[:, 0]].all())
+        assert any(hits)
+
+
+def test_compiled_and_eager_step_give_the_same_loss():
+    """torch.compile (inductor on CPU) computes the same loss as eager on the same batch and seed."""
+    torch.manual_seed(0)
+    model = models_mae.MaskedImageFrequencyAutoencoder(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2,
+                                                       decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    x = torch.randn(2, 3, 32, 32)
+    mask = model.random_masks(2, 'cpu')
+    eager, _ = model(x, mask)
+    compiled, _ = torch.compile(model)(x, mask)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
