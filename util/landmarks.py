@@ -11,10 +11,15 @@ NUM_LANDMARKS = 68
 JAW = list(range(0, 17))
 RIGHT_BROW = list(range(17, 22))
 LEFT_BROW = list(range(22, 27))
-NOSE = list(range(27, 36))
+NOSE_BRIDGE = list(range(27, 31))
+NOSTRILS = list(range(31, 36))
+NOSE = NOSE_BRIDGE + NOSTRILS
 RIGHT_EYE = list(range(36, 42))
 LEFT_EYE = list(range(42, 48))
-MOUTH = list(range(48, 68))
+OUTER_LIPS = list(range(48, 60))
+INNER_LIPS = list(range(60, 68))
+MOUTH = OUTER_LIPS + INNER_LIPS
+INNER_FACE = list(range(17, 68))      # brows, eyes, nose and mouth: what a face swap replaces
 
 # The facial regions that region-guided masking hides as a whole.
 FACIAL_REGIONS = {

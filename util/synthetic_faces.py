@@ -53,19 +53,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# ---------------------------------------------------------------------------
-# Landmark index groups (iBUG-68)
-# ---------------------------------------------------------------------------
-JAW = list(range(0, 17))
-RIGHT_BROW = list(range(17, 22))   # subject's right = image left
-LEFT_BROW = list(range(22, 27))
-NOSE_BRIDGE = list(range(27, 31))
-NOSTRILS = list(range(31, 36))
-RIGHT_EYE = list(range(36, 42))
-LEFT_EYE = list(range(42, 48))
-OUTER_LIPS = list(range(48, 60))
-INNER_LIPS = list(range(60, 68))
-INNER_FACE = list(range(17, 68))   # region replaced by the face swap
+from util.landmarks import (INNER_FACE, INNER_LIPS, JAW, LEFT_BROW, LEFT_EYE, NOSE_BRIDGE, NOSTRILS,
+                            OUTER_LIPS, RIGHT_BROW, RIGHT_EYE)
 
 MANIFEST_COLUMNS = ["path", "landmarks", "label", "video", "dataset", "identity", "split", "method"]
 
