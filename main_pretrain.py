@@ -213,11 +213,12 @@ def main(args):
             sampler.set_epoch(epoch)
         stats = train_one_epoch(model, loader, optimizer, device, epoch, amp_dtype, scaler, log_writer, args)
         stats['epoch'] = epoch
-        if args.output_dir:
-            misc.save_checkpoint(args.output_dir, 'checkpoint-last.pth', model_without_ddp, optimizer, epoch, args, scaler)
+        if args.output_dir:     # the epoch's log line travels in the checkpoint too (see misc.complete_log)
+            misc.save_checkpoint(args.output_dir, 'checkpoint-last.pth', model_without_ddp, optimizer, epoch, args,
+                                 scaler, log_stats=stats)
             if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.epochs:
                 misc.save_checkpoint(args.output_dir, f'checkpoint-{epoch}.pth', model_without_ddp, optimizer,
-                                     epoch, args, scaler)
+                                     epoch, args, scaler, log_stats=stats)
         misc.append_log(args.output_dir, stats)
         if misc.is_main_process():
             print(f'epoch {epoch}: ' + ', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}'

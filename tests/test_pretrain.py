@@ -69,6 +69,7 @@ def test_resume_continues_at_next_epoch_with_same_optimizer_state(synthetic_data
     for k, v in saved['model'].items():
         assert torch.equal(model.state_dict()[k], v)
 
+    (out / 'log.txt').unlink()                   # as if interrupted between checkpoint and log line
     main_pretrain.main(pretrain_args(data, out, epochs=2, batch_size=8))      # auto-resume
     assert [e['epoch'] for e in read_log(out)] == [0, 1]
     assert misc.load_checkpoint(out / 'checkpoint-last.pth')['epoch'] == 1

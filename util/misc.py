@@ -182,7 +182,17 @@ def resume_training(args, model_without_ddp, optimizer, scaler=None):
         if scaler is not None and ckpt.get('scaler'):
             scaler.load_state_dict(ckpt['scaler'])
     print(f'Resumed from {path} (epoch {ckpt.get("epoch")}); continuing at epoch {args.start_epoch}', flush=True)
+    if ckpt.get('log_stats') and args.output_dir:
+        complete_log(args.output_dir, ckpt['log_stats'])
     return ckpt
+
+
+def complete_log(output_dir, stats):
+    """Append the checkpoint's epoch line to log.txt if an interruption came between the two writes."""
+    log = Path(output_dir) / 'log.txt'
+    logged = [json.loads(line).get('epoch') for line in open(log)] if log.is_file() else []
+    if stats.get('epoch') not in logged:
+        append_log(output_dir, stats)
 
 
 def append_log(output_dir, stats):
