@@ -229,3 +229,12 @@ def test_compiled_and_eager_step_give_the_same_loss():
     eager, _ = model(x, mask)
     compiled, _ = torch.compile(model)(x, mask)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_model_compiles_into_one_graph():
+    """No graph breaks: static shapes, gather on index tensors, no data-dependent Python control flow."""
+    import torch._dynamo as dynamo
+    model = models_mae.mae_vit_tiny_patch16(img_size=64)
+    x = torch.randn(2, 3, 64, 64)
+    explanation = dynamo.explain(model)(x, model.random_masks(2, 'cpu'))
+    assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
