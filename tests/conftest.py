@@ -46,3 +46,45 @@ def pretrained_tiny(synthetic_data, tmp_path_factory):
     args = pretrain_args(synthetic_data['pretrain'], out, epochs=6, save_freq=3)
     main_pretrain.main(args)
     return out
+
+
+# ---------------------------------------------------------------------- stage 2 (fine-tuning)
+FINETUNE = dict(input_size=112, epochs=4, lr=1e-3, trainable_blocks=1, batch_size=16)
+
+
+def finetune_split(train_csv, every=5):
+    """Validation identities (every `every`-th of the training identities) apart from the rest:
+    (train csv, val csv), both with real and fake faces; the test identities stay untouched."""
+    import csv
+    with open(train_csv, newline='') as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    ids = sorted({r['identity'] for r in rows})
+    val_ids = set(ids[::every])
+    paths = {}
+    for name, keep in (('finetune_train', lambda r: r['identity'] not in val_ids),
+                       ('finetune_val', lambda r: r['identity'] in val_ids)):
+        paths[name] = Path(train_csv).with_name(f'{name}.csv')
+        with open(paths[name], 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows([r for r in rows if keep(r)])
+    return paths['finetune_train'], paths['finetune_val']
+
+
+@pytest.fixture(scope='session')
+def finetune_tiny(pretrained_tiny, synthetic_data, tmp_path_factory):
+    """The tiny pre-trained MIFAE fine-tuned into a detector (best epoch on validation identities) and
+    evaluated on the held-out test identities: dict(out, result, train, val, test, epochs, input_size)."""
+    import main_finetune
+    out = tmp_path_factory.mktemp('finetune')
+    train, val = finetune_split(synthetic_data['train'])
+    argv = ['--finetune', pretrained_tiny / 'checkpoint-last.pth', '--train_manifest', train, '--val_manifest', val,
+            '--test_manifests', synthetic_data['test'], '--output_dir', out, '--input_size', FINETUNE['input_size'],
+            '--batch_size', FINETUNE['batch_size'], '--epochs', FINETUNE['epochs'], '--lr', FINETUNE['lr'],
+            '--trainable_blocks', FINETUNE['trainable_blocks'], '--warmup_epochs', 1, '--num_workers', 0,
+            '--device', 'cpu', '--quiet', '--print_freq', 5, '--no_auto_resume']
+    args = main_finetune.get_args_parser().parse_args([str(a) for a in argv])
+    result = main_finetune.main(args)
+    return dict(out=out, result=result, train=train, val=val, test=synthetic_data['test'],
+                epochs=FINETUNE['epochs'], input_size=FINETUNE['input_size'])

@@ -1,0 +1,324 @@
+"""Stage 2 steps: one fine-tuning epoch (classification + real-face reconstruction) and evaluation.
+
+Neither loop waits for the device per step: losses are summed on the device and read every
+`--print_freq` iterations; evaluation keeps the fake probabilities on the device and reads them once.
+"""
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Sampler
+from tqdm import tqdm
+
+import util.lr_sched as lr_sched
+import util.misc as misc
+from util.datasets import normalize_batch
+from util.metrics import compute_metrics, roc_points
+
+LOSS_NAMES = ('loss', 'ce_loss', 'recon_loss', 'l1_real', 'l1_fake')
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------- losses
+def per_image_l1(pred, target):
+    """Mean absolute error per image. [N, L, P] x2 -> [N] float32"""
+    return (pred.float() - target.float()).abs().mean(dim=(1, 2))
+
+
+def reconstruction_loss(pred, target, labels, mode='real', lam=0.1):
+    """L1 reconstruction loss on real faces (label 0) only; `dual` also subtracts lam x L1 on fakes (label 1).
+
+    labels: [N] long; other values (e.g. -1 for a mixup pair of a real and a fake) count as neither.
+    A batch without reals gives exactly 0 (a tensor in the graph, so backward still works).
+    Returns (loss, l1_real, l1_fake), the last two detached means (0 where the batch has none).
+    """
+    l1 = per_image_l1(pred, target)                                     # [N]
+    real = (labels == 0).to(l1.dtype)
+    fake = (labels == 1).to(l1.dtype)
+    l1_real = (l1 * real).sum() / real.sum().clamp_min(1)
+    l1_fake = (l1 * fake).sum() / fake.sum().clamp_min(1)
+    if mode == 'real':
+        loss = l1_real
+    elif mode == 'dual':
+        loss = l1_real - lam * l1_fake
+    else:
+        raise ValueError(f'reconstruction mode must be real or dual, got {mode!r}')
+    return loss, l1_real.detach(), l1_fake.detach()
+
+
+def recon_labels_after_mixing(labels, mixing):
+    """Un-mixed labels deciding real vs fake for the reconstruction loss. timm's Mixup blends sample i
+    with sample N-1-i (batch.flip(0)); a blend of a real and a fake face is neither (-1)."""
+    if not mixing:
+        return labels
+    partner = labels.flip(0)
+    return torch.where(labels == partner, labels, torch.full_like(labels, -1))
+
+
+# ---------------------------------------------------------------------- sampling
+class BalancedSampler(Sampler):
+    """Draws real and fake samples equally often (with replacement), `num_samples` per epoch in total,
+    split over the distributed ranks (each rank takes every world-th index of one shared draw)."""
+
+    def __init__(self, labels, num_samples=None, seed=0, rank=0, world_size=1):
+        labels = torch.as_tensor(labels)
+        counts = torch.bincount(labels.clamp_min(0), minlength=2).double()
+        if (counts == 0).any():
+            raise ValueError('--balance needs both real and fake samples in the training manifest')
+        self.weights = 1.0 / counts[labels]
+        self.total = int(num_samples or len(labels))
+        self.seed, self.rank, self.world, self.epoch = seed, rank, world_size, 0
+        self.per_rank = self.total // world_size
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        draw = torch.multinomial(self.weights, self.per_rank * self.world, replacement=True, generator=g)
+        return iter(draw[self.rank::self.world].tolist())
+
+    def __len__(self):
+        return self.per_rank
+
+
+class ShardSampler(Sampler):
+    """Evaluation order: indices rank, rank + world, ... (no padding, no duplicates)."""
+
+    def __init__(self, n, rank=0, world_size=1):
+        self.indices = list(range(rank, n, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+# ---------------------------------------------------------------------- training
+def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp_dtype=None, scaler=None,
+                    mixup_fn=None, log_writer=None, args=None):
+    """One epoch; loss = CE (label smoothing / soft mixup targets) + recon_weight x reconstruction loss.
+
+    Batches hold uint8 images, normalised here on the device. `model` may be compiled / DDP-wrapped;
+    `bare` is the detector itself (its reconstruction target and normalisation)."""
+    model.train(True)
+    bare = misc_unwrap(model)
+    use_recon = args.recon != 'none' and args.recon_weight > 0
+    accum_iter, steps = args.accum_iter, len(data_loader)
+    optimizer.zero_grad(set_to_none=True)
+
+    sums = torch.zeros(len(LOSS_NAMES), device=device)
+    epoch_sums = torch.zeros(len(LOSS_NAMES), device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    step_ids = torch.arange(steps, device=device) + epoch * steps     # made once: no host copy per step
+    n_since, n_epoch, replaced, start = 0, 0, 0, time.time()
+    lr = optimizer.param_groups[0]['lr']
+    zero = torch.zeros((), device=device)
+
+    bar = tqdm(data_loader, desc=f'epoch {epoch}', disable=not misc.is_main_process() or args.quiet,
+               dynamic_ncols=True, mininterval=2.0, file=sys.stdout)
+    for it, batch in enumerate(bar):
+        if it % accum_iter == 0:
+            lr = lr_sched.adjust_learning_rate(optimizer, it / steps + epoch, args)
+        imgs = normalize_batch(batch['img'].to(device, non_blocking=True), bare.mean, bare.std)
+        labels = batch['label'].to(device, non_blocking=True)
+        replaced += int(batch['replaced'].sum())
+        targets = labels
+        if mixup_fn is not None:
+            imgs, targets = mixup_fn(imgs, labels)
+        rec_labels = recon_labels_after_mixing(labels, mixup_fn is not None)
+
+        update = (it + 1) % accum_iter == 0 or it + 1 == steps
+        sync_ctx = model.no_sync() if (args.distributed and not update) else nullcontext()
+        with sync_ctx:
+            with misc.autocast(device, amp_dtype):
+                if use_recon:
+                    logits, pred = model(imgs, return_recon=True)
+                else:
+                    logits = model(imgs)
+            ce = criterion(logits.float(), targets)
+            if use_recon:
+                rec, l1_real, l1_fake = reconstruction_loss(pred, bare.recon_target(imgs), rec_labels,
+                                                            args.recon, args.recon_lambda)
+                loss = ce + args.recon_weight * rec
+            else:
+                rec = l1_real = l1_fake = zero
+                loss = ce
+            misc.backward_and_step(loss / accum_iter, optimizer, scaler, update=update,
+                                   clip_grad=args.clip_grad, parameters=bare.parameters())
+
+        values = torch.stack([loss.detach(), ce.detach(), rec.detach(), l1_real, l1_fake]).float()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(values).all(), step_ids[it], first_bad)
+        sums += values
+        n_since += 1
+
+        if (it + 1) % args.print_freq == 0 or it + 1 == steps:        # the only host synchronisation
+            bad = int(first_bad)
+            if bad >= 0:
+                raise NonFiniteLossError(
+                    f'non-finite loss at step {bad} (epoch {bad // steps}, iteration {bad % steps}); training '
+                    f'stopped, the checkpoints on disk are from before epoch {epoch} and were not touched')
+            mean = (sums / n_since).tolist()
+            epoch_sums += sums
+            n_epoch += n_since
+            sums.zero_()
+            n_since = 0
+            bar.set_postfix(ce=f'{mean[1]:.4f}', rec=f'{mean[2]:.4f}', lr=f'{lr:.2e}')
+            if log_writer is not None:
+                step = epoch * steps + it
+                for name, v in zip(LOSS_NAMES, mean):
+                    log_writer.add_scalar(name, v, step)
+                log_writer.add_scalar('lr', lr, step)
+
+    epoch_mean = misc.all_reduce_mean(epoch_sums / max(n_epoch, 1)).tolist()
+    stats = {f'train_{k}' if k == 'loss' else k: v for k, v in zip(LOSS_NAMES, epoch_mean)}
+    stats.update(lr=lr, unreadable_images=replaced, epoch_time_s=round(time.time() - start, 2))
+    return stats
+
+
+def misc_unwrap(model):
+    """The bare module under torch.compile and DDP wrappers."""
+    m = getattr(model, '_orig_mod', model)
+    m = getattr(m, 'module', m)
+    return getattr(m, '_orig_mod', m)
+
+
+# ---------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict_probs(model, data_loader, device, amp_dtype=None, desc='eval', quiet=False):
+    """Fake probability of every item the loader yields (uint8 images, normalised on the device).
+    -> (dataset indices [M] int64, probs [M] float32) as numpy arrays; with several processes, every rank
+    gets all ranks' items (ShardSampler order)."""
+    model.eval()
+    probs, indices = [], []
+    bare = misc_unwrap(model)
+    for batch in tqdm(data_loader, desc=desc, disable=not misc.is_main_process() or quiet,
+                      dynamic_ncols=True, mininterval=2.0, file=sys.stdout):
+        imgs = normalize_batch(batch['img'].to(device, non_blocking=True), bare.mean, bare.std)
+        with misc.autocast(device, amp_dtype):
+            logits = model(imgs)
+        probs.append(bare.fake_prob(logits))                          # stays on the device
+        indices.append(batch['index'])
+    p = torch.cat(probs).cpu().numpy() if probs else np.zeros(0, np.float32)   # one read-back
+    i = torch.cat(indices).numpy() if indices else np.zeros(0, np.int64)
+    if misc.is_dist():
+        parts = [None] * misc.get_world_size()
+        torch.distributed.all_gather_object(parts, (i, p))
+        i = np.concatenate([a for a, _ in parts])
+        p = np.concatenate([b for _, b in parts])
+    return i, p
+
+
+def evaluate_samples(model, samples, data_loader, device, amp_dtype=None, name='eval', quiet=False,
+                     threshold=0.5):
+    """Metrics (util.metrics.compute_metrics, frame and video) over a labelled sample list.
+    -> (metrics dict, labels, scores) with labels/scores per evaluated frame."""
+    idx, scores = predict_probs(model, data_loader, device, amp_dtype, desc=name, quiet=quiet)
+    labels = np.array([samples[j].label for j in idx], np.int64)
+    videos = [samples[j].video for j in idx]
+    metrics = compute_metrics(labels, scores, videos, threshold=threshold) if len(idx) else dict(n=0)
+    return metrics, labels, scores
+
+
+# ---------------------------------------------------------------------- reports
+REPORT_COLUMNS = (('set', 's'), ('n', 'd'), ('n_real', 'd'), ('n_fake', 'd'), ('n_videos', 'd'),
+                  ('auc', 'f'), ('video_auc', 'f'), ('eer', 'f'), ('ap', 'f'), ('acc', 'f'), ('missing', 'd'))
+
+
+def _cell(v, kind):
+    if v is None:
+        return 'n/a'
+    if kind == 'f':
+        return f'{v:.4f}'
+    return str(v)
+
+
+def format_table(results, markdown=False):
+    """results: {set name: metrics dict (plus 'missing')} -> a text (or Markdown) table."""
+    head = [c for c, _ in REPORT_COLUMNS]
+    rows = [[_cell(name if c == 'set' else m.get(c), k) for c, k in REPORT_COLUMNS] for name, m in results.items()]
+    if markdown:
+        lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join('---' for _ in head) + '|']
+        lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+    else:
+        widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+        fmt = lambda r: '  '.join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+        lines = [fmt(head), fmt(['-' * w for w in widths])] + [fmt(r) for r in rows]
+    notes = [f'{name}: {m["note"]}' for name, m in results.items() if m.get('note')]
+    if notes:
+        lines += [''] + [('- ' if markdown else '') + n for n in notes]
+    return '\n'.join(lines)
+
+
+def save_roc_png(path, name, labels, scores, metrics):
+    """ROC curve (matplotlib, Agg) with AUC and EER in the legend. False when the set has one class."""
+    pts = roc_points(labels, scores)
+    if pts is None:
+        return False
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fpr, tpr = pts
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
+    ax.plot(fpr, tpr, lw=1.8, label=f'AUC {metrics["auc"]:.4f}, EER {metrics["eer"]:.4f}')
+    ax.plot([0, 1], [0, 1], ls='--', lw=0.8, color='gray')
+    e = metrics['eer']
+    ax.plot([e], [1 - e], 'o', ms=4, color='C3')
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='false positive rate (real called fake)',
+           ylabel='true positive rate (fake caught)', title=f'ROC: {name}')
+    ax.legend(loc='lower right', fontsize=8)
+    fig.tight_layout()
+    tmp = Path(path).with_name(f'.{Path(path).name}.tmp.png')
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def write_eval_report(results, output_dir, checkpoint=None, curves=None):
+    """eval.json, eval.md and roc_<set>.png in output_dir; returns the printed table."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_table(results)
+    rocs = {}
+    for name, (labels, scores) in (curves or {}).items():
+        png = out / f'roc_{name}.png'
+        if save_roc_png(png, name, labels, scores, results[name]):
+            rocs[name] = png.name
+    doc = dict(checkpoint=str(checkpoint) if checkpoint else None, sets=results, roc=rocs)
+    tmp = out / '.eval.json.tmp'
+    tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
+    tmp.replace(out / 'eval.json')
+    md = [f'# Evaluation of `{checkpoint}`' if checkpoint else '# Evaluation', '',
+          format_table(results, markdown=True), '']
+    md += [f'![ROC {n}]({f})' for n, f in rocs.items()]
+    tmp = out / '.eval.md.tmp'
+    tmp.write_text('\n'.join(md) + '\n')
+    tmp.replace(out / 'eval.md')
+    return table
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return str(o)
+
+
+def ce_criterion(smoothing, mixing):
+    """Soft-target CE under mixup/cutmix (the smoothing is in timm's targets), else CE with label smoothing."""
+    if mixing:
+        from timm.loss import SoftTargetCrossEntropy
+        return SoftTargetCrossEntropy()
+    return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=smoothing)

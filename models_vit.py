@@ -1,0 +1,371 @@
+"""Stage 2: the MIFAE deepfake detector -- a ViT classifier on the pre-trained encoder, with the frozen
+spatial decoder reconstructing the input from the classifier's tokens.
+
+The encoder's names match models_mae's (patch_embed, cls_token, pos_embed, blocks, norm), so a
+pre-training checkpoint (MIFAE or original MAE) loads directly; pos_embed is learnable here, initialised
+from the checkpoint's and resized when the input size differs. The decoder (decoder_embed,
+decoder_pos_embed, decoder_blocks, decoder_norm, decoder_pred) is the pre-training spatial decoder and
+runs models_mae's own `forward_decoder` on cls + all L tokens. It is always frozen; by default only the
+last block, the final norm and the head train, and the frozen prefix runs without autograd and stays
+in eval mode (no drop-path), so its weights and its outputs never change.
+"""
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from timm.layers import PatchEmbed, trunc_normal_
+from timm.models.vision_transformer import Block
+
+import util.misc as misc
+from models_mae import MaskedImageFrequencyAutoencoder as _MIFAE
+from util.datasets import IMAGENET_MEAN, IMAGENET_STD, denormalize
+from util.pos_embed import resize_pos_embed, sincos_pos_embed_2d
+
+DECODER_PREFIXES = ('decoder_embed.', 'decoder_blocks.', 'decoder_norm.', 'decoder_pred.')
+HEAD_PREFIXES = ('head.', 'fc_norm.')
+
+
+class MIFAEDetector(nn.Module):
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
+                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.,
+                 norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=2, global_pool=False,
+                 drop_rate=0., drop_path_rate=0., norm_pix=False, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f'img_size {img_size} is not divisible by the patch size {patch_size}')
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.num_classes, self.global_pool, self.norm_pix = num_classes, global_pool, norm_pix
+        self.mean, self.std = tuple(mean), tuple(std)
+        grid = img_size // patch_size
+
+        # ---- encoder (models_mae names)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.from_numpy(sincos_pos_embed_2d(embed_dim, grid, True))[None])
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer, drop_path=dpr[i])
+            for i in range(depth)])
+        self.norm = norm_layer(embed_dim)                      # tokens for the decoder (and the cls head)
+        self.fc_norm = norm_layer(embed_dim) if global_pool else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes)
+
+        # ---- frozen spatial decoder (models_mae names; no mask token: every patch has its token)
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.register_buffer('decoder_pos_embed',
+                             torch.from_numpy(sincos_pos_embed_2d(decoder_embed_dim, grid, True))[None])
+        self.decoder_blocks = nn.ModuleList([
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(decoder_depth)])
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
+
+        self.first_trainable = 0                               # blocks before it are frozen (see freeze)
+        self.initialize_weights()
+        self.freeze(depth, full=True)                          # until told otherwise: encoder trains, decoder frozen
+
+    def initialize_weights(self):
+        w = self.patch_embed.proj.weight.data
+        torch.nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+        torch.nn.init.normal_(self.cls_token, std=.02)
+        self.apply(_MIFAE._init_weights)
+        trunc_normal_(self.head.weight, std=.02)
+
+    # ------------------------------------------------------------------ what trains
+    def freeze(self, trainable_blocks=1, full=False):
+        """Train the last `trainable_blocks` blocks, norm, fc_norm and head (or the whole encoder with
+        `full`); everything else, the decoder always, gets requires_grad False."""
+        depth = len(self.blocks)
+        if not 0 <= trainable_blocks <= depth:
+            raise ValueError(f'trainable_blocks must lie in [0, {depth}], got {trainable_blocks}')
+        self.first_trainable = 0 if full else depth - trainable_blocks
+        for name, p in self.named_parameters():
+            if name.startswith(DECODER_PREFIXES):
+                p.requires_grad_(False)
+            elif full or name.startswith(('norm.',) + HEAD_PREFIXES):
+                p.requires_grad_(True)
+            elif name.startswith('blocks.'):
+                p.requires_grad_(int(name.split('.')[1]) >= self.first_trainable)
+            else:                                              # patch_embed, cls_token, pos_embed
+                p.requires_grad_(False)
+        self.train(self.training)
+        return self
+
+    def frozen_modules(self):
+        mods = [self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred]
+        if self.first_trainable > 0:
+            mods += [self.patch_embed] + list(self.blocks[:self.first_trainable])
+        return mods
+
+    def train(self, mode=True):
+        """Frozen modules stay in eval mode: no drop-path or dropout where nothing learns."""
+        super().train(mode)
+        if mode:
+            for m in self.frozen_modules():
+                m.eval()
+        return self
+
+    # ------------------------------------------------------------------ patches (models_mae's)
+    patchify = _MIFAE.patchify            # [N, C, H, W] -> [N, L, p*p*C]
+    unpatchify = _MIFAE.unpatchify        # [N, L, p*p*C] -> [N, C, H, W]
+
+    # ------------------------------------------------------------------ encoder
+    def _embed_and_frozen_blocks(self, x):
+        x = self.patch_embed(x) + self.pos_embed[:, 1:]                    # [N, L, D]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)                                     # [N, 1+L, D]
+        for blk in self.blocks[:self.first_trainable]:
+            x = blk(x)
+        return x
+
+    def forward_features(self, x):
+        """All tokens after the last block, before the final norm. [N, C, H, W] -> [N, 1+L, D]"""
+        if self.first_trainable > 0:
+            with torch.no_grad():                                          # frozen prefix: no activations kept
+                x = self._embed_and_frozen_blocks(x)
+        else:
+            x = self._embed_and_frozen_blocks(x)
+        for blk in self.blocks[self.first_trainable:]:
+            x = blk(x)
+        return x
+
+    def forward_tokens(self, x):
+        """The classifier's tokens, cls + all L patches in patch order, as the decoder reads them. -> [N, 1+L, D]"""
+        return self.norm(self.forward_features(x))
+
+    def forward_head(self, feats, tokens=None):
+        """Logits [N, num_classes] from the cls token (after norm) or the mean patch token (fc_norm)."""
+        if self.global_pool:
+            x = self.fc_norm(feats[:, 1:].mean(dim=1))
+        else:
+            x = (tokens if tokens is not None else self.norm(feats))[:, 0]
+        return self.head(self.head_drop(x))
+
+    # ------------------------------------------------------------------ frozen decoder (models_mae's)
+    forward_decoder = _MIFAE.forward_decoder   # (tokens [N, 1+L, D], ids_restore=None) -> [N, L, p*p*C]
+
+    # ------------------------------------------------------------------ both
+    def forward(self, x, return_recon=False):
+        """x: [N, C, H, W] normalised. Logits [N, num_classes]; with return_recon also the decoder's
+        patch predictions [N, L, p*p*C] (normalised pixels, or per-patch normalised with norm_pix)."""
+        feats = self.forward_features(x)
+        if not return_recon:
+            return self.forward_head(feats)
+        tokens = self.norm(feats)
+        return self.forward_head(feats, tokens), self.forward_decoder(tokens)
+
+    def fake_prob(self, logits):
+        """P(label 1 = fake). [N, 2] -> [N] float32"""
+        return logits.float().softmax(dim=-1)[:, 1]
+
+    # ------------------------------------------------------------------ reconstruction targets / images
+    def recon_target(self, imgs):
+        """What the decoder's output is compared with: the input's patches (per-patch normalised with norm_pix)."""
+        target = self.patchify(imgs.float())
+        if self.norm_pix:
+            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.e-6) ** .5
+        return target
+
+    def recon_images(self, imgs, pred):
+        """Decoder output as an image in the input's normalised space ([N, C, H, W]); with norm_pix each
+        patch is de-normalised with the input patch's own mean and variance."""
+        pred = pred.float()
+        if self.norm_pix:
+            target = self.patchify(imgs.float())
+            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            pred = pred * (var + 1.e-6) ** .5 + mean
+        return self.unpatchify(pred)
+
+
+# ---------------------------------------------------------------------- factories (looked up by --model)
+def _detector(**kw):
+    defaults = dict(mlp_ratio=4, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    defaults.update(kw)
+    return MIFAEDetector(**defaults)
+
+
+def vit_tiny_patch16(**kwargs):
+    return _detector(patch_size=16, embed_dim=192, depth=12, num_heads=3,
+                     decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4, **kwargs)
+
+
+def vit_small_patch16(**kwargs):
+    return _detector(patch_size=16, embed_dim=384, depth=12, num_heads=6,
+                     decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8, **kwargs)
+
+
+def vit_base_patch16(**kwargs):
+    return _detector(patch_size=16, embed_dim=768, depth=12, num_heads=12,
+                     decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, **kwargs)
+
+
+def vit_large_patch16(**kwargs):
+    return _detector(patch_size=16, embed_dim=1024, depth=24, num_heads=16,
+                     decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, **kwargs)
+
+
+def vit_huge_patch14(**kwargs):
+    return _detector(patch_size=14, embed_dim=1280, depth=32, num_heads=16,
+                     decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, **kwargs)
+
+
+MODELS = {f.__name__: f for f in (vit_tiny_patch16, vit_small_patch16, vit_base_patch16,
+                                  vit_large_patch16, vit_huge_patch14)}
+
+
+def resolve_model_name(name):
+    """'vit_base_patch16' or the pre-training name 'mae_vit_base_patch16' -> 'vit_base_patch16'."""
+    key = name[len('mae_'):] if name.startswith('mae_') else name
+    if key not in MODELS:
+        raise ValueError(f'--model {name} is unknown; choose one of {", ".join(MODELS)} '
+                         f'(or their mae_* pre-training names)')
+    return key
+
+
+def patch_size_of(name):
+    """16 for 'vit_base_patch16' (no model is built)."""
+    return int(resolve_model_name(name).rsplit('patch', 1)[1])
+
+
+# ---------------------------------------------------------------------- loading
+def checkpoint_state(ckpt):
+    """The state dict inside a checkpoint ({'model': ...} as MAE/MIFAE/this code write it, or bare)."""
+    state = ckpt.get('model', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError('holds no state dict of tensors')
+    return state
+
+
+def _shape_report(path, mismatched, what):
+    shown = '; '.join(mismatched[:4]) + (f'; ... ({len(mismatched) - 4} more)' if len(mismatched) > 4 else '')
+    return f'{path}: {len(mismatched)} tensor(s) differ in shape from {what}: {shown}'
+
+
+def load_pretrained(model, path, decoder_path=None, model_name='the model'):
+    """Initialise encoder and frozen decoder from a pre-training checkpoint (MIFAE or original MAE).
+
+    The encoder's pos_embed is resized to this input size; fixed sin-cos decoder_pos_embed is rebuilt,
+    not loaded; mask_token and the frequency branch are ignored; a checkpoint's head is loaded only when
+    it is a fine-tuning checkpoint of the same kind. Raises ValueError naming the file and the keys whose
+    shapes differ, or the missing encoder keys. Returns dict(decoder_loaded, norm_pix_loss, args).
+    """
+    def read(p):
+        try:
+            ckpt = misc.load_checkpoint(p)
+            return ckpt, checkpoint_state(ckpt)
+        except ValueError as e:
+            raise ValueError(f'{p}: {e}' if str(p) not in str(e) else str(e)) from None
+
+    ckpt, state = read(path)
+    own = model.state_dict()
+    state = dict(state)
+    if 'pos_embed' in state and state['pos_embed'].ndim == 3 and 'pos_embed' in own:
+        grid = model.img_size // model.patch_size
+        if state['pos_embed'].shape[1] - 1 != grid * grid and state['pos_embed'].shape[-1] == own['pos_embed'].shape[-1]:
+            old = int(round((state['pos_embed'].shape[1] - 1) ** .5))
+            state['pos_embed'] = resize_pos_embed(state['pos_embed'], grid)
+            print(f'{path}: pos_embed resized from a {old}x{old} to a {grid}x{grid} patch grid')
+
+    enc_keys = [k for k in own if not k.startswith(DECODER_PREFIXES + HEAD_PREFIXES) and k != 'decoder_pos_embed']
+    missing = [k for k in enc_keys if k not in state]
+    if missing:
+        raise ValueError(f'{path}: not a ViT/MAE checkpoint for {model_name}: {len(missing)} encoder key(s) missing, '
+                         f'e.g. {", ".join(missing[:3])}')
+    load_keys = list(enc_keys)
+    if 'detector' in ckpt:                                     # a fine-tuning checkpoint: its head too
+        load_keys += [k for k in own if k.startswith(HEAD_PREFIXES) and k in state]
+
+    dec_state, dec_src = state, path
+    if decoder_path:
+        _, dec_state = read(decoder_path)
+        dec_src = decoder_path
+    dec_keys = [k for k in own if k.startswith(DECODER_PREFIXES)]
+    decoder_loaded = all(k in dec_state for k in dec_keys)
+
+    mismatched = [f'{k}: {tuple(state[k].shape)} in file, {tuple(own[k].shape)} in {model_name}'
+                  for k in load_keys if tuple(state[k].shape) != tuple(own[k].shape)]
+    if decoder_loaded:
+        mismatched += [f'{k}: {tuple(dec_state[k].shape)} in {dec_src}, {tuple(own[k].shape)} in {model_name}'
+                       for k in dec_keys if tuple(dec_state[k].shape) != tuple(own[k].shape)]
+    if mismatched:
+        raise ValueError(_shape_report(path, mismatched, f'{model_name} (is --model right?)'))
+
+    new = {k: state[k] for k in load_keys}
+    if decoder_loaded:
+        new.update({k: dec_state[k] for k in dec_keys})
+    model.load_state_dict(new, strict=False)
+    args = ckpt.get('args') if isinstance(ckpt.get('args'), dict) else {}
+    fresh = sorted({k.split('.')[0] for k in own if k not in new and k != 'decoder_pos_embed'})
+    print(f'Initialised from {path}{f" (decoder from {decoder_path})" if decoder_path else ""}: '
+          f'{len(new)} tensors loaded; fresh: {", ".join(fresh) or "none"}')
+    return dict(decoder_loaded=decoder_loaded, norm_pix_loss=args.get('norm_pix_loss'), args=args)
+
+
+def detector_meta(model, model_name, **extra):
+    """What a fine-tuning checkpoint carries so that predict.py can rebuild the model with no flags."""
+    meta = dict(kind='mifae_detector', model=resolve_model_name(model_name), input_size=model.img_size,
+                patch_size=model.patch_size, global_pool=model.global_pool, num_classes=model.num_classes,
+                norm_pix=bool(model.norm_pix), mean=list(model.mean), std=list(model.std))
+    meta.update(extra)
+    return meta
+
+
+def build_detector(meta, **overrides):
+    kw = dict(img_size=meta['input_size'], global_pool=meta['global_pool'], num_classes=meta['num_classes'],
+              norm_pix=meta['norm_pix'], mean=meta['mean'], std=meta['std'])
+    kw.update(overrides)
+    return MODELS[resolve_model_name(meta['model'])](**kw)
+
+
+def load_detector(path, device='cpu'):
+    """Rebuild a fine-tuned detector from its checkpoint alone. -> (model in eval mode on `device`, meta)
+
+    ValueError naming the file when it is not a fine-tuning checkpoint or its tensors do not fit."""
+    ckpt = misc.load_checkpoint(path)
+    meta = ckpt.get('detector') if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict):
+        hint = ''
+        if isinstance(ckpt, dict) and isinstance(ckpt.get('args'), dict) and 'mask_ratio' in ckpt['args']:
+            hint = ' It is a pre-training checkpoint: fine-tune it first with main_finetune.py --finetune.'
+        raise ValueError(f'{path}: not a fine-tuning checkpoint of main_finetune.py (no "detector" entry).{hint}')
+    model = build_detector(meta)
+    state = checkpoint_state(ckpt)
+    own = model.state_dict()
+    mismatched = [f'{k}: {tuple(v.shape)} in file, {tuple(own[k].shape)} in {meta["model"]}'
+                  for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatched:
+        raise ValueError(_shape_report(path, mismatched, meta['model']))
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f'{path}: state dict does not fit {meta["model"]}: missing {missing[:3]}, '
+                         f'unexpected {unexpected[:3]}')
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta
+
+
+# ---------------------------------------------------------------------- for figures and predict.py
+@torch.no_grad()
+def reconstruction_discrepancy(model, imgs):
+    """For a batch of normalised images [N, 3, H, W] on the model's device:
+    dict(input [N, 3, H, W] in [0, 1], recon [N, 3, H, W] in [0, 1], diff [N, H, W] = mean over channels
+    of |input - recon| in [0, 1] pixel units, prob [N] = fake probability), all float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    logits, pred = model(imgs, return_recon=True)
+    model.train(was_training)
+    recon = denormalize(model.recon_images(imgs, pred), model.mean, model.std)
+    inp = denormalize(imgs.float(), model.mean, model.std)
+    return dict(input=inp.cpu(), recon=recon.cpu(), diff=(inp - recon).abs().mean(dim=1).cpu(),
+                prob=model.fake_prob(logits).cpu())
+
+
+def load_images_for(model, paths):
+    """Read face-crop files and normalise them as the model expects. -> [N, 3, S, S]"""
+    from util.datasets import FaceTransform, read_image_rgb
+    tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std)
+    return torch.stack([tf(read_image_rgb(Path(p)))[0] for p in paths])
+

@@ -1,0 +1,265 @@
+"""Real or fake? Verdicts for images, videos and folders with a fine-tuned MIFAE detector.
+
+    python predict.py --checkpoint ft/checkpoint-best.pth photo.jpg clip.mp4 folder/ [--json out.json]
+        [--heatmap heatmaps/] [--frames 16] [--landmarker dlib|face_alignment] [--device cpu]
+
+Faces are found and cropped as in data preparation (util.faces: dlib by default, offline; face_alignment on
+request), the crop is resized and normalised as the checkpoint says (it records architecture, input size
+and normalisation, so no model flags are needed). An image's score is its most fake-looking face (every
+face is reported); a video's score is the mean fake probability over the sampled frames that show a face
+(the largest face per frame). `--heatmap DIR` writes one PNG per face: input | reconstruction by the
+frozen decoder from the detector's tokens | |difference| (JET colours, 0 to --heatmap_max).
+A file without a face, an unreadable image or video: said so, and the next file is processed.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+import models_vit
+import util.misc as misc
+from util import faces as face_utils
+from util.datasets import FaceTransform
+
+CROP_SIZE = 256          # faces are cropped at prepare_faces.py's default size, then resized like training data
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser('MIFAE deepfake detection: verdicts for images, videos and folders', add_help=False)
+    p.add_argument('inputs', nargs='+', metavar='INPUT', help='image, video or folder (searched recursively)')
+    p.add_argument('--checkpoint', required=True, help='fine-tuning checkpoint written by main_finetune.py')
+    p.add_argument('--frames', default=16, type=int, help='frames sampled evenly over each video (0 = all)')
+    p.add_argument('--landmarker', default='dlib', choices=['dlib', 'face_alignment'],
+                   help='face detector + 68 landmarks (dlib works offline; face_alignment downloads weights once)')
+    p.add_argument('--weights_dir', default=None, help='folder with the face_alignment weight files')
+    p.add_argument('--margin', default=1.3, type=float, help='face crop side / landmark box side (as in prepare_faces.py)')
+    p.add_argument('--largest_face_only', action='store_true', help='images: score only the largest face')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--batch_size', default=32, type=int, help='faces per forward pass')
+    p.add_argument('--threshold', default=0.5, type=float, help='fake probability above which the verdict is FAKE')
+    p.add_argument('--json', default='', help='write all results to this JSON file')
+    p.add_argument('--heatmap', default='', metavar='DIR', help='write input | reconstruction | |difference| PNGs here')
+    p.add_argument('--heatmap_max', default=0.25, type=float, help='|difference| (pixel units, 0-1) shown as full red')
+    p.add_argument('--quiet', action='store_true', help='only the per-file verdict lines')
+    return p
+
+
+# ---------------------------------------------------------------------- inputs
+def expand_inputs(inputs):
+    """Files in command-line order; folders expand to their images and videos (sorted, recursive).
+    -> list of (path, kind) with kind image | video | missing | unsupported."""
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob('*') if f.is_file() and (face_utils.is_image_file(f) or
+                                                                       face_utils.is_video_file(f)))
+            if not found:
+                out.append((str(p), 'empty_folder'))
+            out += [(str(f), 'image' if face_utils.is_image_file(f) else 'video') for f in found]
+        elif not p.exists():
+            out.append((str(p), 'missing'))
+        elif face_utils.is_image_file(p):
+            out.append((str(p), 'image'))
+        elif face_utils.is_video_file(p):
+            out.append((str(p), 'video'))
+        else:
+            out.append((str(p), 'unsupported'))
+    return out
+
+
+# ---------------------------------------------------------------------- the predictor
+class Predictor:
+    """Detector + face finder; scores face crops in batches and optionally renders heat maps."""
+
+    def __init__(self, checkpoint, device='cpu', landmarker='dlib', weights_dir=None, margin=1.3, batch_size=32,
+                 heatmap_max=0.25):
+        self.device = torch.device(device)
+        self.model, self.meta = models_vit.load_detector(checkpoint, self.device)
+        self.tf = FaceTransform(self.meta['input_size'], train=False, mean=self.meta['mean'], std=self.meta['std'])
+        self.amp_dtype = torch.bfloat16 if self.device.type == 'cuda' else None
+        self.landmarker_name, self.weights_dir = landmarker, weights_dir
+        self.margin, self.batch_size, self.heatmap_max = margin, max(1, batch_size), heatmap_max
+        self._landmarker = None
+
+    @property
+    def landmarker(self):
+        if self._landmarker is None:
+            self._landmarker = face_utils.build_landmarker(self.landmarker_name, device=str(self.device),
+                                                           weights_dir=self.weights_dir)
+        return self._landmarker
+
+    @torch.no_grad()
+    def score_crops(self, crops, with_heatmaps=False):
+        """RGB uint8 face crops -> (fake probabilities [N], heat-map images [N] of uint8 RGB or None)."""
+        probs, panels = [], []
+        for s in range(0, len(crops), self.batch_size):
+            x = torch.stack([self.tf(c)[0] for c in crops[s:s + self.batch_size]]).to(self.device)
+            with misc.autocast(self.device, self.amp_dtype):
+                if with_heatmaps:
+                    r = models_vit.reconstruction_discrepancy(self.model, x)
+                    probs.append(r['prob'])
+                    panels += [heatmap_panel(r['input'][i], r['recon'][i], r['diff'][i], self.heatmap_max)
+                               for i in range(x.shape[0])]
+                else:
+                    probs.append(self.model.fake_prob(self.model(x)).cpu())
+        p = torch.cat(probs).float().numpy() if probs else np.zeros(0, np.float32)
+        return p, (panels if with_heatmaps else None)
+
+    def predict_image(self, path, all_faces=True, with_heatmaps=False):
+        res = dict(path=path, type='image')
+        try:
+            img = face_utils.load_image_rgb(path)
+        except ValueError as e:
+            return dict(res, status='unreadable', message=str(e))
+        found = face_utils.extract_faces(img, self.landmarker, margin=self.margin, size=CROP_SIZE,
+                                         largest_only=not all_faces)
+        if not found:
+            return dict(res, status='no_face', message=f'{path}: no face found')
+        probs, panels = self.score_crops([f['crop'] for f in found], with_heatmaps)
+        res.update(status='ok', prob=float(probs.max()), faces=[
+            dict(face=i, box=[round(v, 1) for v in f['box']], prob=float(p)) for i, (f, p) in enumerate(zip(found, probs))])
+        res['_panels'] = panels
+        return res
+
+    def predict_video(self, path, num_frames=16, with_heatmaps=False):
+        res = dict(path=path, type='video')
+        try:
+            frames = face_utils.read_video_frames(path, num_frames)
+            indices, images = [], []
+            for idx, img in frames:
+                indices.append(idx)
+                images.append(img)
+        except (ValueError, cv2.error) as e:
+            return dict(res, status='unreadable', message=str(e))
+        res.update(frames_read=len(images), frames_skipped=frames.skipped)
+        if not images:
+            return dict(res, status='unreadable', message=f'{path}: no frame could be decoded')
+        found = face_utils.extract_faces_batch(images, self.landmarker, margin=self.margin, size=CROP_SIZE,
+                                               largest_only=True)
+        with_face = [(idx, faces[0]) for idx, (faces, _) in zip(indices, found) if faces]
+        if not with_face:
+            return dict(res, status='no_face', message=f'{path}: no face found in {len(images)} sampled frame(s)')
+        probs, panels = self.score_crops([f['crop'] for _, f in with_face], with_heatmaps)
+        res.update(status='ok', prob=float(probs.mean()), frames_with_face=len(with_face), frames=[
+            dict(frame=int(idx), box=[round(v, 1) for v in f['box']], prob=float(p))
+            for (idx, f), p in zip(with_face, probs)])
+        res['_panels'] = panels
+        return res
+
+
+def heatmap_panel(inp, recon, diff, vmax=0.25):
+    """[3, H, W] input and reconstruction in [0, 1], [H, W] |difference| -> uint8 RGB [H, 3W + 8, 3]."""
+    to_u8 = lambda t: (t.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
+    d = (diff.clamp(0, vmax) / vmax * 255 + 0.5).to(torch.uint8).numpy()
+    heat = cv2.cvtColor(cv2.applyColorMap(d, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    h = heat.shape[0]
+    gap = np.full((h, 4, 3), 255, np.uint8)
+    return np.concatenate([to_u8(inp), gap, to_u8(recon), gap, heat], axis=1)
+
+
+def write_heatmaps(res, out_dir, stem):
+    """One PNG per face: <stem>_face<k>.png (images) or <stem>_frame<index>.png (videos)."""
+    panels = res.pop('_panels', None)
+    if not panels:
+        return
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = res['faces'] if res['type'] == 'image' else res['frames']
+    for item, panel in zip(items, panels):
+        name = f'{stem}_face{item["face"]}.png' if res['type'] == 'image' else f'{stem}_frame{item["frame"]:05d}.png'
+        path = out_dir / name
+        if not cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
+            raise OSError(f'{path}: could not write the heat map')
+        item['heatmap'] = str(path)
+
+
+def verdict_line(res, threshold):
+    if res['status'] != 'ok':
+        return f'{res["path"]}: {res["message"].split(": ", 1)[-1] if res.get("message") else res["status"]}'
+    word = 'FAKE' if res['prob'] > threshold else 'REAL'
+    if res['type'] == 'image':
+        per = ', '.join(f'{f["prob"]:.3f}' for f in res['faces'])
+        n = len(res['faces'])
+        how = f'{n} face{"s" if n > 1 else ""}: {per}' + ('; the most fake-looking counts' if n > 1 else '')
+    else:
+        p = [f['prob'] for f in res['frames']]
+        skipped = f', {res["frames_skipped"]} unreadable' if res.get('frames_skipped') else ''
+        how = (f'mean over {res["frames_with_face"]} frame(s) with a face of {res["frames_read"]} read{skipped}; '
+               f'min {min(p):.3f}, max {max(p):.3f}')
+    return f'{res["path"]}: {word}  p(fake) = {res["prob"]:.3f}  ({how})'
+
+
+def unique_stem(path, used):
+    stem = Path(path).stem
+    name, k = stem, 1
+    while name in used:
+        k += 1
+        name = f'{stem}_{k}'
+    used.add(name)
+    return name
+
+
+def run(args):
+    try:
+        predictor = Predictor(args.checkpoint, args.device, args.landmarker, args.weights_dir, args.margin,
+                              args.batch_size, args.heatmap_max)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f'predict.py: error: --checkpoint {e}') from None
+    heat = bool(args.heatmap)
+    if heat and not predictor.meta.get('decoder', True):
+        print(f'predict.py: note: {args.checkpoint} has no pre-trained decoder (fine-tuned with --recon none from '
+              f'an encoder-only checkpoint): no heat maps', file=sys.stderr)
+        heat = False
+    if not args.quiet:
+        m = predictor.meta
+        print(f'{args.checkpoint}: {m["model"]} at {m["input_size"]} px on {predictor.device}; '
+              f'faces by {args.landmarker}', file=sys.stderr)
+    results, used = [], set()
+    for path, kind in expand_inputs(args.inputs):
+        t = time.time()
+        if kind == 'image':
+            res = predictor.predict_image(path, all_faces=not args.largest_face_only, with_heatmaps=heat)
+        elif kind == 'video':
+            res = predictor.predict_video(path, args.frames, with_heatmaps=heat)
+        else:
+            why = {'missing': 'no such file or folder', 'empty_folder': 'folder holds no image or video',
+                   'unsupported': 'not an image or video file (by extension)'}[kind]
+            res = dict(path=path, type=kind, status=kind, message=f'{path}: {why}')
+        if res['status'] == 'ok':
+            res['verdict'] = 'fake' if res['prob'] > args.threshold else 'real'
+            if heat:
+                write_heatmaps(res, args.heatmap, unique_stem(path, used))
+        res.pop('_panels', None)
+        res['seconds'] = round(time.time() - t, 3)
+        results.append(res)
+        print(verdict_line(res, args.threshold), flush=True)
+    if args.json:
+        doc = dict(checkpoint=str(args.checkpoint), model=predictor.meta['model'], threshold=args.threshold,
+                   results=results)
+        tmp = Path(args.json).with_name(f'.{Path(args.json).name}.tmp')
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, args.json)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser('MIFAE deepfake detection', parents=[get_args_parser()])
+    args = parser.parse_args(argv)
+    if args.frames < 0:
+        parser.error('--frames must be >= 0')
+    if args.heatmap_max <= 0:
+        parser.error('--heatmap_max must be > 0')
+    results = run(args)
+    return 0 if any(r['status'] == 'ok' for r in results) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
