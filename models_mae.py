@@ -204,36 +204,33 @@ class MaskedImageFrequencyAutoencoder(nn.Module):
 
 
 # ---------------------------------------------------------------------- factories (looked up by --model)
-def _mifae(**kw):
-    defaults = dict(mlp_ratio=4, norm_layer=partial(nn.LayerNorm, eps=1e-6))
-    defaults.update(kw)
-    return MaskedImageFrequencyAutoencoder(**defaults)
+# Encoder and spatial-decoder sizes; models_vit builds its detectors from the same table.
+ARCHS = {
+    'vit_tiny_patch16': dict(patch_size=16, embed_dim=192, depth=12, num_heads=3,
+                             decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4),
+    'vit_small_patch16': dict(patch_size=16, embed_dim=384, depth=12, num_heads=6,
+                              decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8),
+    'vit_base_patch16': dict(patch_size=16, embed_dim=768, depth=12, num_heads=12,
+                             decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+    'vit_large_patch16': dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16,
+                              decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+    'vit_huge_patch14': dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16,
+                             decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+}
 
 
-def mae_vit_tiny_patch16(**kwargs):
-    return _mifae(patch_size=16, embed_dim=192, depth=12, num_heads=3,
-                  decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4, **kwargs)
+def _factory(cls, arch, name):
+    """A factory `name(**kwargs)` building `cls` with the sizes of ARCHS[arch] (kwargs win)."""
+    def build(**kwargs):
+        return cls(**{**ARCHS[arch], 'mlp_ratio': 4, 'norm_layer': partial(nn.LayerNorm, eps=1e-6), **kwargs})
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f'{cls.__name__} with the {arch} encoder and its spatial decoder.'
+    return build
 
 
-def mae_vit_small_patch16(**kwargs):
-    return _mifae(patch_size=16, embed_dim=384, depth=12, num_heads=6,
-                  decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8, **kwargs)
-
-
-def mae_vit_base_patch16(**kwargs):
-    return _mifae(patch_size=16, embed_dim=768, depth=12, num_heads=12,
-                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, **kwargs)
-
-
-def mae_vit_large_patch16(**kwargs):
-    return _mifae(patch_size=16, embed_dim=1024, depth=24, num_heads=16,
-                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, **kwargs)
-
-
-def mae_vit_huge_patch14(**kwargs):
-    return _mifae(patch_size=14, embed_dim=1280, depth=32, num_heads=16,
-                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, **kwargs)
-
-
-MODELS = {f.__name__: f for f in (mae_vit_tiny_patch16, mae_vit_small_patch16, mae_vit_base_patch16,
-                                  mae_vit_large_patch16, mae_vit_huge_patch14)}
+MODELS = {f'mae_{arch}': _factory(MaskedImageFrequencyAutoencoder, arch, f'mae_{arch}') for arch in ARCHS}
+mae_vit_tiny_patch16 = MODELS['mae_vit_tiny_patch16']
+mae_vit_small_patch16 = MODELS['mae_vit_small_patch16']
+mae_vit_base_patch16 = MODELS['mae_vit_base_patch16']
+mae_vit_large_patch16 = MODELS['mae_vit_large_patch16']
+mae_vit_huge_patch14 = MODELS['mae_vit_huge_patch14']

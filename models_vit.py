@@ -18,6 +18,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
 import util.misc as misc
+from models_mae import ARCHS, _factory
 from models_mae import MaskedImageFrequencyAutoencoder as _MIFAE
 from util.datasets import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from util.pos_embed import resize_pos_embed, sincos_pos_embed_2d
@@ -182,39 +183,13 @@ class MIFAEDetector(nn.Module):
 
 
 # ---------------------------------------------------------------------- factories (looked up by --model)
-def _detector(**kw):
-    defaults = dict(mlp_ratio=4, norm_layer=partial(nn.LayerNorm, eps=1e-6))
-    defaults.update(kw)
-    return MIFAEDetector(**defaults)
-
-
-def vit_tiny_patch16(**kwargs):
-    return _detector(patch_size=16, embed_dim=192, depth=12, num_heads=3,
-                     decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4, **kwargs)
-
-
-def vit_small_patch16(**kwargs):
-    return _detector(patch_size=16, embed_dim=384, depth=12, num_heads=6,
-                     decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8, **kwargs)
-
-
-def vit_base_patch16(**kwargs):
-    return _detector(patch_size=16, embed_dim=768, depth=12, num_heads=12,
-                     decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, **kwargs)
-
-
-def vit_large_patch16(**kwargs):
-    return _detector(patch_size=16, embed_dim=1024, depth=24, num_heads=16,
-                     decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, **kwargs)
-
-
-def vit_huge_patch14(**kwargs):
-    return _detector(patch_size=14, embed_dim=1280, depth=32, num_heads=16,
-                     decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, **kwargs)
-
-
-MODELS = {f.__name__: f for f in (vit_tiny_patch16, vit_small_patch16, vit_base_patch16,
-                                  vit_large_patch16, vit_huge_patch14)}
+# The sizes come from models_mae.ARCHS, so a detector always matches its pre-training checkpoint.
+MODELS = {arch: _factory(MIFAEDetector, arch, arch) for arch in ARCHS}
+vit_tiny_patch16 = MODELS['vit_tiny_patch16']
+vit_small_patch16 = MODELS['vit_small_patch16']
+vit_base_patch16 = MODELS['vit_base_patch16']
+vit_large_patch16 = MODELS['vit_large_patch16']
+vit_huge_patch14 = MODELS['vit_huge_patch14']
 
 
 def resolve_model_name(name):
