@@ -17,7 +17,6 @@ Weights are random (speed does not depend on them). Imports no dlib / face_align
 """
 import argparse
 import json
-import platform
 import tempfile
 import time
 
@@ -26,6 +25,7 @@ import torch
 
 import models_vit
 import util.misc as misc
+from util.benchmarking import device_name, sync, time_steps
 from engine_finetune import reconstruction_loss
 from util.datasets import normalize_batch
 from util.lr_decay import param_groups_lrd
@@ -53,17 +53,6 @@ def get_args_parser():
     g.add_argument('--data_path', default='', help='time these faces (manifest CSV or folder) instead')
     g.add_argument('--threads', default=None, type=int, help='CPU threads for predict_cpu (default: torch default)')
     return p
-
-
-def device_name(device):
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    return f'cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
-
-
-def sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def use_compile(flag, device):
@@ -94,16 +83,8 @@ def time_eval_gpu(args, device, batch, amp_dtype, compiled):
         with misc.autocast(device, amp_dtype):
             return model.fake_prob(net(normalize_batch(pool[i % 2])))
 
-    t0 = time.time()
-    for i in range(args.warmup):
-        step(i)
-    sync(device)
-    warm = time.time() - t0
-    t0 = time.perf_counter()
-    outs = [step(i) for i in range(args.steps)]
-    sync(device)
-    dt = time.perf_counter() - t0
-    assert all(torch.isfinite(o).all() for o in outs[-1:])
+    warm, dt, last = time_steps(step, args.warmup, args.steps, device)
+    assert torch.isfinite(last).all()
     rec = base_record(args, device, 'eval_gpu', batch, amp_dtype, compiled)
     rec.update(img_s=round(batch * args.steps / dt, 1), ms_batch=round(dt / args.steps * 1e3, 2),
                warmup_s=round(warm, 1), peak_gib=peak_gib(device))
@@ -203,18 +184,7 @@ def time_train(args, device, batch, amp_dtype, compiled):
         misc.backward_and_step(loss, opt)
         return loss.detach()
 
-    t0 = time.time()
-    for i in range(args.warmup):
-        step(i)
-    sync(device)
-    warm = time.time() - t0
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        loss = step(i)
-    sync(device)
-    dt = time.perf_counter() - t0
+    warm, dt, loss = time_steps(step, args.warmup, args.steps, device)
     rec = base_record(args, device, 'train', batch, amp_dtype, compiled)
     rec.update(img_s=round(batch * args.steps / dt, 1), ms_step=round(dt / args.steps * 1e3, 2),
                warmup_s=round(warm, 1), peak_gib=peak_gib(device), trainable_blocks=args.trainable_blocks,

@@ -20,6 +20,7 @@ import torch
 
 import models_mae
 import util.misc as misc
+from util.benchmarking import device_name, time_steps
 
 
 def get_args_parser():
@@ -117,18 +118,7 @@ def time_step(args, batch_size, amp, compiled, device, peak):
                 got, _ = step_model(imgs[0], masks[0])
         loss_check = dict(eager_fp32=float(ref), this=float(got), rel_diff=abs(float(got) - float(ref)) / abs(float(ref)))
 
-    t0 = time.time()
-    for i in range(args.warmup):
-        step(i)
-    sync(device)
-    warmup_s = time.time() - t0
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        loss = step(i)
-    sync(device)
-    elapsed = time.perf_counter() - t0
+    warmup_s, elapsed, loss = time_steps(step, args.warmup, args.steps, device)
     ms = elapsed / args.steps * 1e3
     img_s = batch_size * args.steps / elapsed
     out = dict(device=device_name(device), torch=torch.__version__, model=args.model, variant=args.variant,
@@ -142,18 +132,6 @@ def time_step(args, batch_size, amp, compiled, device, peak):
     if loss_check:
         out['loss_check'] = loss_check
     return out
-
-
-def sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def device_name(device):
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    import platform
-    return f'cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
 
 
 # ---------------------------------------------------------------------- input pipeline
