@@ -40,10 +40,10 @@ def pretrain_args(data_path, output_dir, **overrides):
 
 @pytest.fixture(scope='session')
 def pretrained_tiny(synthetic_data, tmp_path_factory):
-    """A tiny MIFAE pre-trained for a few epochs on the synthetic real faces: its output folder."""
+    """A tiny MIFAE pre-trained for 4 epochs on the synthetic real faces: its output folder."""
     import main_pretrain
     out = tmp_path_factory.mktemp('pretrain')
-    args = pretrain_args(synthetic_data['pretrain'], out, epochs=6, save_freq=3)
+    args = pretrain_args(synthetic_data['pretrain'], out, epochs=4, save_freq=3)
     main_pretrain.main(args)
     return out
 
