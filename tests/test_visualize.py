@@ -156,3 +156,22 @@ def test_discrepancy_figure_grid_and_group_columns(tmp_path):
     assert all(groups[i] == n for n, i in picked)
     assert [n for n, _ in viz.pick_per_group(groups, 2, seed=0)] == ['ff real', 'ff real', 'ff Deepfakes',
                                                                      'cdf real', 'cdf fake']
+
+
+def test_figure4_from_a_detector_checkpoint(finetune_tiny, pretrained_tiny, tmp_path):
+    """Command line with --detector: one column per group of the manifest (real, synthetic_swap)."""
+    test_csv = finetune_tiny['test']
+    args = viz.get_args_parser().parse_args(['--detector', str(finetune_tiny['out'] / 'checkpoint-best.pth'),
+                                             '--manifest', str(test_csv), '--figures', '4', '--per_group', '2',
+                                             '--out', str(tmp_path)])
+    written = viz.main(args)
+    assert list(written) == [4]
+    layout = viz.Layout(3, 4, viz.display_size(finetune_tiny['input_size']), title_h=26)   # 2 real + 2 fake
+    img = png(written[4])
+    assert img.shape[1::-1] == layout.size
+    assert_not_blank(img, layout)
+    assert sorted(set(viz.manifest_groups(test_csv))) == ['real', 'synthetic_swap']
+    with pytest.raises(SystemExit, match='fine-tuning'):     # a detector is not a pre-training checkpoint
+        viz.load_pretrained(finetune_tiny['out'] / 'checkpoint-best.pth')
+    with pytest.raises(SystemExit, match='--detector'):      # and vice versa
+        viz.write_discrepancy_figure(pretrained_tiny / 'checkpoint-last.pth', load_samples(test_csv), tmp_path)

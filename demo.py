@@ -1,0 +1,212 @@
+"""The whole MIFAE pipeline in one command, offline, on synthetic faces (no data set to download):
+
+  1. synthetic real and face-swapped fake faces with landmarks (util.synthetic_faces), identity-disjoint
+     train / validation / test splits
+  2. MIFAE pre-training on the real training faces (main_pretrain.main)
+  3. fine-tuning the detector with reconstruction of real faces (main_finetune.main), best epoch picked on
+     the validation identities
+  4. evaluation on held-out identities (frame / video AUC, EER, AP, ACC)
+  5. the four figures (Visualization/visualize.py)
+
+  python demo.py                      # tiny model, ~4 minutes on 2 CPU cores
+  python demo.py --quick              # the same pipeline, much smaller (seconds; used by the tests)
+  python demo.py --device cuda --model mae_vit_small_patch16 --epochs 100 --num_faces 4000 --input_size 224
+
+Every stage calls the entry point's own main() with arguments from its own parser; the demo adds no
+training code. Outputs go to --out (default demo_output/), which each run overwrites.
+"""
+import argparse
+import csv
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+import main_finetune  # noqa: E402
+import main_pretrain  # noqa: E402
+from util.synthetic_faces import generate_dataset  # noqa: E402
+from Visualization import visualize as viz  # noqa: E402
+
+# (defaults, --quick) -- the quick run is the same pipeline at a size the test suite can afford
+PRESETS = dict(
+    default=dict(num_faces=480, size=128, input_size=112, epochs=30, ft_epochs=8, batch_size=16,
+                 lr=1e-3, ft_lr=5e-4, trainable_blocks=4, num_images=4),
+    quick=dict(num_faces=64, size=64, input_size=64, epochs=2, ft_epochs=1, batch_size=8,
+               lr=1e-3, ft_lr=5e-4, trainable_blocks=4, num_images=2),
+)
+FRAMES = 4                       # frames per synthetic video
+VAL_FRACTION = 0.2               # of the training identities, for picking the best fine-tuning epoch
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser('MIFAE demo: synthetic faces -> pre-training -> fine-tuning -> evaluation -> '
+                                'figures', add_help=False)
+    p.add_argument('--quick', action='store_true', help='a much smaller run of the same pipeline (for tests)')
+    p.add_argument('--model', default='mae_vit_tiny_patch16', help='pre-training model (see models_mae.MODELS); '
+                                                                  'the detector uses the matching ViT')
+    p.add_argument('--epochs', default=None, type=int, help='pre-training epochs (default 30; quick 2)')
+    p.add_argument('--ft_epochs', default=None, type=int, help='fine-tuning epochs (default 8; quick 1)')
+    p.add_argument('--num_faces', default=None, type=int,
+                   help='synthetic images, half real, half fake (default 480; quick 64)')
+    p.add_argument('--size', default=None, type=int, help='side of the synthetic images (default 128)')
+    p.add_argument('--input_size', default=None, type=int, help='network input size (default 112)')
+    p.add_argument('--batch_size', default=None, type=int, help='batch size of both stages (default 16)')
+    p.add_argument('--lr', default=None, type=float, help='pre-training learning rate (absolute)')
+    p.add_argument('--ft_lr', default=None, type=float, help='fine-tuning learning rate (absolute)')
+    p.add_argument('--trainable_blocks', default=None, type=int, help='last encoder blocks fine-tuned (default 4)')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--num_workers', default=0, type=int, help='DataLoader workers (0: load in the main process)')
+    p.add_argument('--out', default=str(ROOT / 'demo_output'), help='output folder (overwritten)')
+    p.add_argument('--seed', default=0, type=int)
+    p.add_argument('--verbose', action='store_true', help='progress bars and the stages\' full logs')
+    return p
+
+
+def resolve(args):
+    """Fill the options left unset from the preset; reject impossible values with a one-line reason."""
+    preset = PRESETS['quick' if args.quick else 'default']
+    for k, v in preset.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    if args.num_faces < 16 * FRAMES:
+        raise SystemExit(f'demo.py: error: --num_faces {args.num_faces} is too small: at least {16 * FRAMES} '
+                         f'(8 identities with {FRAMES} frames, real and fake)')
+    for flag in ('epochs', 'ft_epochs', 'batch_size', 'size', 'input_size'):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f'demo.py: error: --{flag} must be at least 1')
+    return args
+
+
+# ---------------------------------------------------------------------- data
+def split_validation(train_csv, fraction=VAL_FRACTION, seed=0):
+    """Move `fraction` of the training identities (their real videos and the fakes made on them) from
+    train.csv into val.csv, next to it. -> (fine-tuning train manifest, validation manifest)"""
+    train_csv = Path(train_csv)
+    with open(train_csv, newline='') as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    ids = sorted({r['identity'] for r in rows})
+    rng = np.random.default_rng(seed)
+    n_val = max(2, int(round(fraction * len(ids))))
+    val_ids = set(rng.choice(ids, size=n_val, replace=False).tolist())
+    out = {}
+    for name, keep in (('finetune_train', lambda r: r['identity'] not in val_ids),
+                       ('val', lambda r: r['identity'] in val_ids)):
+        part = [r for r in rows if keep(r)]
+        if len({r['label'] for r in part}) < 2:
+            raise SystemExit(f'demo.py: error: the {name} split holds one class only; raise --num_faces')
+        out[name] = train_csv.with_name(f'{name}.csv')
+        with open(out[name], 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(part)
+    return out['finetune_train'], out['val']
+
+
+def count_rows(csv_path):
+    with open(csv_path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    return len(rows), sum(r['label'] == '1' for r in rows), len({r['identity'] for r in rows if r.get('identity')})
+
+
+# ---------------------------------------------------------------------- stages
+def pretrain_argv(args, data_csv, out_dir):
+    return ['--data_path', str(data_csv), '--output_dir', str(out_dir), '--model', args.model,
+            '--input_size', str(args.input_size), '--batch_size', str(args.batch_size),
+            '--epochs', str(args.epochs), '--warmup_epochs', str(max(1, args.epochs // 10)),
+            '--lr', str(args.lr), '--num_workers', str(args.num_workers), '--device', args.device,
+            '--seed', str(args.seed), '--save_freq', str(args.epochs), '--print_freq', '5', '--no_auto_resume'] \
+        + ([] if args.verbose else ['--quiet'])
+
+
+def finetune_argv(args, pretrained, train_csv, val_csv, test_csv, out_dir):
+    return ['--finetune', str(pretrained), '--train_manifest', str(train_csv), '--val_manifest', str(val_csv),
+            '--test_manifests', str(test_csv), '--output_dir', str(out_dir), '--input_size', str(args.input_size),
+            '--batch_size', str(args.batch_size), '--epochs', str(args.ft_epochs), '--lr', str(args.ft_lr),
+            '--trainable_blocks', str(args.trainable_blocks), '--warmup_epochs', '1',
+            '--num_workers', str(args.num_workers), '--device', args.device, '--seed', str(args.seed),
+            '--print_freq', '5', '--no_auto_resume'] \
+        + ([] if args.verbose else ['--quiet'])
+
+
+def run_stage(name, fn, timings):
+    print(f'\n=== {name} ===', flush=True)
+    t = time.time()
+    result = fn()
+    timings[name] = time.time() - t
+    print(f'--- {name}: {timings[name]:.0f} s', flush=True)
+    return result
+
+
+def main(args):
+    args = resolve(args)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    for sub in ('data', 'pretrain', 'finetune', 'figures'):      # each run starts afresh
+        shutil.rmtree(out / sub, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    timings, start = {}, time.time()
+
+    # 1. data: num_faces images = identities x FRAMES real + as many fake
+    n_ids = max(8, int(round(args.num_faces / (2 * FRAMES))))
+    manifests = run_stage('synthetic faces', lambda: generate_dataset(
+        out / 'data', num_identities=n_ids, frames_per_identity=FRAMES, size=args.size, seed=args.seed,
+        fake_ratio=0.5, test_fraction=0.25, progress=args.verbose), timings)
+    train_csv, val_csv = split_validation(manifests['train'], seed=args.seed)
+    for name, m in (('pre-training (real faces)', manifests['pretrain']), ('fine-tuning train', train_csv),
+                    ('validation', val_csv), ('test (held-out identities)', manifests['test'])):
+        n, fake, ids = count_rows(m)
+        print(f'{name:28s} {n:4d} images, {fake:4d} fake, {ids:3d} identities  {m}')
+
+    # 2. pre-training
+    pre_args = main_pretrain.get_args_parser().parse_args(pretrain_argv(args, manifests['pretrain'],
+                                                                        out / 'pretrain'))
+    run_stage('pre-training', lambda: main_pretrain.main(pre_args), timings)
+    pretrained = out / 'pretrain' / 'checkpoint-last.pth'
+
+    # 3 + 4. fine-tuning, best epoch on the validation identities, then the held-out test identities
+    ft_args = main_finetune.get_args_parser().parse_args(finetune_argv(args, pretrained, train_csv, val_csv,
+                                                                       manifests['test'], out / 'finetune'))
+    ft = run_stage('fine-tuning + evaluation', lambda: main_finetune.main(ft_args), timings)
+    detector = out / 'finetune' / 'checkpoint-best.pth'
+    test = next(iter(ft['test'].values()))
+
+    # 5. figures
+    def figures():
+        model = viz.load_pretrained(pretrained, args.device)
+        samples = viz.load_samples(manifests['test'])
+        written = viz.write_pretrain_figures(model, samples, out / 'figures', num_images=args.num_images,
+                                             num_freq_images=2, seed=args.seed)
+        written[4] = viz.write_discrepancy_figure(detector, samples, out / 'figures',
+                                                  viz.manifest_groups(manifests['test']), args.seed,
+                                                  device=args.device, per_group=2)
+        return written
+    written = run_stage('figures', figures, timings)
+
+    total = time.time() - start
+    summary = dict(test={k: test.get(k) for k in ('auc', 'video_auc', 'eer', 'ap', 'acc')},
+                   best_val_auc=ft.get('best_val_auc'), timings_s={k: round(v, 1) for k, v in timings.items()},
+                   total_s=round(total, 1), args=vars(args))
+    (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=str))
+    print('\n=== done ===')
+    print('held-out identities: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary['test'].items() if v is not None))
+    print(f'total {total:.0f} s (' + ', '.join(f'{k} {v:.0f} s' for k, v in timings.items()) + ')')
+    print(f'data:        {out / "data"}  (manifests all / train / test / pretrain / finetune_train / val .csv)')
+    print(f'pre-trained: {pretrained}')
+    print(f'detector:    {detector}')
+    print(f'metrics:     {out / "finetune" / "eval.md"} (eval.json, ROC curves beside it)')
+    for num, path in sorted(written.items()):
+        print(f'figure {num}:    {path}')
+    print(f'summary:     {out / "summary.json"}')
+    return summary
+
+
+if __name__ == '__main__':
+    main(argparse.ArgumentParser('MIFAE demo', parents=[get_args_parser()]).parse_args())

@@ -1,0 +1,53 @@
+"""demo.py --quick: the whole pipeline (synthetic faces -> pre-training -> fine-tuning -> evaluation -> figures),
+in-process, small."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import demo
+
+
+def test_quick_demo_runs_and_writes_everything(tmp_path, capsys):
+    out = tmp_path / 'demo'
+    args = demo.get_args_parser().parse_args(['--quick', '--out', str(out), '--device', 'cpu'])
+    summary = demo.main(args)
+    printed = capsys.readouterr().out
+
+    # data: identity-disjoint splits, both classes in every labelled split
+    ids = {}
+    for name in ('finetune_train', 'val', 'test'):
+        with open(out / 'data' / f'{name}.csv', newline='') as f:
+            rows = list(csv.DictReader(f))
+        assert {r['label'] for r in rows} == {'0', '1'}, name
+        ids[name] = {r['identity'] for r in rows}
+    assert not ids['finetune_train'] & ids['val'] and not ids['finetune_train'] & ids['test']
+    assert not ids['val'] & ids['test']
+
+    # checkpoints and evaluation report
+    assert (out / 'pretrain' / 'checkpoint-last.pth').is_file()
+    assert (out / 'finetune' / 'checkpoint-best.pth').is_file()
+    report = json.loads((out / 'finetune' / 'eval.json').read_text())
+    assert 'test' in report['sets']
+    for k in ('auc', 'video_auc', 'eer', 'ap', 'acc'):
+        assert 0 <= summary['test'][k] <= 1, k
+    assert summary['test']['auc'] == pytest.approx(report['sets']['test']['auc'])
+    assert json.loads((out / 'summary.json').read_text())['test'] == summary['test']
+
+    # the four figures, real images with content
+    for num, name in sorted(demo.viz.FIGURE_FILES.items()):
+        path = out / 'figures' / name
+        assert path.is_file() and str(path) in printed, name
+        img = np.asarray(Image.open(path).convert('RGB'), np.float32)
+        assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 20, name
+    assert 'auc' in printed and 'held-out identities' in printed
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    parser = demo.get_args_parser()
+    with pytest.raises(SystemExit, match='--num_faces 8 is too small'):
+        demo.main(parser.parse_args(['--quick', '--num_faces', '8', '--out', str(tmp_path)]))
+    with pytest.raises(SystemExit, match='--epochs must be at least 1'):
+        demo.main(parser.parse_args(['--quick', '--epochs', '0', '--out', str(tmp_path)]))
