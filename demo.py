@@ -8,7 +8,7 @@
   4. evaluation on held-out identities (frame / video AUC, EER, AP, ACC)
   5. the four figures (Visualization/visualize.py)
 
-  python demo.py                      # tiny model, ~4 minutes on 2 CPU cores
+  python demo.py                      # tiny model, about 2.5 minutes on 2 idle CPU cores
   python demo.py --quick              # the same pipeline, much smaller (seconds; used by the tests)
   python demo.py --device cuda --model mae_vit_small_patch16 --epochs 100 --num_faces 4000 --input_size 224
 
@@ -81,6 +81,8 @@ def resolve(args):
     for flag in ('epochs', 'ft_epochs', 'batch_size', 'size', 'input_size'):
         if getattr(args, flag) < 1:
             raise SystemExit(f'demo.py: error: --{flag} must be at least 1')
+    if args.trainable_blocks < 0:
+        raise SystemExit('demo.py: error: --trainable_blocks must be >= 0')
     return args
 
 
