@@ -24,8 +24,7 @@ from util.metrics import compute_metrics, roc_points
 LOSS_NAMES = ('loss', 'ce_loss', 'recon_loss', 'l1_real', 'l1_fake')
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+NonFiniteLossError = misc.NonFiniteLossError
 
 
 # ---------------------------------------------------------------------- losses
@@ -163,11 +162,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp
         n_since += 1
 
         if (it + 1) % args.print_freq == 0 or it + 1 == steps:        # the only host synchronisation
-            bad = int(first_bad)
-            if bad >= 0:
-                raise NonFiniteLossError(
-                    f'non-finite loss at step {bad} (epoch {bad // steps}, iteration {bad % steps}); training '
-                    f'stopped, the checkpoints on disk are from before epoch {epoch} and were not touched')
+            misc.raise_if_nonfinite(first_bad, epoch, steps)
             mean = (sums / n_since).tolist()
             epoch_sums += sums
             n_epoch += n_since

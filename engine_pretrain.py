@@ -18,8 +18,7 @@ from util.datasets import normalize_batch
 LOSS_NAMES = ('train_loss', 'spat_loss', 'freq_loss')
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+NonFiniteLossError = misc.NonFiniteLossError
 
 
 def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None, scaler=None,
@@ -60,7 +59,7 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
         n_since += 1
 
         if (it + 1) % args.print_freq == 0 or it + 1 == steps:   # the only host synchronisation
-            _raise_if_nonfinite(first_bad, epoch, steps)
+            misc.raise_if_nonfinite(first_bad, epoch, steps)
             mean = (sums / n_since).tolist()
             epoch_sums += sums
             n_epoch += n_since
@@ -82,12 +81,3 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
     stats.update(lr=lr, unreadable_images=int(counts[0]), images_without_landmarks=int(counts[1]),
                  epoch_time_s=round(time.time() - start, 2))
     return stats
-
-
-def _raise_if_nonfinite(first_bad, epoch, steps):
-    bad = int(first_bad)
-    if bad >= 0:
-        raise NonFiniteLossError(
-            f'non-finite loss at step {bad} (epoch {bad // steps}, iteration {bad % steps}); training stopped, '
-            f'the last checkpoint on disk is from before epoch {epoch} and was not touched')
-

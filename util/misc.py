@@ -128,6 +128,20 @@ def make_adamw(param_groups, lr, betas, device):
     return torch.optim.AdamW(param_groups, lr=lr, betas=betas, **kw)
 
 
+# ---------------------------------------------------------------------- numerics
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def raise_if_nonfinite(first_bad, epoch, steps):
+    """Stop at the first non-finite step (a device scalar, -1 = none); reading it is a host sync."""
+    bad = int(first_bad)
+    if bad >= 0:
+        raise NonFiniteLossError(
+            f'non-finite loss at step {bad} (epoch {bad // steps}, iteration {bad % steps}); training stopped, '
+            f'the checkpoints on disk are from before epoch {epoch} and were not touched')
+
+
 # ---------------------------------------------------------------------- checkpoints and logs
 def atomic_torch_save(obj, path):
     """torch.save through a temporary file and a rename: a crash never leaves a half-written file."""
