@@ -89,30 +89,9 @@ def get_args_parser():
     g.add_argument('--eval_batch_size', default=None, type=int, help='evaluation batch size (default 2 x batch_size)')
     g.add_argument('--threshold', default=0.5, type=float, help='fake probability above which a face counts as fake (ACC)')
 
-    g = parser.add_argument_group('run')
-    g.add_argument('--output_dir', default='./output_dir', help='checkpoints, log.txt, eval.json / eval.md / ROC PNGs')
-    g.add_argument('--log_dir', default=None, help='TensorBoard folder (default: output_dir)')
-    g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    g.add_argument('--seed', default=0, type=int)
-    g.add_argument('--resume', default='', help='fine-tuning checkpoint to resume (or, with --eval, to evaluate)')
-    g.add_argument('--auto_resume', action='store_true', default=True,
-                   help='resume from output_dir/checkpoint-last.pth when it exists (default)')
-    g.add_argument('--no_auto_resume', action='store_false', dest='auto_resume')
+    g = misc.add_run_args(parser, 'checkpoints, log.txt, eval.json / eval.md / ROC PNGs',
+                          'fine-tuning checkpoint to resume (or, with --eval, to evaluate)')
     g.add_argument('--eval', action='store_true', help='only evaluate --resume on --test_manifests')
-    g.add_argument('--start_epoch', default=0, type=int, metavar='N')
-    g.add_argument('--amp', default='auto', choices=['auto', 'bf16', 'fp16', 'none'],
-                   help='autocast precision (auto: bf16 on CUDA, fp32 on CPU)')
-    g.add_argument('--compile', default='auto', choices=['auto', 'on', 'off'],
-                   help='torch.compile the model (auto: on for CUDA, off on CPU)')
-    g.add_argument('--print_freq', default=20, type=int, help='iterations between loss read-backs and logs')
-    g.add_argument('--quiet', action='store_true', help='no progress bars')
-
-    g = parser.add_argument_group('distributed')
-    g.add_argument('--world_size', default=1, type=int, help='number of processes (set by the launcher)')
-    g.add_argument('--local_rank', default=-1, type=int)
-    g.add_argument('--dist_on_itp', action='store_true')
-    g.add_argument('--dist_url', default='env://', help='rendezvous for init_process_group')
-    g.add_argument('--dist_timeout', default=600, type=int, help='seconds to wait for the other processes')
     return parser
 
 

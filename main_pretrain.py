@@ -59,31 +59,9 @@ def get_args_parser():
     g.add_argument('--no_pin_mem', action='store_false', dest='pin_mem')
     parser.set_defaults(pin_mem=True)
 
-    g = parser.add_argument_group('run')
-    g.add_argument('--output_dir', default='./output_dir', help='where checkpoints and log.txt go')
-    g.add_argument('--log_dir', default=None, help='TensorBoard folder (default: output_dir)')
-    g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    g.add_argument('--seed', default=0, type=int)
-    g.add_argument('--resume', default='', help='checkpoint to resume from')
-    g.add_argument('--auto_resume', action='store_true', default=True,
-                   help='resume from output_dir/checkpoint-last.pth when it exists (default)')
-    g.add_argument('--no_auto_resume', action='store_false', dest='auto_resume')
+    g = misc.add_run_args(parser, 'where checkpoints and log.txt go', 'checkpoint to resume from')
     g.add_argument('--init_from', default='', help='initialise from a MAE/MIFAE checkpoint (weights only)')
-    g.add_argument('--start_epoch', default=0, type=int, metavar='N')
     g.add_argument('--save_freq', default=20, type=int, help='also keep checkpoint-<epoch>.pth every N epochs')
-    g.add_argument('--amp', default='auto', choices=['auto', 'bf16', 'fp16', 'none'],
-                   help='autocast precision (auto: bf16 on CUDA, fp32 on CPU)')
-    g.add_argument('--compile', default='auto', choices=['auto', 'on', 'off'],
-                   help='torch.compile the model (auto: on for CUDA, off on CPU)')
-    g.add_argument('--print_freq', default=20, type=int, help='iterations between loss read-backs and logs')
-    g.add_argument('--quiet', action='store_true', help='no progress bar')
-
-    g = parser.add_argument_group('distributed')
-    g.add_argument('--world_size', default=1, type=int, help='number of processes (set by the launcher)')
-    g.add_argument('--local_rank', default=-1, type=int)
-    g.add_argument('--dist_on_itp', action='store_true')
-    g.add_argument('--dist_url', default='env://', help='rendezvous for init_process_group')
-    g.add_argument('--dist_timeout', default=600, type=int, help='seconds to wait for the other processes')
     return parser
 
 

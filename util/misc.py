@@ -11,6 +11,38 @@ import torch
 import torch.distributed as dist
 
 
+# ---------------------------------------------------------------------- flags shared by both entry points
+def add_run_args(parser, output_help, resume_help):
+    """The run and distributed flags of main_pretrain.py and main_finetune.py (one definition).
+
+    Returns the 'run' argument group so an entry point can add its own run flags to it.
+    """
+    g = parser.add_argument_group('run')
+    g.add_argument('--output_dir', default='./output_dir', help=output_help)
+    g.add_argument('--log_dir', default=None, help='TensorBoard folder (default: output_dir)')
+    g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    g.add_argument('--seed', default=0, type=int)
+    g.add_argument('--resume', default='', help=resume_help)
+    g.add_argument('--auto_resume', action='store_true', default=True,
+                   help='resume from output_dir/checkpoint-last.pth when it exists (default)')
+    g.add_argument('--no_auto_resume', action='store_false', dest='auto_resume')
+    g.add_argument('--start_epoch', default=0, type=int, metavar='N')
+    g.add_argument('--amp', default='auto', choices=['auto', 'bf16', 'fp16', 'none'],
+                   help='autocast precision (auto: bf16 on CUDA, fp32 on CPU)')
+    g.add_argument('--compile', default='auto', choices=['auto', 'on', 'off'],
+                   help='torch.compile the model (auto: on for CUDA, off on CPU)')
+    g.add_argument('--print_freq', default=20, type=int, help='iterations between loss read-backs and logs')
+    g.add_argument('--quiet', action='store_true', help='no progress bars')
+
+    d = parser.add_argument_group('distributed')
+    d.add_argument('--world_size', default=1, type=int, help='number of processes (set by the launcher)')
+    d.add_argument('--local_rank', default=-1, type=int)
+    d.add_argument('--dist_on_itp', action='store_true')
+    d.add_argument('--dist_url', default='env://', help='rendezvous for init_process_group')
+    d.add_argument('--dist_timeout', default=600, type=int, help='seconds to wait for the other processes')
+    return g
+
+
 # ---------------------------------------------------------------------- distributed
 def init_distributed_mode(args):
     """Join a process group when the launcher (torchrun, or submitit through the same variables) asked.
