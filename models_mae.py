@@ -206,6 +206,9 @@ class MaskedImageFrequencyAutoencoder(nn.Module):
 # ---------------------------------------------------------------------- factories (looked up by --model)
 # Encoder and spatial-decoder sizes; models_vit builds its detectors from the same table.
 ARCHS = {
+    # micro: a CPU size for the tests and the demo (64-px faces, 8x8 patches), not a published model
+    'vit_micro_patch8': dict(patch_size=8, embed_dim=128, depth=6, num_heads=4,
+                             decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=4),
     'vit_tiny_patch16': dict(patch_size=16, embed_dim=192, depth=12, num_heads=3,
                              decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4),
     'vit_small_patch16': dict(patch_size=16, embed_dim=384, depth=12, num_heads=6,
@@ -229,6 +232,7 @@ def _factory(cls, arch, name):
 
 
 MODELS = {f'mae_{arch}': _factory(MaskedImageFrequencyAutoencoder, arch, f'mae_{arch}') for arch in ARCHS}
+mae_vit_micro_patch8 = MODELS['mae_vit_micro_patch8']
 mae_vit_tiny_patch16 = MODELS['mae_vit_tiny_patch16']
 mae_vit_small_patch16 = MODELS['mae_vit_small_patch16']
 mae_vit_base_patch16 = MODELS['mae_vit_base_patch16']

@@ -185,6 +185,7 @@ class MIFAEDetector(nn.Module):
 # ---------------------------------------------------------------------- factories (looked up by --model)
 # The sizes come from models_mae.ARCHS, so a detector always matches its pre-training checkpoint.
 MODELS = {arch: _factory(MIFAEDetector, arch, arch) for arch in ARCHS}
+vit_micro_patch8 = MODELS['vit_micro_patch8']
 vit_tiny_patch16 = MODELS['vit_tiny_patch16']
 vit_small_patch16 = MODELS['vit_small_patch16']
 vit_base_patch16 = MODELS['vit_base_patch16']

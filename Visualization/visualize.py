@@ -323,7 +323,7 @@ def figure_frequency(model, imgs, display=None):
     out = frequency_reconstruction(model, imgs)
     n, size = imgs.shape[0], model.img_size
     layout = Layout(2 * n, 4, display or display_size(size))
-    g = GridFigure(layout, f'Frequency branch: high frequencies masked outside radius {model.mask_radius:g} '
+    g = GridFigure(layout, f'Frequency branch: high frequencies masked outside radius {model.mask_radius:.3g} '
                            f'(dashed circle); spectra: centred log(1 + |DFT|) of the luma')
     names = [('original', 'original', 'original'), ('low', 'low-pass input', 'low-pass input'),
              ('pred', 'prediction', 'prediction'), ('full', 'low in + high pred', 'full recon.')]

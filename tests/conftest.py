@@ -88,3 +88,15 @@ def finetune_tiny(pretrained_tiny, synthetic_data, tmp_path_factory):
     result = main_finetune.main(args)
     return dict(out=out, result=result, train=train, val=val, test=synthetic_data['test'],
                 epochs=FINETUNE['epochs'], input_size=FINETUNE['input_size'])
+
+
+# ---------------------------------------------------------------------- the demo's default run (the AUC bar)
+@pytest.fixture(scope='session')
+def demo_default(tmp_path_factory):
+    """`python demo.py` with its defaults (micro MIFAE on 64-px faces: pre-training, whole-encoder fine-tuning
+    with real-face reconstruction, evaluation on held-out identities, figures), in-process: (summary, out dir).
+    About two minutes on 2 idle cores; shared by the stage-2 and demo tests."""
+    import demo
+    out = tmp_path_factory.mktemp('demo_default')
+    summary = demo.main(demo.get_args_parser().parse_args(['--out', str(out), '--device', 'cpu']))
+    return summary, out

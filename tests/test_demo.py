@@ -45,6 +45,16 @@ def test_quick_demo_runs_and_writes_everything(tmp_path, capsys):
     assert 'auc' in printed and 'held-out identities' in printed
 
 
+def test_default_demo_shows_the_method_working(demo_default):
+    """`python demo.py` as a new user runs it: held-out AUC >= 0.9 printed, figures at 64-px faces written."""
+    summary, out = demo_default
+    assert summary['test']['auc'] >= 0.9 and summary['best_val_auc'] >= 0.9
+    assert summary['args']['model'] == 'mae_vit_micro_patch8' and summary['args']['trainable_blocks'] is None
+    for name in demo.viz.FIGURE_FILES.values():
+        img = np.asarray(Image.open(out / 'figures' / name).convert('RGB'), np.float32)
+        assert img.shape[0] > 300 and img.std() > 20, name
+
+
 def test_bad_options_are_one_line_errors(tmp_path):
     parser = demo.get_args_parser()
     with pytest.raises(SystemExit, match='--num_faces 8 is too small'):

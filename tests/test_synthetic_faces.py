@@ -134,6 +134,24 @@ def test_make_fake_changes_inner_face_only():
     assert min(ratios) > 5, ratios
 
 
+def test_strong_artefacts_are_more_visible():
+    """A face swapped onto itself differs from the real render only by the swap's artefacts (tone left over,
+    resampling, seam): "strong" leaves clearly more of them inside the inner face than "subtle"."""
+    size, rng = 64, np.random.default_rng(5)
+    gaps = {"subtle": [], "strong": []}
+    for k in range(8):
+        t = sf.sample_identity(rng)
+        real, lm = sf.render_face(t, np.random.default_rng(k), size)
+        inside = _poly_mask(cv2.convexHull(lm[17:68])[:, 0], size)
+        for name in gaps:
+            swap = sf.sample_swap(np.random.default_rng(100 + k), name)
+            fake, _ = sf.make_fake(t, t, np.random.default_rng(k), size, swap=swap)
+            gaps[name].append(np.abs(fake.astype(np.float32) - real.astype(np.float32))[inside].mean())
+    assert np.mean(gaps["strong"]) > 1.5 * np.mean(gaps["subtle"]), gaps
+    with pytest.raises(ValueError, match="artefacts must be one of subtle, strong"):
+        sf.sample_swap(rng, "obvious")
+
+
 def test_generate_dataset(tmp_path):
     out = tmp_path / "ds"
     paths = sf.generate_dataset(out, num_identities=8, frames_per_identity=2, size=64, seed=3,

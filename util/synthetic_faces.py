@@ -573,18 +573,33 @@ def render_face(identity: dict, rng: np.random.Generator, size: int = 256, *,
 # ---------------------------------------------------------------------------
 # Face-swap fakes
 # ---------------------------------------------------------------------------
-def sample_swap(rng: np.random.Generator) -> dict:
-    """Settings of the face-swap pipeline (fixed per fake video in generate_dataset)."""
+# Ranges of the swap settings. "subtle": a careful swap (mostly colour-corrected, mild resampling);
+# "strong": a careless one (half the tone difference left, a 25-45% resolution generator, sharper seam),
+# whose artefacts survive at 64 px: what the demo and the end-to-end test train a micro ViT on in minutes.
+SWAP_ARTEFACTS = {
+    "subtle": dict(hull_scale=(1.0, 1.12), feather=(0.012, 0.03), colour_fix=(0.8, 0.95), tone=(3, 9),
+                   down=(0.4, 0.75), jpeg=(45, 85)),
+    "strong": dict(hull_scale=(1.0, 1.08), feather=(0.006, 0.015), colour_fix=(0.5, 0.75), tone=(10, 20),
+                   down=(0.25, 0.45), jpeg=(30, 60)),
+}
+
+
+def sample_swap(rng: np.random.Generator, artefacts: str = "subtle") -> dict:
+    """Settings of the face-swap pipeline (fixed per fake video in generate_dataset); `artefacts` picks the
+    ranges in SWAP_ARTEFACTS."""
+    if artefacts not in SWAP_ARTEFACTS:
+        raise ValueError(f"artefacts must be one of {', '.join(SWAP_ARTEFACTS)}, got {artefacts!r}")
+    r = SWAP_ARTEFACTS[artefacts]
     u = rng.uniform
     direction = rng.normal(size=3)
     direction /= np.linalg.norm(direction) + 1e-9
     return {
-        "hull_scale": u(1.0, 1.12),        # mask = inner-face hull scaled about its centre
-        "feather": u(0.012, 0.03),         # mask blur sigma, fraction of image size
-        "colour_fix": u(0.8, 0.95),        # fraction of the mean colour difference corrected
-        "tone": tuple(float(v) for v in direction * u(3, 9)),   # residual tone shift (grey levels)
-        "down": u(0.4, 0.75),              # down-up scale factor of the pasted face
-        "jpeg": int(u(45, 85)) if u() < 0.5 else 0,
+        "hull_scale": u(*r["hull_scale"]),      # mask = inner-face hull scaled about its centre
+        "feather": u(*r["feather"]),            # mask blur sigma, fraction of image size
+        "colour_fix": u(*r["colour_fix"]),      # fraction of the mean colour difference corrected
+        "tone": tuple(float(v) for v in direction * u(*r["tone"])),   # residual tone shift (grey levels)
+        "down": u(*r["down"]),                  # down-up scale factor of the pasted face
+        "jpeg": int(u(*r["jpeg"])) if u() < 0.5 else 0,
     }
 
 
@@ -701,7 +716,8 @@ def _fake_pairs(ids: list[int], n_fake: int, rng: np.random.Generator) -> list[t
 
 def generate_dataset(out_dir, num_identities: int = 40, frames_per_identity: int = 4, size: int = 256,
                      seed: int = 0, fake_ratio: float = 0.5, test_fraction: float = 0.25,
-                     dataset: str = "synthetic", progress: bool = True) -> dict[str, Path]:
+                     dataset: str = "synthetic", progress: bool = True,
+                     artefacts: str = "subtle") -> dict[str, Path]:
     """Write a synthetic real/fake face data set and its manifests.
 
     Layout: ``out_dir/faces/{real,fake}/<video>/<frame:03d>.{png,npy}``; manifests ``all.csv``,
@@ -709,8 +725,11 @@ def generate_dataset(out_dir, num_identities: int = 40, frames_per_identity: int
     paths relative to ``out_dir``.  One real video per identity (``real_0007``); fake videos are
     (target, source) pairs from the same split (``fake_0007_0012``), ``round(num_identities *
     fake_ratio / (1 - fake_ratio))`` of them.  Test identities never appear in train, neither as
-    real, target nor source.  Deterministic given the arguments (byte-identical PNGs).
+    real, target nor source.  `artefacts` ("subtle" or "strong", see SWAP_ARTEFACTS) sets how visible
+    the swaps are.  Deterministic given the arguments (byte-identical PNGs).
     """
+    if artefacts not in SWAP_ARTEFACTS:
+        raise ValueError(f"artefacts must be one of {', '.join(SWAP_ARTEFACTS)}, got {artefacts!r}")
     if not 0 <= fake_ratio < 1:
         raise ValueError("fake_ratio must be in [0, 1)")
     if not 0 <= test_fraction < 1:
@@ -757,7 +776,7 @@ def generate_dataset(out_dir, num_identities: int = 40, frames_per_identity: int
             vrng = np.random.default_rng([seed, 2, t])
         else:
             vrng = np.random.default_rng([seed, 3, t, s])
-            swap = sample_swap(vrng)
+            swap = sample_swap(vrng, artefacts)
         for f in range(frames_per_identity):
             if kind == "real":
                 img, lm = render_face(identities[t], vrng, size)
@@ -793,6 +812,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fake_ratio", type=float, default=0.5, help="fraction of images that are fake, in [0, 1)")
     ap.add_argument("--test_fraction", type=float, default=0.25, help="fraction of identities held out for test")
     ap.add_argument("--dataset", default="synthetic", help="value of the manifests' dataset column")
+    ap.add_argument("--artefacts", default="subtle", choices=list(SWAP_ARTEFACTS),
+                    help="how visible the face swaps are (strong: for small models at 64 px)")
     ap.add_argument("--no_progress", action="store_true")
     args = ap.parse_args(argv)
     if not 0 <= args.fake_ratio < 1:
@@ -805,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         n_id = min_id
     paths = generate_dataset(args.out, num_identities=n_id, frames_per_identity=args.frames, size=args.size,
                              seed=args.seed, fake_ratio=args.fake_ratio, test_fraction=args.test_fraction,
-                             dataset=args.dataset, progress=not args.no_progress)
+                             dataset=args.dataset, progress=not args.no_progress, artefacts=args.artefacts)
     with open(paths["all"], newline="", encoding="utf-8") as f:
         total = sum(1 for _ in f) - 1
     print(f"wrote {total} images ({n_id} identities) under {Path(args.out).resolve()}")
