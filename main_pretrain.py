@@ -179,7 +179,7 @@ def main(args):
 
     if misc.is_main_process():
         print(f'{args.model}: {sum(p.numel() for p in model_without_ddp.parameters()) / 1e6:.1f}M parameters, '
-              f'{len(dataset)} images, mask {args.mask_strategy} {args.mask_ratio}, radius {model_without_ddp.mask_radius:g}')
+              f'{len(dataset)} images, mask {args.mask_strategy} {args.mask_ratio}, radius {model_without_ddp.mask_radius:.3g}')
         print(f'effective batch size {eff_batch} = {args.batch_size} x {args.accum_iter} accum x '
               f'{misc.get_world_size()} processes; lr {args.lr:.3e} (blr {args.blr:.3e} x {eff_batch} / 256)')
         print(json.dumps({k: v for k, v in vars(args).items()}, default=str))

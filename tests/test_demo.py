@@ -51,8 +51,7 @@ def test_default_demo_shows_the_method_working(demo_default):
     assert summary['test']['auc'] >= 0.9 and summary['best_val_auc'] >= 0.9
     assert summary['args']['model'] == 'mae_vit_micro_patch8' and summary['args']['trainable_blocks'] is None
     for name in demo.viz.FIGURE_FILES.values():
-        img = np.asarray(Image.open(out / 'figures' / name).convert('RGB'), np.float32)
-        assert img.shape[0] > 300 and img.std() > 20, name
+        assert png_ok(out / 'figures' / name), name
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
@@ -61,3 +60,37 @@ def test_bad_options_are_one_line_errors(tmp_path):
         demo.main(parser.parse_args(['--quick', '--num_faces', '8', '--out', str(tmp_path)]))
     with pytest.raises(SystemExit, match='--epochs must be at least 1'):
         demo.main(parser.parse_args(['--quick', '--epochs', '0', '--out', str(tmp_path)]))
+
+
+def test_notebook_cells_run_on_the_demo_output(demo_default, monkeypatch):
+    """Visualization/mifae_visualize.ipynb, cell by cell, on the demo's checkpoints: its four figures are written
+    and displayed (IPython's display is stood in for: it is not a dependency)."""
+    import json
+    import sys
+    import types
+    from pathlib import Path
+
+    _, out = demo_default
+    shown = []
+    ipy, disp = types.ModuleType('IPython'), types.ModuleType('IPython.display')
+    disp.Image = lambda filename: filename
+    disp.display = shown.append
+    ipy.display = disp
+    monkeypatch.setitem(sys.modules, 'IPython', ipy)
+    monkeypatch.setitem(sys.modules, 'IPython.display', disp)
+    nb = json.loads((Path(demo.ROOT) / 'Visualization' / 'mifae_visualize.ipynb').read_text())
+    cells = [''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'code']
+    ns = {}
+    exec(cells[0], ns)                                          # set-up cell, then point it at the fixture's run
+    ns.update(CHECKPOINT=out / 'pretrain' / 'checkpoint-last.pth', DETECTOR=out / 'finetune' / 'checkpoint-best.pth',
+              MANIFEST=out / 'data' / 'test.csv', OUT=out / 'figures_notebook', DEVICE='cpu')
+    for code in cells[1:]:
+        exec(code, ns)
+    assert [Path(p).name for p in shown] == [demo.viz.FIGURE_FILES[k] for k in (1, 2, 3, 4)]
+    for p in shown:
+        assert png_ok(p), p
+
+
+def png_ok(path):
+    img = np.asarray(Image.open(path).convert('RGB'), np.float32)
+    return img.shape[0] > 300 and img.std() > 20
