@@ -27,6 +27,21 @@ fi
 # 3. Input pipeline of one worker on this machine's CPU (256-px crops).
 BUDGET=25 step benchmark_pretrain.py --data_only --num_images 256 --image_format jpg | tee -a "$out/data.jsonl"
 BUDGET=25 step benchmark_pretrain.py --data_only --num_images 256 --image_format png | tee -a "$out/data.jsonl"
+# 4. The entry points themselves on CUDA (compile + bf16 by default): a short pre-training and fine-tuning of the
+#    micro model on synthetic faces, the demo's recipe at a smaller size (stage 2 needs scikit-learn).
+data="$out/e2e_data"
+BUDGET=30 step -m util.synthetic_faces --out "$data" --num 600 --size 64 --frames 1 --artefacts strong --no_progress
+BUDGET=120 step main_pretrain.py --data_path "$data/pretrain.csv" --output_dir "$out/e2e_pretrain" \
+    --model mae_vit_micro_patch8 --input_size 64 --batch_size 32 --epochs 4 --lr 1e-3 --warmup_epochs 1 \
+    --num_workers 4 --device cuda --quiet --no_auto_resume | tail -3 | tee "$out/e2e.txt"
+if python3 -c "import sklearn" 2>/dev/null; then
+  BUDGET=120 step main_finetune.py --finetune "$out/e2e_pretrain/checkpoint-last.pth" \
+      --train_manifest "$data/train.csv" --test_manifests "$data/test.csv" --output_dir "$out/e2e_finetune" \
+      --input_size 64 --batch_size 32 --epochs 3 --lr 1e-3 --full_finetune --smoothing 0 --layer_decay 1 \
+      --num_workers 4 --device cuda --quiet --no_auto_resume | tail -4 | tee -a "$out/e2e.txt"
+fi
+rm -rf "$data" "$out"/e2e_pretrain/*.pth "$out"/e2e_finetune/*.pth
+
 grep -h '^{' "$out"/*.jsonl | python3 -c "
 import json, sys
 for line in sys.stdin:
