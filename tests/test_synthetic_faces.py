@@ -221,3 +221,11 @@ def test_cli(tmp_path):
     rows = _read_csv(out / "all.csv")
     assert 12 <= len(rows) <= 20
     assert (out / rows[0]["path"]).is_file()
+    # --artefacts strong: the same faces (same seed), only the fakes differ
+    res = subprocess.run([sys.executable, "-m", "util.synthetic_faces", "--out", str(tmp_path / "strong"), "--num", "16",
+                          "--size", "64", "--frames", "2", "--seed", "1", "--artefacts", "strong"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for r in rows:
+        same = (out / r["path"]).read_bytes() == (tmp_path / "strong" / r["path"]).read_bytes()
+        assert same == (r["label"] == "0"), r["path"]
