@@ -116,11 +116,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp
     accum_iter, steps = args.accum_iter, len(data_loader)
     optimizer.zero_grad(set_to_none=True)
 
-    sums = torch.zeros(len(LOSS_NAMES), device=device)
-    epoch_sums = torch.zeros(len(LOSS_NAMES), device=device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    step_ids = torch.arange(steps, device=device) + epoch * steps     # made once: no host copy per step
-    n_since, n_epoch, replaced, start = 0, 0, 0, time.time()
+    meter = misc.LossMeter(LOSS_NAMES, epoch, steps, device)
+    replaced, start = 0, time.time()
     lr = optimizer.param_groups[0]['lr']
     zero = torch.zeros((), device=device)
 
@@ -156,27 +153,12 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp
             misc.backward_and_step(loss / accum_iter, optimizer, scaler, update=update,
                                    clip_grad=args.clip_grad, parameters=bare.parameters())
 
-        values = torch.stack([loss.detach(), ce.detach(), rec.detach(), l1_real, l1_fake]).float()
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(values).all(), step_ids[it], first_bad)
-        sums += values
-        n_since += 1
-
+        meter.add(it, (loss, ce, rec, l1_real, l1_fake))
         if (it + 1) % args.print_freq == 0 or it + 1 == steps:        # the only host synchronisation
-            misc.raise_if_nonfinite(first_bad, epoch, steps)
-            mean = (sums / n_since).tolist()
-            epoch_sums += sums
-            n_epoch += n_since
-            sums.zero_()
-            n_since = 0
+            mean = meter.flush(log_writer, it, lr)
             bar.set_postfix(ce=f'{mean[1]:.4f}', rec=f'{mean[2]:.4f}', lr=f'{lr:.2e}')
-            if log_writer is not None:
-                step = epoch * steps + it
-                for name, v in zip(LOSS_NAMES, mean):
-                    log_writer.add_scalar(name, v, step)
-                log_writer.add_scalar('lr', lr, step)
 
-    epoch_mean = misc.all_reduce_mean(epoch_sums / max(n_epoch, 1)).tolist()
-    stats = {f'train_{k}' if k == 'loss' else k: v for k, v in zip(LOSS_NAMES, epoch_mean)}
+    stats = {f'train_{k}' if k == 'loss' else k: v for k, v in meter.epoch_mean().items()}
     stats.update(lr=lr, unreadable_images=replaced, epoch_time_s=round(time.time() - start, 2))
     return stats
 

@@ -28,10 +28,8 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
     steps = len(data_loader)
     optimizer.zero_grad(set_to_none=True)
 
-    sums = torch.zeros(len(LOSS_NAMES), device=device)           # running sums since the last read-back
-    epoch_sums = torch.zeros(len(LOSS_NAMES), device=device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
-    n_since, n_epoch, replaced, no_landmarks, start = 0, 0, 0, 0, time.time()
+    meter = misc.LossMeter(LOSS_NAMES, epoch, steps, device)     # read back every print_freq steps only
+    replaced, no_landmarks, start = 0, 0, time.time()
     lr = optimizer.param_groups[0]['lr']
 
     bar = tqdm(data_loader, desc=f'epoch {epoch}', disable=not misc.is_main_process() or args.quiet,
@@ -52,32 +50,16 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
             misc.backward_and_step(loss / accum_iter, optimizer, scaler, update=update,
                                    clip_grad=args.clip_grad, parameters=model.parameters())
 
-        values = torch.stack([loss.detach(), out['spat_loss'].detach(), out['freq_loss'].detach()]).float()
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(values).all(),
-                                torch.tensor(epoch * steps + it, device=device), first_bad)
-        sums += values
-        n_since += 1
-
+        meter.add(it, (loss, out['spat_loss'], out['freq_loss']))
         if (it + 1) % args.print_freq == 0 or it + 1 == steps:   # the only host synchronisation
-            misc.raise_if_nonfinite(first_bad, epoch, steps)
-            mean = (sums / n_since).tolist()
-            epoch_sums += sums
-            n_epoch += n_since
-            sums.zero_()
-            n_since = 0
+            mean = meter.flush(log_writer, it, lr)
             bar.set_postfix(loss=f'{mean[0]:.4f}', spat=f'{mean[1]:.4f}', freq=f'{mean[2]:.4f}', lr=f'{lr:.2e}')
-            if log_writer is not None:
-                step = epoch * steps + it
-                for name, v in zip(LOSS_NAMES, mean):
-                    log_writer.add_scalar(name, v, step)
-                log_writer.add_scalar('lr', lr, step)
 
-    epoch_mean = misc.all_reduce_mean(epoch_sums / max(n_epoch, 1)).tolist()
     counts = torch.tensor([replaced, no_landmarks], dtype=torch.float64)
     if misc.is_dist():
         counts = counts.to(device)
         torch.distributed.all_reduce(counts)
-    stats = dict(zip(LOSS_NAMES, epoch_mean))
+    stats = meter.epoch_mean()
     stats.update(lr=lr, unreadable_images=int(counts[0]), images_without_landmarks=int(counts[1]),
                  epoch_time_s=round(time.time() - start, 2))
     return stats

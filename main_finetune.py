@@ -297,28 +297,15 @@ def run_eval(args, device, amp_dtype):
         raise SystemExit(f'main_finetune.py: error: {e}') from None
     if misc.is_main_process():
         print(f'Evaluating {args.resume}: {meta["model"]} at {meta["input_size"]} px')
-    net = maybe_compile(model, device, args)
+    net = misc.maybe_compile(model, device, args.compile)
     return evaluate_sets(net, args.test_manifests, meta['input_size'], meta['mean'], meta['std'], device,
                          amp_dtype, args, checkpoint=args.resume)
-
-
-def maybe_compile(model, device, args):
-    if args.compile == 'on' or (args.compile == 'auto' and device.type == 'cuda'):
-        return torch.compile(model)
-    return model
 
 
 # ---------------------------------------------------------------------- main
 def main(args):
     check_args(args)
-    misc.init_distributed_mode(args)
-    device = torch.device(args.device)
-    if args.distributed and device.type == 'cuda':
-        device = torch.device('cuda', args.gpu)
-    misc.seed_everything(args.seed + misc.get_rank())
-    if args.output_dir:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    args.log_dir = args.log_dir or args.output_dir
+    device = misc.setup_run(args)
     amp_dtype, scaler = misc.resolve_amp(args.amp, device)
     if args.eval:
         results = run_eval(args, device, amp_dtype)
@@ -358,7 +345,7 @@ def main(args):
         unused = args.global_pool and args.recon == 'none'     # norm then feeds nothing
         model_net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[args.gpu] if device.type == 'cuda' else None, find_unused_parameters=unused)
-    model_net = maybe_compile(model_net, device, args)
+    model_net = misc.maybe_compile(model_net, device, args.compile)
     meta = models_vit.detector_meta(model_without_ddp, args.model, decoder=decoder_loaded,
                                     trainable_blocks=args.trainable_blocks, full_finetune=args.full_finetune,
                                     recon=args.recon)
@@ -401,10 +388,7 @@ def main(args):
             if improved:
                 misc.save_checkpoint(args.output_dir, 'checkpoint-best.pth', model_without_ddp, optimizer, epoch,
                                      args, scaler, **extra)
-        misc.append_log(args.output_dir, stats)
-        if misc.is_main_process():
-            print(f'epoch {epoch}: ' + ', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}'
-                                                for k, v in stats.items()), flush=True)
+        misc.log_epoch(args.output_dir, epoch, stats)
     if log_writer is not None:
         log_writer.close()
     if misc.is_main_process():

@@ -147,14 +147,7 @@ def build_loader(args, samples):
 
 def main(args):
     check_args(args)
-    misc.init_distributed_mode(args)
-    device = torch.device(args.device)
-    if args.distributed and device.type == 'cuda':
-        device = torch.device('cuda', args.gpu)
-    misc.seed_everything(args.seed + misc.get_rank())
-    if args.output_dir:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    args.log_dir = args.log_dir or args.output_dir
+    device = misc.setup_run(args)
 
     samples = load_samples(args.data_path)
     dataset, sampler, loader = build_loader(args, samples)
@@ -174,8 +167,7 @@ def main(args):
 
     if args.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == 'cuda' else None)
-    if args.compile == 'on' or (args.compile == 'auto' and device.type == 'cuda'):
-        model = torch.compile(model)
+    model = misc.maybe_compile(model, device, args.compile)
 
     if misc.is_main_process():
         print(f'{args.model}: {sum(p.numel() for p in model_without_ddp.parameters()) / 1e6:.1f}M parameters, '
@@ -197,10 +189,7 @@ def main(args):
             if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.epochs:
                 misc.save_checkpoint(args.output_dir, f'checkpoint-{epoch}.pth', model_without_ddp, optimizer,
                                      epoch, args, scaler, log_stats=stats)
-        misc.append_log(args.output_dir, stats)
-        if misc.is_main_process():
-            print(f'epoch {epoch}: ' + ', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}'
-                                                for k, v in stats.items()), flush=True)
+        misc.log_epoch(args.output_dir, epoch, stats)
     if log_writer is not None:
         log_writer.close()
     if args.distributed:       # a cheap proof that every rank ends with the same weights

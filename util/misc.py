@@ -100,6 +100,27 @@ def all_reduce_mean(t):
     return t
 
 
+def setup_run(args):
+    """What every entry point does first: processes (torchrun/Slurm), device, per-rank seed, output and log
+    folders. -> torch.device of this process"""
+    init_distributed_mode(args)
+    device = torch.device(args.device)
+    if args.distributed and device.type == 'cuda':
+        device = torch.device('cuda', args.gpu)
+    seed_everything(args.seed + get_rank())
+    if args.output_dir:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    args.log_dir = args.log_dir or args.output_dir
+    return device
+
+
+def maybe_compile(model, device, mode):
+    """torch.compile for --compile on, or auto on CUDA (off on the CPU)."""
+    if mode == 'on' or (mode == 'auto' and device.type == 'cuda'):
+        return torch.compile(model)
+    return model
+
+
 def seed_everything(seed):
     torch.manual_seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -174,6 +195,48 @@ def raise_if_nonfinite(first_bad, epoch, steps):
             f'the checkpoints on disk are from before epoch {epoch} and were not touched')
 
 
+class LossMeter:
+    """Per-step loss values summed on the device and read back only by `flush` (every --print_freq steps: the
+    epoch's one host synchronisation). Remembers the first step whose values were not finite, and `flush`
+    stops there with NonFiniteLossError."""
+
+    def __init__(self, names, epoch, steps, device):
+        self.names, self.epoch, self.steps = tuple(names), epoch, steps
+        self.sums = torch.zeros(len(self.names), device=device)
+        self.epoch_sums = torch.zeros_like(self.sums)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.step_ids = torch.arange(steps, device=device) + epoch * steps     # made once: no copy per step
+        self.n = self.n_epoch = 0
+
+    def add(self, it, values):
+        """Iteration `it`'s values (0-d tensors, in the order of `names`); no host synchronisation."""
+        values = torch.stack([v.detach() for v in values]).float()
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(values).all(), self.step_ids[it],
+                                     self.first_bad)
+        self.sums += values
+        self.n += 1
+
+    def flush(self, log_writer=None, it=0, lr=None):
+        """Means since the last flush as floats (also to TensorBoard at this step, with the lr)."""
+        raise_if_nonfinite(self.first_bad, self.epoch, self.steps)
+        mean = (self.sums / max(self.n, 1)).tolist()
+        self.epoch_sums += self.sums
+        self.n_epoch += self.n
+        self.sums.zero_()
+        self.n = 0
+        if log_writer is not None:
+            step = self.epoch * self.steps + it
+            for name, v in zip(self.names, mean):
+                log_writer.add_scalar(name, v, step)
+            if lr is not None:
+                log_writer.add_scalar('lr', lr, step)
+        return mean
+
+    def epoch_mean(self):
+        """Means over the epoch's flushed steps, averaged over the processes: {name: float}."""
+        return dict(zip(self.names, all_reduce_mean(self.epoch_sums / max(self.n_epoch, 1)).tolist()))
+
+
 # ---------------------------------------------------------------------- checkpoints and logs
 def atomic_torch_save(obj, path):
     """torch.save through a temporary file and a rename: a crash never leaves a half-written file."""
@@ -246,6 +309,14 @@ def append_log(output_dir, stats):
     if output_dir and is_main_process():
         with open(Path(output_dir) / 'log.txt', 'a') as f:
             f.write(json.dumps(stats) + '\n')
+
+
+def log_epoch(output_dir, epoch, stats):
+    """The epoch's stats to log.txt and, on rank 0, to the console as one line."""
+    append_log(output_dir, stats)
+    if is_main_process():
+        print(f'epoch {epoch}: ' + ', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}'
+                                            for k, v in stats.items()), flush=True)
 
 
 def make_log_writer(log_dir):
