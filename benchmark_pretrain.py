@@ -4,6 +4,7 @@ Model step (masks already made, FFT low-pass, both branches, both losses, backwa
 on-device data:
     python benchmark_pretrain.py --model mae_vit_base_patch16 --batch_size 64 256 --compile off on --amp bf16
     python benchmark_pretrain.py --device cpu --model mae_vit_tiny_patch16 --input_size 112 --batch_size 8
+    python benchmark_pretrain.py --compile on --batch_size 256 --profile 5     # where the step's time goes
 A `--variant reference` run emulates the released reference code's step on current libraries: fp16 with a
 GradScaler, unfused (explicit softmax) attention, a for-loop AdamW, no compilation.
 
@@ -20,7 +21,7 @@ import torch
 
 import models_mae
 import util.misc as misc
-from util.benchmarking import device_name, time_steps
+from util.benchmarking import device_name, flop_categories, profile_steps, time_steps
 
 
 def get_args_parser():
@@ -37,6 +38,9 @@ def get_args_parser():
     p.add_argument('--warmup', default=5, type=int, help='untimed steps first (compilation happens here)')
     p.add_argument('--peak_tflops', default=None, type=float, help='bf16 peak of the device (default: measured)')
     p.add_argument('--check_loss', action='store_true', help='also compare the loss with an eager fp32 step')
+    p.add_argument('--profile', default=0, type=int, metavar='N',
+                   help='also profile N steps: time per step by kernel category (matmul, attention, fft, fused, '
+                        'optimizer, ...) with achieved TFLOP/s, and the top kernels')
     g = p.add_argument_group('input pipeline')
     g.add_argument('--data_only', action='store_true', help='time the input pipeline of one worker instead')
     g.add_argument('--num_images', default=256, type=int)
@@ -48,7 +52,9 @@ def get_args_parser():
 
 # ---------------------------------------------------------------------- model step
 def flops_per_image(model, input_size, device):
-    """Forward + backward FLOPs of one image, counted by torch.utils.flop_counter on a batch of 2."""
+    """Forward + backward FLOPs of one image, counted by torch.utils.flop_counter on a batch of 2.
+
+    Returns (total, {category: FLOPs}) with the categories of util.benchmarking.flop_categories."""
     from torch.utils.flop_counter import FlopCounterMode
     x = torch.randn(2, 3, input_size, input_size, device=device)
     mask = model.random_masks(2, device)
@@ -57,7 +63,8 @@ def flops_per_image(model, input_size, device):
         loss, _ = model(x, mask)
         loss.backward()
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / 2
+    per_cat = flop_categories(counter.get_flop_counts().get('Global', {}))
+    return counter.get_total_flops() / 2, {cat: flops / 2 for cat, flops in per_cat.items()}
 
 
 def measured_peak_tflops(device):
@@ -91,7 +98,8 @@ def time_step(args, batch_size, amp, compiled, device, peak):
     if args.variant == 'reference':
         model = make_reference_like(model)
         amp = 'fp16' if device.type == 'cuda' else 'none'
-    gflop = flops_per_image(model, args.input_size, device) / 1e9
+    flops, flops_by_cat = flops_per_image(model, args.input_size, device)
+    gflop = flops / 1e9
     groups = misc.param_groups_weight_decay(model, 0.05)
     if args.variant == 'reference':
         optimizer = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), foreach=False)
@@ -131,6 +139,9 @@ def time_step(args, batch_size, amp, compiled, device, peak):
         out.update(peak_tflops=round(peak, 1), peak_share=round(gflop * img_s / 1e3 / peak, 3))
     if loss_check:
         out['loss_check'] = loss_check
+    if args.profile:
+        out['profile'] = profile_steps(step, args.profile, device,
+                                       {cat: f * batch_size for cat, f in flops_by_cat.items()})
     return out
 
 

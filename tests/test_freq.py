@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from util.freq import low_pass, max_radius
+from util.freq import filter_spectrum, low_pass, low_pass_mask, max_radius
 from util.losses import focal_frequency_loss, masked_patch_mse
 
 
@@ -38,6 +38,19 @@ def test_matches_numpy_reference():
     low, keep = low_pass(torch.from_numpy(img), 7)
     np.testing.assert_allclose(low.numpy(), ref, atol=1e-5)
     np.testing.assert_array_equal(keep.numpy().astype(bool), disc)
+
+
+def test_half_spectrum_filter_matches_the_full_spectrum_at_odd_and_even_sizes():
+    """filter_spectrum works on rfft2's half spectrum: exact for the symmetric disc and its complement."""
+    rng = np.random.default_rng(1)
+    for h, w, r in ((33, 33, 6), (31, 40, 9.5), (64, 48, 10.5), (17, 16, 3)):
+        img = rng.standard_normal((2, 3, h, w))
+        ref, disc = numpy_low_pass(img, r)
+        _, keep_unshifted = low_pass_mask(h, w, r)
+        low = filter_spectrum(torch.from_numpy(img).float(), keep_unshifted)
+        np.testing.assert_allclose(low.numpy(), ref, atol=2e-5)
+        high = filter_spectrum(torch.from_numpy(img).float(), 1 - keep_unshifted)
+        np.testing.assert_allclose(high.numpy(), img - ref, atol=2e-5)
 
 
 def test_low_pass_keeps_negative_values():

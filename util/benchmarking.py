@@ -1,5 +1,6 @@
 """Timing helpers shared by the benchmark scripts (no dependencies beyond torch)."""
 import platform
+import re
 import time
 
 import torch
@@ -35,3 +36,80 @@ def time_steps(step, warmup, steps, device):
         out = step(i)
     sync(device)
     return warmup_s, time.perf_counter() - t0, out
+
+
+# ---------------------------------------------------------------------- where the time goes
+# Kernel (CUDA) or operator (CPU) names -> a few categories; first match wins, names lower-cased.
+CATEGORIES = (
+    ('attention', r'flash|fmha|attention|sdpa'),
+    ('matmul', r'gemm|nvjet|xmma|cutlass|cublas|fprop|dgrad|wgrad|triton_tem_|'
+               r'^aten::(mm|addmm|bmm|baddbmm|linear|matmul|mkldnn_convolution|convolution_backward)$'),
+    ('fft', r'fft'),
+    ('optimizer', r'adam|multi_tensor|foreach|optimizer'),
+    ('fused (compiled)', r'^triton_|cpp_fused|compiledfxgraph'),
+    ('copies', r'memcpy|memset|^aten::(copy_|_to_copy|fill_|cat)$'),
+)
+
+
+def category(name):
+    """The CATEGORIES entry a kernel or operator name falls in ('other': eager pointwise and reductions)."""
+    name = name.lower()
+    for cat, pattern in CATEGORIES:
+        if re.search(pattern, name):
+            return cat
+    return 'other'
+
+
+def flop_categories(flop_counts):
+    """FLOPs per category from FlopCounterMode.get_flop_counts()['Global'] ({op: flops})."""
+    out = {}
+    for op, flops in flop_counts.items():
+        name = str(op).split('.')[-1]
+        cat = 'attention' if 'attention' in name else 'matmul' if re.fullmatch(
+            r'_?(mm|addmm|bmm|baddbmm|convolution|convolution_backward|scaled_mm)', name) else 'other'
+        out[cat] = out.get(cat, 0) + flops
+    return out
+
+
+def timed_kernels(prof, device):
+    """(name, microseconds) of every device kernel on CUDA, of every operator's own time on the CPU."""
+    from torch.autograd import DeviceType
+    averages = prof.key_averages()
+    if device.type != 'cuda':
+        return [(e.key, e.self_cpu_time_total) for e in averages]
+    rows = [(e.key, e.self_device_time_total) for e in averages if e.device_type == DeviceType.CUDA]
+    if not rows:                                     # layouts that attach kernels to their launching operator
+        rows = [(k.name, k.duration) for e in prof.events() for k in e.kernels]
+    return rows
+
+
+def breakdown(rows, steps, flops=None, top=8):
+    """Milliseconds per step by category (with achieved TFLOP/s where FLOPs are given) and the top kernels.
+
+    rows: (name, microseconds) summed over `steps` steps; flops: {category: FLOPs per step}.
+    """
+    total = sum(us for _, us in rows) or 1.0
+    by_cat, by_name = {}, {}
+    for name, us in rows:
+        by_cat[category(name)] = by_cat.get(category(name), 0.0) + us
+        by_name[name] = by_name.get(name, 0.0) + us
+    cats = {}
+    for cat, us in sorted(by_cat.items(), key=lambda kv: -kv[1]):
+        ms = us / steps / 1e3
+        cats[cat] = dict(ms=round(ms, 3), share=round(us / total, 3))
+        if flops and flops.get(cat) and ms > 0:
+            cats[cat]['tflops'] = round(flops[cat] / (ms / 1e3) / 1e12, 2)
+    top_names = sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
+    return dict(ms_step=round(total / steps / 1e3, 3), categories=cats,
+                top=[[name[:90], round(us / steps / 1e3, 3)] for name, us in top_names])
+
+
+def profile_steps(step, steps, device, flops=None):
+    """Run `step(i)` `steps` times under torch.profiler and return `breakdown` of the recorded time."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(i)
+        sync(device)
+    return breakdown(timed_kernels(prof, device), steps, flops)
