@@ -1,4 +1,5 @@
 """The MIFAE model: shapes, token placement, gradients of both branches, losses."""
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -118,3 +119,18 @@ def test_patchify_roundtrip_and_bad_sizes():
         models_mae.mae_vit_tiny_patch16(img_size=60)
     with pytest.raises(ValueError, match='mask_radius'):
         models_mae.mae_vit_tiny_patch16(img_size=64, mask_radius=100)
+
+
+def test_sincos_position_embedding_has_mae_channel_layout():
+    """Channels [0, D/2) encode the column, [D/2, D) the row, each as sines then cosines (MAE's layout: an
+    original MAE checkpoint's weights then meet the positions they were trained with); the cls row is zero."""
+    from util.pos_embed import sincos_pos_embed_2d
+    dim, grid = 16, 5
+    emb = sincos_pos_embed_2d(dim, grid, cls_token=True)
+    assert emb.shape == (1 + grid * grid, dim) and not emb[0].any()
+    omega = 1.0 / 10000 ** (np.arange(dim // 4) / (dim / 4))
+    for row in range(grid):
+        for col in range(grid):
+            expected = np.concatenate([np.sin(col * omega), np.cos(col * omega),
+                                       np.sin(row * omega), np.cos(row * omega)])
+            np.testing.assert_allclose(emb[1 + row * grid + col], expected, atol=1e-6)

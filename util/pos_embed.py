@@ -12,14 +12,16 @@ def _sincos_1d(dim, positions):
 
 
 def sincos_pos_embed_2d(dim, grid_size, cls_token=False):
-    """[grid*grid (+1), dim] float32 embedding: first half of the channels encodes y, second half x.
+    """[grid*grid (+1), dim] float32 embedding of the patches in row-major order.
 
+    The first half of the channels encodes the column (x), the second half the row (y): MAE's layout, so
+    that the weights of an original MAE checkpoint meet the positions they were trained with.
     With cls_token a zero row is prepended for the class token.
     """
     assert dim % 4 == 0, 'sin-cos embedding needs a dimension divisible by 4'
     ys, xs = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64),
                          indexing='ij')
-    emb = np.concatenate([_sincos_1d(dim // 2, ys), _sincos_1d(dim // 2, xs)], axis=1)
+    emb = np.concatenate([_sincos_1d(dim // 2, xs), _sincos_1d(dim // 2, ys)], axis=1)
     if cls_token:
         emb = np.concatenate([np.zeros([1, dim]), emb], axis=0)
     return emb.astype(np.float32)
