@@ -14,6 +14,7 @@ from tqdm import tqdm
 import util.lr_sched as lr_sched
 import util.misc as misc
 from util.datasets import normalize_batch
+from util.masking import check_mask_count
 
 LOSS_NAMES = ('train_loss', 'spat_loss', 'freq_loss')
 
@@ -38,6 +39,7 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
         if it % accum_iter == 0:                                   # per-iteration schedule
             lr = lr_sched.adjust_learning_rate(optimizer, it / steps + epoch, args)
         imgs = normalize_batch(batch['img'].to(device, non_blocking=True))   # uint8 -> normalised, on device
+        check_mask_count(batch['mask'], args.mask_ratio)                  # on the CPU: no host sync
         mask = batch['mask'].to(device, non_blocking=True)
         replaced += int(batch['replaced'].sum())
         no_landmarks += int((~batch['has_landmarks']).sum())

@@ -19,6 +19,7 @@ import util.misc as misc
 from engine_pretrain import train_one_epoch
 from util.datasets import FaceDataset, FaceTransform, load_samples
 from util.freq import max_radius
+from util.masking import num_masked
 
 
 def get_args_parser():
@@ -54,6 +55,9 @@ def get_args_parser():
     g.add_argument('--data_path', default='', type=str, help='manifest CSV or folder of faces with sidecar .npy landmarks')
     g.add_argument('--min_crop_scale', default=0.2, type=float, help='RandomResizedCrop minimum area fraction')
     g.add_argument('--strict_data', action='store_true', help='an unreadable image is an error, not skipped')
+    g.add_argument('--include_fakes', action='store_true',
+                   help='also pre-train on faces labelled 1 (fake); by default they are left out: stage 1 learns '
+                        'real faces (unlabelled faces count as real)')
     g.add_argument('--num_workers', default=10, type=int)
     g.add_argument('--pin_mem', action='store_true', help='pin CPU memory in DataLoader')
     g.add_argument('--no_pin_mem', action='store_false', dest='pin_mem')
@@ -79,8 +83,10 @@ def check_args(args):
     p = patch_size_of(args.model)
     if args.input_size % p:
         fail(f'--input_size {args.input_size} is not divisible by the patch size {p} of {args.model}')
-    if not 0 < args.mask_ratio < 1:
-        fail(f'--mask_ratio {args.mask_ratio} must lie strictly between 0 and 1')
+    num_patches = (args.input_size // p) ** 2
+    if not 0 < num_masked(num_patches, args.mask_ratio) < num_patches:
+        fail(f'--mask_ratio {args.mask_ratio} removes {num_masked(num_patches, args.mask_ratio)} of the '
+             f'{num_patches} patches; at least one must be removed and one stay visible')
     limit = max_radius(args.input_size, args.input_size)
     if args.mask_radius is not None and not 0 < args.mask_radius <= limit:
         fail(f'--mask_radius {args.mask_radius} must lie in (0, {limit:.1f}]: the {args.input_size}x{args.input_size} '
@@ -110,7 +116,10 @@ def build_model(args):
 
 def init_from_checkpoint(model, path):
     """Initialise from an original MAE (encoder only or full) or a MIFAE checkpoint; report what is fresh."""
-    ckpt = misc.load_checkpoint(path)
+    try:
+        ckpt = misc.load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f'main_pretrain.py: error: --init_from {e}') from e
     state = ckpt.get('model', ckpt)
     own = model.state_dict()
     fixed = {'pos_embed', 'decoder_pos_embed'}                 # fixed sin-cos: rebuilt for this input size
@@ -124,6 +133,23 @@ def init_from_checkpoint(model, path):
     model.load_state_dict(state, strict=False)
     fresh = sorted({k.split('.')[0] for k in missing})
     print(f'Initialised from {path}: {len(state)} tensors loaded; freshly initialised: {", ".join(fresh) or "none"}')
+
+
+def real_samples(args):
+    """The faces of --data_path that stage 1 learns from: all but those labelled fake (unless --include_fakes)."""
+    try:
+        samples = load_samples(args.data_path)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f'main_pretrain.py: error: --data_path {e}') from e
+    fakes = sum(s.label == 1 for s in samples)
+    if fakes and not args.include_fakes:
+        samples = [s for s in samples if s.label != 1]
+        if misc.is_main_process():
+            print(f'{args.data_path}: {fakes} faces labelled fake left out (pre-training learns real faces; '
+                  f'--include_fakes keeps them), {len(samples)} remain')
+        if not samples:
+            raise SystemExit(f'main_pretrain.py: error: --data_path {args.data_path} holds only faces labelled fake')
+    return samples
 
 
 def build_loader(args, samples):
@@ -149,7 +175,7 @@ def main(args):
     check_args(args)
     device = misc.setup_run(args)
 
-    samples = load_samples(args.data_path)
+    samples = real_samples(args)
     dataset, sampler, loader = build_loader(args, samples)
 
     model = build_model(args).to(device)
@@ -163,7 +189,10 @@ def main(args):
     optimizer = misc.make_adamw(misc.param_groups_weight_decay(model_without_ddp, args.weight_decay),
                                 lr=args.lr, betas=(0.9, 0.95), device=device)
     amp_dtype, scaler = misc.resolve_amp(args.amp, device)
-    misc.resume_training(args, model_without_ddp, optimizer, scaler)
+    try:
+        misc.resume_training(args, model_without_ddp, optimizer, scaler, must_match=('model', 'input_size'))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f'main_pretrain.py: error: cannot resume: {e}') from e
 
     if args.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == 'cuda' else None)

@@ -150,8 +150,9 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(synthetic_data, tmp_pat
 
 @pytest.mark.parametrize('flags,reason', [
     (['--input_size', '100'], 'not divisible by the patch size 16'),
-    (['--mask_ratio', '1.0'], '--mask_ratio 1.0 must lie strictly between 0 and 1'),
-    (['--mask_ratio', '0'], '--mask_ratio 0.0 must lie strictly between 0 and 1'),
+    (['--mask_ratio', '1.0'], '--mask_ratio 1.0 removes 196 of the 196 patches'),
+    (['--mask_ratio', '0'], '--mask_ratio 0.0 removes 0 of the 196 patches'),
+    (['--mask_ratio', '0.002'], '--mask_ratio 0.002 removes 0 of the 196 patches'),
     (['--mask_radius', '500'], '--mask_radius 500.0 must lie in'),
     (['--num_mask_regions', '5'], '--num_mask_regions 5 must be 1 to 4'),
     (['--model', 'vit_nope'], '--model vit_nope is unknown'),
@@ -238,3 +239,82 @@ def test_model_compiles_into_one_graph():
     x = torch.randn(2, 3, 64, 64)
     explanation = dynamo.explain(model)(x, model.random_masks(2, 'cpu'))
     assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
+
+
+# ---------------------------------------------------------------------- run plumbing
+def test_pretraining_leaves_out_faces_labelled_fake(synthetic_data, tmp_path, capsys):
+    rows = list(csv.DictReader(open(small_manifest(synthetic_data, tmp_path, n=24))))
+    for r in rows[:8]:
+        r['label'] = '1'
+    mixed = tmp_path / 'mixed.csv'
+    with open(mixed, 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    kept = main_pretrain.real_samples(pretrain_args(mixed, tmp_path / 'o'))
+    assert len(kept) == 16 and all(s.label != 1 for s in kept)
+    assert '8 faces labelled fake left out' in capsys.readouterr().out
+    assert len(main_pretrain.real_samples(pretrain_args(mixed, tmp_path / 'o', include_fakes=True))) == 24
+
+
+def test_bad_paths_and_resume_mismatch_are_one_line(synthetic_data, tmp_path):
+    def one_line(args):
+        with pytest.raises(SystemExit) as e:
+            main_pretrain.main(args)
+        msg = str(e.value)
+        assert '\n' not in msg, msg
+        return msg
+    broken = tmp_path / 'broken.csv'
+    broken.write_text('path,label\nx.png,1\n')
+    assert 'broken.csv' in one_line(pretrain_args(broken, tmp_path / 'o'))
+    data = small_manifest(synthetic_data, tmp_path, n=16)
+    assert '--init_from' in one_line(pretrain_args(data, tmp_path / 'o', init_from=str(tmp_path / 'none.pth')))
+    assert 'cannot resume' in one_line(pretrain_args(data, tmp_path / 'o', resume=str(tmp_path / 'none.pth')))
+
+    out = tmp_path / 'run'
+    main_pretrain.main(pretrain_args(data, out, epochs=1, batch_size=8))
+    msg = one_line(pretrain_args(data, out, epochs=2, batch_size=8, input_size=32))   # auto-resume, other size
+    assert '--input_size 32 (checkpoint: 112)' in msg
+
+
+def test_checkpoint_writes_are_atomic_and_clean_up(tmp_path):
+    path = tmp_path / 'checkpoint-last.pth'
+    misc.atomic_torch_save({'epoch': 1}, path)
+    (tmp_path / '.checkpoint-last.pth.tmp999').write_bytes(b'left by a killed save')
+    misc.atomic_torch_save({'epoch': 2}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint-last.pth']
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError('cannot pickle')
+    with pytest.raises(RuntimeError):
+        misc.atomic_torch_save({'epoch': 3, 'x': Unpicklable()}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint-last.pth']
+    assert misc.load_checkpoint(path)['epoch'] == 2                     # the old file is untouched
+
+
+def test_resume_trims_the_log_and_prefers_the_newer_last_checkpoint(tmp_path, capsys):
+    out = tmp_path / 'run'
+    out.mkdir()
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    args = argparse_namespace(output_dir=str(out), resume='', auto_resume=True, start_epoch=0)
+    for epoch in range(4):
+        misc.save_checkpoint(out, 'checkpoint-last.pth', model, opt, epoch, args, log_stats={'epoch': epoch})
+        if epoch == 1:
+            misc.save_checkpoint(out, 'checkpoint-1.pth', model, opt, epoch, args, log_stats={'epoch': epoch})
+        misc.append_log(out, {'epoch': epoch})
+    with open(out / 'log.txt', 'a') as f:
+        f.write('{"epoch": 4, "loss"')                                   # cut short by a crash
+    args.resume = str(out / 'checkpoint-1.pth')
+    assert misc.find_resume_checkpoint(args) == str(out / 'checkpoint-last.pth')   # epoch 3 beats epoch 1
+    assert 'is newer than --resume' in capsys.readouterr().out
+    args.auto_resume = False                                          # the explicit choice: back to epoch 1
+    misc.resume_training(args, model, opt)
+    assert args.start_epoch == 2
+    assert [e['epoch'] for e in read_log(out)] == [0, 1]               # later epochs and the broken line gone
+
+
+def argparse_namespace(**kw):
+    import argparse
+    return argparse.Namespace(**kw)

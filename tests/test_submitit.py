@@ -323,3 +323,18 @@ def test_requeue_resumes_from_checkpoint_last_twice(tmp_path, synthetic_data, lo
     log = logged_epochs(out)
     assert log == sorted(set(log)) and log[0] == 0 and log[-1] == epochs - 1
     assert result['epoch'] == epochs - 1
+
+
+def test_paths_become_absolute_and_node_local_output_is_refused(tmp_path, monkeypatch, capsys):
+    """The job may start on another node in another folder: every path flag is made absolute, and an output
+    folder only this node sees is refused (a requeue elsewhere would not find checkpoint-last.pth)."""
+    import submitit_finetune
+    monkeypatch.chdir(tmp_path)
+    submitit_finetune.main(['--job_dir', '/shared/mifae_ft/%j', '--finetune', 'pre/checkpoint-last.pth',
+                            '--train_manifest', 'train.csv', '--test_manifests', 'a.csv', 'b.csv', '--dry_run'])
+    args = json.loads(capsys.readouterr().out.split('Arguments: ', 1)[1].splitlines()[0])
+    assert args['finetune'] == str(tmp_path / 'pre' / 'checkpoint-last.pth')
+    assert args['train_manifest'] == str(tmp_path / 'train.csv')
+    assert args['test_manifests'] == [str(tmp_path / 'a.csv'), str(tmp_path / 'b.csv')]
+    msg = bad(['--job_dir', '/shared/mifae/%j', '--output_dir', '/tmp/out', '--data_path', 'faces.csv'], capsys)
+    assert '--output_dir /tmp/out is node-local' in msg

@@ -19,6 +19,17 @@ def num_masked(num_patches, mask_ratio):
     return int(round(num_patches * mask_ratio))
 
 
+def check_mask_count(mask, mask_ratio):
+    """Raise ValueError unless every row of `mask` [N, L] (True = removed) removes num_masked(L, mask_ratio)
+    patches: the model keeps a fixed number of tokens (static shapes), so another count would silently drop
+    visible patches or keep removed ones. Meant for CPU masks (on a GPU it would be a host synchronisation)."""
+    want = num_masked(mask.shape[1], mask_ratio)
+    counts = mask.sum(dim=1)
+    if not bool((counts == want).all()):
+        raise ValueError(f'a mask removes {int(counts.min())} to {int(counts.max())} of {mask.shape[1]} patches; '
+                         f'mask ratio {mask_ratio} needs exactly {want}')
+
+
 def random_mask(num_patches, mask_ratio, generator=None):
     """Vanilla MAE masking: a uniformly random subset of round(L * mask_ratio) patches. -> [L] bool"""
     mask = torch.zeros(num_patches, dtype=torch.bool)

@@ -35,9 +35,10 @@ def add_run_args(parser, output_help, resume_help):
     g.add_argument('--quiet', action='store_true', help='no progress bars')
 
     d = parser.add_argument_group('distributed')
-    d.add_argument('--world_size', default=1, type=int, help='number of processes (set by the launcher)')
-    d.add_argument('--local_rank', default=-1, type=int)
-    d.add_argument('--dist_on_itp', action='store_true')
+    d.add_argument('--world_size', default=1, type=int,
+                   help='number of processes (informative: the launcher\'s WORLD_SIZE is what counts)')
+    d.add_argument('--local_rank', '--local-rank', default=-1, type=int,
+                   help='accepted from torch.distributed.launch; the LOCAL_RANK variable is what counts')
     d.add_argument('--dist_url', default='env://', help='rendezvous for init_process_group')
     d.add_argument('--dist_timeout', default=600, type=int, help='seconds to wait for the other processes')
     return g
@@ -239,11 +240,23 @@ class LossMeter:
 
 # ---------------------------------------------------------------------- checkpoints and logs
 def atomic_torch_save(obj, path):
-    """torch.save through a temporary file and a rename: a crash never leaves a half-written file."""
+    """torch.save through a temporary file, fsync and a rename: a crash never leaves a half-written file.
+
+    A temporary file left by a killed earlier save of the same name (e.g. a pre-empted job) is removed.
+    """
     path = Path(path)
+    for stale in path.parent.glob(f'.{path.name}.tmp*'):
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_checkpoint(output_dir, name, model_without_ddp, optimizer, epoch, args, scaler=None, **extra):
@@ -268,23 +281,54 @@ def load_checkpoint(path):
         raise ValueError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from e
 
 
+def checkpoint_epoch(path):
+    """The epoch stored in a checkpoint, read without loading its tensors (memory-mapped); None if unreadable."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=False, mmap=True).get('epoch')
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def find_resume_checkpoint(args):
-    """--resume PATH, or with --auto_resume the output folder's checkpoint-last.pth when it exists."""
+    """--resume PATH, or with --auto_resume the output folder's checkpoint-last.pth when it exists.
+
+    With both, checkpoint-last.pth wins when it holds a later epoch than PATH: re-running the same command
+    after an interruption continues instead of going back to PATH.
+    """
+    last = Path(args.output_dir) / 'checkpoint-last.pth' if args.output_dir else None
+    auto = getattr(args, 'auto_resume', False) and last is not None and last.is_file()
+    if args.resume and auto and Path(args.resume).resolve() != last.resolve() and Path(args.resume).is_file():
+        given, newer = checkpoint_epoch(args.resume), checkpoint_epoch(last)
+        if given is not None and newer is not None and newer > given:
+            print(f'{last} (epoch {newer}) is newer than --resume {args.resume} (epoch {given}): continuing from '
+                  f'it (--no_auto_resume to start from {args.resume})', flush=True)
+            return str(last)
     if args.resume:
         return args.resume
-    last = Path(args.output_dir) / 'checkpoint-last.pth' if args.output_dir else None
-    if getattr(args, 'auto_resume', False) and last is not None and last.is_file():
-        return str(last)
-    return None
+    return str(last) if auto else None
 
 
-def resume_training(args, model_without_ddp, optimizer, scaler=None):
-    """Restore model, optimizer, scaler and epoch; training continues at the next epoch."""
+def resume_training(args, model_without_ddp, optimizer, scaler=None, must_match=()):
+    """Restore model, optimizer, scaler and epoch; training continues at the next epoch.
+
+    must_match: flags whose value must equal the checkpoint's (a one-line error names those that differ).
+    """
     path = find_resume_checkpoint(args)
     if not path:
         return None
     ckpt = load_checkpoint(path)
-    model_without_ddp.load_state_dict(ckpt['model'])
+    saved = ckpt.get('args') or {}
+    saved = vars(saved) if not isinstance(saved, dict) else saved
+    differ = [f'--{k} {getattr(args, k)} (checkpoint: {saved[k]})' for k in must_match
+              if k in saved and saved[k] != getattr(args, k)]
+    if differ:
+        raise SystemExit(f'{path}: cannot resume with {", ".join(differ)}; use the checkpoint\'s values, '
+                         f'another --output_dir, or --no_auto_resume')
+    try:
+        model_without_ddp.load_state_dict(ckpt['model'])
+    except (KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f'{path}: does not fit this model ({first[:200]}); is it a checkpoint of this run?') from e
     if 'optimizer' in ckpt and 'epoch' in ckpt and not getattr(args, 'eval', False):
         optimizer.load_state_dict(ckpt['optimizer'])
         args.start_epoch = ckpt['epoch'] + 1
@@ -297,11 +341,34 @@ def resume_training(args, model_without_ddp, optimizer, scaler=None):
 
 
 def complete_log(output_dir, stats):
-    """Append the checkpoint's epoch line to log.txt if an interruption came between the two writes."""
+    """Make log.txt end at the resumed checkpoint's epoch.
+
+    Appends the checkpoint's epoch line if an interruption came between the two writes; drops lines of
+    later epochs (a resume from an older checkpoint repeats them) and lines that do not parse (a line cut
+    short by a crash). Rewritten atomically, rank 0 only.
+    """
     log = Path(output_dir) / 'log.txt'
-    logged = [json.loads(line).get('epoch') for line in open(log)] if log.is_file() else []
-    if stats.get('epoch') not in logged:
-        append_log(output_dir, stats)
+    if not is_main_process():
+        return
+    lines, changed = [], False
+    for line in (log.read_text().splitlines() if log.is_file() else []):
+        try:
+            entry = json.loads(line)
+            epoch = entry.get('epoch')
+        except (json.JSONDecodeError, AttributeError):
+            changed = True
+            continue
+        if isinstance(epoch, int) and epoch > stats.get('epoch', epoch):
+            changed = True
+            continue
+        lines.append((epoch, line))
+    if stats.get('epoch') not in [e for e, _ in lines]:
+        lines.append((stats.get('epoch'), json.dumps(stats)))
+        changed = True
+    if changed:
+        tmp = log.with_name(f'.log.txt.tmp{os.getpid()}')
+        tmp.write_text(''.join(line + '\n' for _, line in lines))
+        os.replace(tmp, log)
 
 
 def append_log(output_dir, stats):

@@ -67,6 +67,19 @@ def build_parser(entry, prog, description):
     return parser
 
 
+# flags holding paths of either entry point, made absolute before submission
+PATH_FLAGS = ('output_dir', 'log_dir', 'data_path', 'init_from', 'resume', 'finetune', 'decoder',
+              'train_manifest', 'val_manifest', 'test_manifests')
+
+
+def absolute(path):
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def is_node_local(path):
+    return any(path == p or path.startswith(p + '/') for p in NODE_LOCAL)
+
+
 def fail(prog, msg):
     raise SystemExit(f'{prog}: error: {msg}')
 
@@ -77,7 +90,7 @@ def finalize_args(args, entry, prog):
         fail(prog, '--job_dir is required: a folder on a file system shared by all nodes '
                    '(submitit pickles, logs and checkpoints go there)')
     args.job_dir = os.path.abspath(os.path.expanduser(args.job_dir))
-    if args.cluster == 'slurm' and any(args.job_dir == p or args.job_dir.startswith(p + '/') for p in NODE_LOCAL):
+    if args.cluster == 'slurm' and is_node_local(args.job_dir):
         fail(prog, f'--job_dir {args.job_dir} is node-local; use a folder on a file system shared by all nodes')
     if args.nodes < 1 or args.ngpus < 1:
         fail(prog, f'--nodes {args.nodes} x --ngpus {args.ngpus} = {max(args.nodes, 0) * max(args.ngpus, 0)} '
@@ -92,9 +105,14 @@ def finalize_args(args, entry, prog):
         args.device = 'cuda' if args.cluster == 'slurm' else importlib.import_module(entry).get_args_parser().get_default('device')
     if args.output_dir is None:
         args.output_dir = args.job_dir
-    for name in ('output_dir', 'log_dir'):      # the job may start elsewhere: no relative folders
-        if getattr(args, name, None):
-            setattr(args, name, os.path.abspath(os.path.expanduser(getattr(args, name))))
+    for name in PATH_FLAGS:                     # the job may start elsewhere: no relative paths
+        value = getattr(args, name, None)
+        if value:
+            setattr(args, name, [absolute(v) for v in value] if isinstance(value, list) else absolute(value))
+    for name in ('output_dir', 'log_dir'):      # a requeued job may land on another node
+        if args.cluster == 'slurm' and getattr(args, name, None) and is_node_local(getattr(args, name)):
+            fail(prog, f'--{name} {getattr(args, name)} is node-local; a requeued job on another node would not '
+                       f'find its checkpoints there')
     args.job_name = args.job_name or f'mifae_{entry.split("_")[-1]}'
     args.world_size = world_size(args)          # informative: each task reads WORLD_SIZE from the job
     args.rendezvous_id = uuid.uuid4().hex
