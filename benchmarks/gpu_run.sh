@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the project in one short run (a lent H100/H200 with torch 2.11, timm, OpenCV).
 # Usage on the device machine, from the repository root:  bash benchmarks/gpu_run.sh $OUT
-# Writes gpu_env.txt, pretrain.jsonl, finetune.jsonl, data.jsonl and tests.txt into the folder given.
+# Writes gpu_env.txt, pretrain.jsonl, finetune.jsonl, data.jsonl and e2e.txt into the folder given.
+# AUTOTUNE=1 bash benchmarks/gpu_run.sh $OUT  instead times the max-autotune compilation alone.
 set -u
 out=${1:-benchmarks/out}
 mkdir -p "$out"
@@ -13,10 +14,18 @@ cat "$out/gpu_env.txt"
 
 step() { echo "== $*"; timeout "${BUDGET:-150}" python3 "$@" 2>&1 | grep -v Warning; }
 
+# Optional (AUTOTUNE=1, run on its own: compilation with autotuning takes minutes): Triton matmul templates.
+if [ "${AUTOTUNE:-0}" = 1 ]; then
+  BUDGET=420 step benchmark_pretrain.py --amp bf16 --compile on --compile_mode max-autotune-no-cudagraphs \
+      --batch_size 256 --steps 25 --warmup 4 --profile 3 | tee -a "$out/pretrain_autotune.jsonl"
+  exit 0
+fi
+
 # 1. Pre-training step, ViT-B/16 at 224: reference-like, eager bf16, compiled bf16 at batch 64 and 256.
 BUDGET=80  step benchmark_pretrain.py --variant reference --batch_size 64 256 --steps 12 --warmup 3 | tee -a "$out/pretrain.jsonl"
 BUDGET=70  step benchmark_pretrain.py --amp bf16 --compile off --batch_size 64 256 --steps 12 --warmup 3 --check_loss | tee -a "$out/pretrain.jsonl"
-BUDGET=200 step benchmark_pretrain.py --amp bf16 --compile on --batch_size 64 256 --steps 25 --warmup 4 --check_loss | tee -a "$out/pretrain.jsonl"
+BUDGET=260 step benchmark_pretrain.py --amp bf16 --compile on --batch_size 64 256 512 --steps 25 --warmup 4 --check_loss \
+    --profile 3 | tee -a "$out/pretrain.jsonl"      # --profile: ms per step by kernel category, achieved TFLOP/s
 
 # 2. Stage 2: evaluation and fine-tuning throughput.
 if [ -f benchmark_finetune.py ]; then
