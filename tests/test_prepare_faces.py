@@ -168,6 +168,32 @@ def test_extract_faces_reasons(prep_dlib):
     assert faces == [] and reason == F.NO_FACE
 
 
+class FixedDetections(StubLandmarker):
+    """Returns the given (boxes, scores) for every image."""
+
+    def __init__(self, boxes, scores):
+        self.dets = boxes, scores
+
+    def detect_with_scores(self, img):
+        return self.dets
+
+
+def test_weak_large_detection_does_not_win_over_the_face():
+    img = np.zeros((400, 400, 3), np.uint8)
+    face, false_positive = (150.0, 150.0, 230.0, 230.0), (0.0, 0.0, 300.0, 300.0)
+    dlib_like = FixedDetections([false_positive, face], [0.03, 1.48])     # scores as dlib gives them
+    [chosen] = F.extract_faces(img, dlib_like, largest_only=True)
+    assert chosen['detector_box'] == face and chosen['score'] == 1.48
+    assert [f['detector_box'] for f in F.extract_faces(img, dlib_like, largest_only=False)] == [face]
+    # faces that score alike (S3FD: all above 0.5): the largest first, as before
+    both = FixedDetections([face, false_positive], [0.97, 0.6])
+    assert [f['detector_box'] for f in F.extract_faces(img, both, largest_only=False)] == [false_positive, face]
+    # the best-scoring box is too small: the others compete among themselves
+    small = (10.0, 10.0, 30.0, 30.0)
+    [chosen] = F.extract_faces(img, FixedDetections([small, face], [2.5, 0.4]), min_face=40)
+    assert chosen['detector_box'] == face
+
+
 def test_load_image_rgb_conversions_and_errors(tmp_path):
     img = astronaut()
     gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)

@@ -44,6 +44,10 @@ FACE_TOO_SMALL = 'face too small'
 
 DEFAULT_MIN_FACE = 40        # px, longest side of the detector box in the original image
 DEFAULT_DET_MAX_SIDE = 640   # detection runs on a copy downscaled to this longest side
+# Of the detections, the largest face is kept; those scoring under this fraction of the best
+# one are not faces to choose from: dlib reports weak false positives (score ~0.03 beside a face
+# at ~1.5) that can be larger than the face. S3FD's scores (above its threshold 0.5) all pass.
+MIN_SCORE_FRACTION = 0.5
 
 
 def is_image_file(path):
@@ -364,7 +368,7 @@ def find_face_alignment_weights(weights_dir=None, allow_download=True):
                 break
     if missing:
         target = weights_dir or hub_dir
-        lines = [f'face_alignment weights not found'
+        lines = ['face_alignment weights not found'
                  + (f' and could not be downloaded ({error})' if error else '') + '.',
                  f'Put these files in {target}'
                  + ('' if weights_dir else ' (or in a folder given with --weights_dir)') + ':']
@@ -619,13 +623,17 @@ def crop_face(img_rgb, landmarks, margin=1.3, size=256, box=None):
 # ---------------------------------------------------------------------------------
 
 def _select_faces(boxes, scores, largest_only, min_face):
-    """Order detections largest first, drop small ones -> (kept [(box, score)], reason)."""
+    """Drop detections smaller than ``min_face`` and weak ones (scoring under
+    ``MIN_SCORE_FRACTION`` of the best of the rest), order the others largest first
+    -> (kept [(box, score)], reason)."""
     if not boxes:
         return [], NO_FACE
-    dets = sorted(zip(boxes, scores), key=lambda d: -(d[0][2] - d[0][0]) * (d[0][3] - d[0][1]))
-    dets = [d for d in dets if max(d[0][2] - d[0][0], d[0][3] - d[0][1]) >= min_face]
+    dets = [d for d in zip(boxes, scores) if max(d[0][2] - d[0][0], d[0][3] - d[0][1]) >= min_face]
     if not dets:
         return [], FACE_TOO_SMALL
+    best = max(s for _, s in dets)
+    dets = [d for d in dets if d[1] >= min(best, best * MIN_SCORE_FRACTION)]
+    dets.sort(key=lambda d: -(d[0][2] - d[0][0]) * (d[0][3] - d[0][1]))
     return (dets[:1] if largest_only else dets), None
 
 
@@ -659,7 +667,8 @@ def extract_faces(img_rgb, landmarker, margin=1.3, size=256, largest_only=True,
     Returns a list (largest face first; only the largest when ``largest_only``) of
     dicts: ``crop`` uint8 [size, size, 3], ``landmarks`` float32 [68, 2] in crop
     pixels, ``box`` the square crop box in image pixels, ``detector_box``, ``score``.
-    Faces whose detector box is smaller than ``min_face`` pixels are dropped; an
-    empty list means no (large enough) face.
+    Faces whose detector box is smaller than ``min_face`` pixels are dropped, and so are
+    detections scoring under ``MIN_SCORE_FRACTION`` of the best one; an empty list
+    means no (large enough) face.
     """
     return extract_faces_batch([img_rgb], landmarker, margin, size, largest_only, min_face)[0][0]
