@@ -726,25 +726,33 @@ class Journal:
     """Append-only JSON-lines record of finished items, one file per input tag.
 
     Lines: {"settings": ...} first, then {"listing_failures": [...]} and one
-    {"key", "rows", "failures", "stats", "retry"} per finished item. A line cut
-    short by a crash is ignored, so at most the item in flight is lost."""
+    {"key", "rows", "failures", "stats", "retry"} per finished item (the last one
+    of a key counts). A line cut short by a crash is ignored, and dropped before the
+    next append, so at most the item in flight is lost. Only the run of this tag
+    appends; other runs read it (write_failures) and leave it as it is."""
 
     def __init__(self, output, tag):
         self.path = os.path.join(output, JOURNAL_DIR, f'{tag}.jsonl')
         self.settings, self.items, self.listing_failures = None, {}, []
+        self._whole = None     # length of the whole lines, when the last one was cut short
+        data = b''
         if os.path.isfile(self.path):
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if 'settings' in rec:
-                        self.settings = rec['settings']
-                    elif 'listing_failures' in rec:
-                        self.listing_failures = rec['listing_failures']
-                    elif 'key' in rec:
-                        self.items[rec['key']] = rec
+            with open(self.path, 'rb') as f:
+                data = f.read()
+        end = data.rfind(b'\n') + 1
+        if end < len(data):
+            self._whole = end
+        for line in data[:end].decode('utf-8', 'replace').splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if 'settings' in rec:
+                self.settings = rec['settings']
+            elif 'listing_failures' in rec:
+                self.listing_failures = rec['listing_failures']
+            elif 'key' in rec:
+                self.items[rec['key']] = rec
 
     def done(self, key):
         rec = self.items.get(key)
@@ -753,10 +761,13 @@ class Journal:
     def reset(self):
         if os.path.exists(self.path):
             os.remove(self.path)
-        self.settings, self.items, self.listing_failures = None, {}, []
+        self.settings, self.items, self.listing_failures, self._whole = None, {}, [], None
 
     def append(self, rec):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        if self._whole is not None:     # drop the cut line, or the next record would continue it
+            os.truncate(self.path, self._whole)
+            self._whole = None
         with open(self.path, 'a') as f:
             f.write(json.dumps(rec) + '\n')
             f.flush()

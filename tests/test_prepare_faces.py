@@ -398,6 +398,11 @@ def test_interrupted_run_keeps_finished_items_and_resumes(tmp_path, prep_stub, m
     summary = prepare_faces.main(args_for(tmp_path / 'in', out, '--frames_per_video', 2))
     assert summary['processed'] == 2 and summary['already_done'] == 1 and not summary['interrupted']
     assert len(read_csv(out / 'in_all.csv')) == 6
+    # the cut line was dropped, not continued: every line reads back and nothing is redone
+    lines = (out / '.prepare' / 'in.jsonl').read_text().splitlines()
+    assert len([json.loads(line) for line in lines]) == 1 + 2 + 3      # settings, 2 listings, 3 items
+    again = prepare_faces.main(args_for(tmp_path / 'in', out, '--frames_per_video', 2))
+    assert again['processed'] == 0 and again['already_done'] == 3
 
 
 def test_workers_pool_matches_single_process(tmp_path):
