@@ -1,5 +1,6 @@
 """Facial-region-guided masking, random masking, and how masks follow the augmented face."""
 import numpy as np
+import pytest
 import torch
 
 from util.datasets import FaceTransform
@@ -128,3 +129,13 @@ def test_crop_moves_landmarks_and_mask_with_the_face():
         gy = np.clip(lm2[inside, 1] // 16, 0, 13).astype(int)
         region_pts = np.isin(np.flatnonzero(inside), np.arange(17, 68))
         assert mask[gy[region_pts], gx[region_pts]].all()
+
+
+def test_check_mask_count_names_the_wrong_count():
+    from util.masking import check_mask_count, random_mask
+    good = torch.stack([random_mask(16, 0.75) for _ in range(3)])
+    check_mask_count(good, 0.75)
+    bad = good.clone()
+    bad[1, bad[1].nonzero()[0]] = False                   # one removed patch fewer in row 1
+    with pytest.raises(ValueError, match='removes 11 to 12 of 16 patches; mask ratio 0.75 needs exactly 12'):
+        check_mask_count(bad, 0.75)
