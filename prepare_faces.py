@@ -26,6 +26,7 @@ write the manifests and failures.csv atomically, 4. print a summary.
 """
 import argparse
 import csv
+import itertools
 import json
 import os
 import re
@@ -486,7 +487,7 @@ def list_deepfakebench(args):
             rel_dir = _rel(os.path.dirname(frames[0]), root)
             item = videos.get(rel_dir)
             if item is None:
-                item = dict(key=rel_dir, kind='dfb', frames=frames, source=rel_dir, out=f'faces/deepfakebench',
+                item = dict(key=rel_dir, kind='dfb', frames=frames, source=rel_dir, out='faces/deepfakebench',
                             video=f'deepfakebench/{rel_dir}', label=_dfb_label(entry.get('label', label_name)),
                             memberships=[], method=label_name, compression=comp, root=root)
                 videos[rel_dir] = item
@@ -560,14 +561,19 @@ def _pad(img, fraction):
     return cv2.copyMakeBorder(img, p, p, p, p, cv2.BORDER_CONSTANT, value=0)
 
 
-def _faces_for(images, opts, landmarker):
-    """extract_faces_batch in chunks of the batch size."""
-    out = []
+def _faces_for(pairs, opts, landmarker):
+    """(key, image) pairs -> (key, faces, reason), extract_faces_batch on one batch at a
+    time: the pairs are consumed as they go (a video's frames are never all in memory)."""
     step = opts['batch_size'] if opts['landmarker'] == 'face_alignment' else 8
-    for start in range(0, len(images), step):
-        out += F.extract_faces_batch(images[start:start + step], landmarker, margin=opts['margin'],
-                                     size=opts['size'], largest_only=True, min_face=opts['min_face'])
-    return out
+    pairs = iter(pairs)
+    while True:
+        chunk = list(itertools.islice(pairs, step))
+        if not chunk:
+            return
+        found = F.extract_faces_batch([img for _, img in chunk], landmarker, margin=opts['margin'],
+                                      size=opts['size'], largest_only=True, min_face=opts['min_face'])
+        for (key, _), (faces, reason) in zip(chunk, found):
+            yield key, faces, reason
 
 
 def process_item(item):
@@ -592,28 +598,27 @@ def _process_video(item, opts, landmarker, result):
     stats['videos'] += 1
     try:
         reader = F.read_video_frames(item['path'], opts['frames_per_video'])
-        frames = list(reader)
     except ValueError as e:
         result['failures'].append((item['path'], f'unreadable video ({e})'))
         return
-    stats['frames'] += len(frames)
+    for index, faces, reason in _faces_for(reader, opts, landmarker):
+        if not faces:
+            result['failures'].append((f'{item["path"]}#frame={index}', reason))
+            continue
+        img_rel, npy_rel = _write_face(f'{item["out"]}/{index:06d}', faces[0], opts)
+        stats['faces'] += 1
+        result['rows'] += _rows(item, img_rel, npy_rel, index, item['source'])
+    stats['frames'] += reader.read
     stats['frames_unreadable'] += reader.skipped
     if reader.skipped:
         result['failures'].append((item['path'], f'unreadable frames: {reader.skipped} of {len(reader)}'))
-    if not frames:
+    if not reader.read:
         result['failures'].append((item['path'], 'unreadable video (no frame decoded)'))
-        return
-    for (index, _), (found, reason) in zip(frames, _faces_for([f for _, f in frames], opts, landmarker)):
-        if not found:
-            result['failures'].append((f'{item["path"]}#frame={index}', reason))
-            continue
-        img_rel, npy_rel = _write_face(f'{item["out"]}/{index:06d}', found[0], opts)
-        stats['faces'] += 1
-        result['rows'] += _rows(item, img_rel, npy_rel, index, item['source'])
 
 
 def _process_images(item, opts, landmarker, result):
-    """Photos (each its own output) or a folder of frames (sampled evenly)."""
+    """Photos (each its own output) or a folder of frames (sampled evenly), read as
+    they are needed."""
     stats = result['stats']
     if item['kind'] == 'frames':
         stats['videos'] += 1
@@ -624,19 +629,23 @@ def _process_images(item, opts, landmarker, result):
                    for i in keep]
     else:
         entries = [dict(e, frame=None) for e in item['images']]
-    loaded = []
-    for e in entries:
-        try:
-            loaded.append((e, _pad(F.load_image_rgb(e['path']), item.get('pad', 0.0))))
-        except ValueError as err:
-            result['failures'].append((e['path'], f'unreadable image ({err})'))
-            stats['frames_unreadable'] += 1
-    stats['images' if item['kind'] == 'images' else 'frames'] += len(loaded)
-    for (e, _), (found, reason) in zip(loaded, _faces_for([img for _, img in loaded], opts, landmarker)):
-        if not found:
+
+    def load():
+        for e in entries:
+            try:
+                img = _pad(F.load_image_rgb(e['path']), item.get('pad', 0.0))
+            except ValueError as err:
+                result['failures'].append((e['path'], f'unreadable image ({err})'))
+                stats['frames_unreadable'] += 1
+                continue
+            stats['images' if item['kind'] == 'images' else 'frames'] += 1
+            yield e, img
+
+    for e, faces, reason in _faces_for(load(), opts, landmarker):
+        if not faces:
             result['failures'].append((e['path'], reason))
             continue
-        img_rel, npy_rel = _write_face(e['out'], found[0], opts)
+        img_rel, npy_rel = _write_face(e['out'], faces[0], opts)
         stats['faces'] += 1
         result['rows'] += _rows(item, img_rel, npy_rel, e['frame'], e['source'], e['video'])
 
@@ -655,7 +664,7 @@ def _process_dfb(item, opts, landmarker, result):
         img_path = paths[i]
         lmk_path = _dfb_landmark_path(img_path)
         try:
-            img = F.load_image_rgb(img_path)
+            F.load_image_rgb(img_path)      # unreadable frames are failures, as elsewhere
         except ValueError as err:
             result['failures'].append((img_path, f'unreadable image ({err})'))
             stats['frames_unreadable'] += 1

@@ -405,6 +405,26 @@ def test_interrupted_run_keeps_finished_items_and_resumes(tmp_path, prep_stub, m
     assert again['processed'] == 0 and again['already_done'] == 3
 
 
+def test_all_frames_stream_through_detection(tmp_path, prep_stub, monkeypatch):
+    """--frames_per_video 0: frames are decoded one batch ahead of detection, not all first."""
+    write_video(tmp_path / 'in' / 'long.mp4', 40)
+    readers, seen = [], []
+    real_read, real_extract = F.read_video_frames, F.extract_faces_batch
+
+    def read(*a):
+        readers.append(real_read(*a))
+        return readers[-1]
+
+    def extract(images, *a, **k):
+        seen.append((len(images), readers[-1].read))
+        return real_extract(images, *a, **k)
+    monkeypatch.setattr(F, 'read_video_frames', read)
+    monkeypatch.setattr(F, 'extract_faces_batch', extract)
+    summary = prepare_faces.main(args_for(tmp_path / 'in', tmp_path / 'out', '--frames_per_video', 0))
+    assert summary['frames'] == summary['faces'] == 40
+    assert seen == [(8, 8), (8, 16), (8, 24), (8, 32), (8, 40)]     # (batch, frames decoded so far)
+
+
 def test_workers_pool_matches_single_process(tmp_path):
     (tmp_path / 'in').mkdir()
     img = astronaut()[:, :, ::-1]
