@@ -28,6 +28,7 @@ import argparse
 import csv
 import itertools
 import json
+import multiprocessing as mp
 import os
 import re
 import shutil
@@ -35,6 +36,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -89,6 +92,10 @@ def get_args_parser():
 
 class LayoutError(ValueError):
     """The input does not look like the chosen --dataset layout."""
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed (landmarker, killed); the finished items are kept."""
 
 
 # ---------------------------------------------------------------------------------
@@ -515,21 +522,30 @@ _STATE = {}   # per process: landmarker and options
 
 
 def init_worker(opts):
-    """Build this process's landmarker (pool initializer; also used in-process)."""
-    import cv2
-    if opts['workers'] > 1:     # a pool worker: Ctrl-C is handled by the main process
-        import signal
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        cv2.setNumThreads(1)
-        if opts['landmarker'] == 'face_alignment' and opts['needs_landmarker']:
-            import torch
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts['workers']))
+    """Build this process's landmarker: for an in-process run, and in the main process
+    before a pool starts (a landmarker that cannot be built is then one error line)."""
     landmarker = None
     if opts['needs_landmarker']:
         landmarker = F.build_landmarker(opts['landmarker'], device=opts['device'],
                                         weights_dir=opts['weights_dir'], batch_size=opts['batch_size'],
                                         allow_download=opts['allow_download'])
     _STATE.update(opts=opts, landmarker=landmarker)
+
+
+def init_pool_worker(opts):
+    """Pool initializer. A failure is kept and reported by process_item: raised here,
+    it would print a traceback in every worker and leave the pool without a reason."""
+    import signal
+    import cv2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is handled by the main process
+    cv2.setNumThreads(1)
+    if opts['landmarker'] == 'face_alignment' and opts['needs_landmarker']:
+        import torch
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts['workers']))
+    try:
+        init_worker(opts)
+    except Exception as e:
+        _STATE['error'] = f'a worker process could not build its landmarker: {e}'
 
 
 def _write_face(out_stem, face, opts):
@@ -578,7 +594,10 @@ def _faces_for(pairs, opts, landmarker):
 
 def process_item(item):
     """Decode, detect, landmark, crop and write one item. Never raises: problems
-    become failures; unexpected errors mark the item for retry on the next run."""
+    become failures; unexpected errors mark the item for retry on the next run; a
+    worker without a landmarker returns {'key', 'fatal': reason} (the run stops)."""
+    if 'error' in _STATE:
+        return dict(key=item['key'], fatal=_STATE['error'])
     opts, landmarker = _STATE['opts'], _STATE['landmarker']
     result = dict(key=item['key'], rows=[], failures=[], retry=False,
                   stats=Counter(videos=0, images=0, frames=0, frames_unreadable=0, faces=0))
@@ -833,8 +852,9 @@ def _reason_kind(reason):
 
 
 def main(args):
-    """Run the preparation; returns a summary dict. Raises LayoutError or
-    util.faces.WeightsNotFoundError (the command line prints them as errors)."""
+    """Run the preparation; returns a summary dict. Raises LayoutError,
+    util.faces.WeightsNotFoundError, or WorkerError after writing the manifests of
+    what finished (the command line prints them as errors)."""
     t0 = time.time()
     if args.workers < 1:
         raise ValueError('--workers must be >= 1')
@@ -870,9 +890,9 @@ def main(args):
         # fail at once (and download once) before any worker starts
         F.find_face_alignment_weights(args.weights_dir, allow_download=not args.no_download)
     run = Counter()
-    interrupted = False
+    interrupted, error = False, None
     if pending:
-        interrupted = _run_items(pending, opts, journal, run, args)
+        interrupted, error = _run_items(pending, opts, journal, run, args)
 
     # 3. manifests and failures
     manifests = write_manifests(args.output, journal)
@@ -890,51 +910,60 @@ def main(args):
                    frames_unreadable=total['frames_unreadable'], faces=total['faces'],
                    failures=dict(reasons), manifests=manifests)
     _print_summary(summary, args)
+    if error:
+        raise WorkerError(f'{error}; {run["items"]} items finished and are kept: run the same command '
+                          f'again to continue')
     return summary
 
 
 def _run_items(pending, opts, journal, run, args):
     """Process pending items (in-process or in a pool); journal each result as it
-    arrives. Returns True when interrupted with Ctrl-C."""
+    arrives. Returns (interrupted with Ctrl-C, reason why the pool failed or None)."""
     from tqdm import tqdm
     kinds = {it['kind'] for it in pending}
     unit = 'photo' if kinds == {'images'} else 'video' if 'images' not in kinds else 'item'
     weight = lambda it: len(it['images']) if it['kind'] == 'images' else 1
     bar = tqdm(total=sum(weight(it) for it in pending), unit=unit, dynamic_ncols=True,
                disable=args.no_progress, desc=f'{args.dataset} ({args.landmarker})')
-    pool = None
+    pool, finished = None, False
     try:
+        init_worker(opts)
         if opts['workers'] == 1:
-            init_worker(opts)
             results = map(process_item, pending)
         else:
-            import multiprocessing as mp
+            _STATE.clear()
             # spawn, not fork: a forked child can deadlock on thread pools (OpenCV, OpenMP, CUDA)
-            # that the parent had started
-            pool = mp.get_context('spawn').Pool(opts['workers'], initializer=init_worker, initargs=(opts,))
-            results = pool.imap_unordered(process_item, pending, chunksize=1)
+            # that the parent had started. A worker that dies (killed when out of memory)
+            # breaks this pool at once (BrokenProcessPool), where multiprocessing.Pool would hang.
+            pool = ProcessPoolExecutor(opts['workers'], mp_context=mp.get_context('spawn'),
+                                       initializer=init_pool_worker, initargs=(opts,))
+            results = (f.result() for f in as_completed([pool.submit(process_item, it) for it in pending]))
         weights = {it['key']: weight(it) for it in pending}
         for res in results:
+            if 'fatal' in res:
+                return False, res['fatal']
             journal.append(res)
             run.update(res['stats'])
             run['items'] += 1
             run['failures'] += len(res['failures'])
             bar.update(weights[res['key']])
             bar.set_postfix(faces=run['faces'], failures=run['failures'], refresh=False)
-        if pool is not None:
-            pool.close()
-            pool.join()
-        return False
+        finished = True
+        return False, None
+    except BrokenProcessPool:
+        return False, ('a worker process died (killed, out of memory?): try fewer --workers'
+                       + (' or a smaller --batch_size' if args.landmarker == 'face_alignment' else ''))
     except KeyboardInterrupt:
-        if pool is not None:
-            pool.terminate()
         print(f'\ninterrupted: {run["items"]} items finished and kept; run the same command again to '
               f'continue', file=sys.stderr)
-        return True
+        return True, None
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
+            if not finished:    # stop the items in flight now (no public way before Python 3.14)
+                for p in (pool._processes or {}).values():
+                    p.terminate()
+            pool.shutdown(cancel_futures=True)
         _STATE.clear()
 
 

@@ -436,6 +436,79 @@ def test_workers_pool_matches_single_process(tmp_path):
     assert [r['video'] for r in rows] == ['in/p0', 'in/p1', 'in/p2'] and {r['label'] for r in rows} == {''}
 
 
+def test_workers_landmarker_checked_before_the_pool(tmp_path, monkeypatch):
+    def cannot_build(*a, **k):
+        raise RuntimeError('--landmarker dlib needs dlib')
+
+    def no_pool(*a, **k):
+        raise AssertionError('a pool was started')
+    monkeypatch.setattr(F, 'build_landmarker', cannot_build)
+    monkeypatch.setattr(prepare_faces, 'ProcessPoolExecutor', no_pool)
+    (tmp_path / 'in').mkdir()
+    cv2.imwrite(str(tmp_path / 'in' / 'p.jpg'), astronaut())
+    with pytest.raises(RuntimeError, match='needs dlib'):
+        prepare_faces.main(args_for(tmp_path / 'in', tmp_path / 'out', '--workers', 2))
+
+
+# Run as a script: the worker processes (which import it as __mp_main__) cannot build their
+# landmarker (CASE=init) or die on v2.mp4 as if killed when out of memory (CASE=killed).
+WORKER_FAILURE_SCRIPT = '''
+import os
+import sys
+sys.path.insert(0, {root!r})
+import prepare_faces
+from util import faces as F
+
+
+def cannot_build(*a, **k):
+    raise RuntimeError('CUDA error: out of memory')
+
+
+def killed_on_v2(item, process_item=prepare_faces.process_item):
+    if item['key'] == 'v2.mp4':
+        os._exit(9)
+    return process_item(item)
+
+
+if __name__ == '__mp_main__':
+    if os.environ['CASE'] == 'init':
+        F.build_landmarker = cannot_build
+    else:
+        prepare_faces.process_item = killed_on_v2
+elif __name__ == '__main__':
+    try:
+        prepare_faces.main(prepare_faces.get_args_parser().parse_args(sys.argv[1:]))
+    except (ValueError, RuntimeError) as e:
+        print(f'error: {{e}}', file=sys.stderr)
+        sys.exit(2)
+'''
+
+
+@pytest.mark.parametrize('case', ['init', 'killed'])
+def test_worker_failure_is_one_error_and_finished_items_are_kept(tmp_path, case, prep_use_dlib):
+    import subprocess
+    for k in range(3):
+        write_video(tmp_path / 'in' / f'v{k}.mp4', 2, size=(640, 512), content=moving_astronaut)
+    script = tmp_path / 'run.py'
+    script.write_text(WORKER_FAILURE_SCRIPT.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    out = tmp_path / 'out'
+    argv = ['--input', tmp_path / 'in', '--output', out, '--landmarker', 'dlib', '--no_progress', '--workers', 2]
+    proc = subprocess.run([sys.executable, str(script), *map(str, argv)], capture_output=True, text=True,
+                          timeout=180, env=dict(os.environ, CASE=case))
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()       # one line, no traceback, no hang
+    kept = len(prepare_faces.Journal(out, 'in').items)
+    if case == 'init':
+        assert line.startswith('error: a worker process could not build its landmarker: CUDA error: out of memory')
+        assert kept == 0
+    else:
+        assert line.startswith('error: a worker process died (killed, out of memory?)')
+        assert 1 <= kept <= 2 and len(read_csv(out / 'in_all.csv')) == 2 * kept     # v2 was taken by a finished worker
+    assert f'{kept} items finished and are kept' in line
+    summary = prepare_faces.main(args_for(tmp_path / 'in', out))
+    assert summary['already_done'] == kept and summary['processed'] == 3 - kept and summary['faces'] == 6
+
+
 # ---------------------------------------------------------------------------------
 # bad input: nothing stops the run, nothing disappears
 # ---------------------------------------------------------------------------------
