@@ -61,6 +61,9 @@ def get_args_parser():
                    help='dataset name for folder inputs (default: the input folder name)')
     p.add_argument('--label', default=None, choices=['0', '1'], help='folder: label of every item (1 = fake)')
     p.add_argument('--split', default=None, help='folder: split name written in the manifest (default: all)')
+    p.add_argument('--video_per_folder', action='store_true',
+                   help='folder: the images of each folder are frames of one video (video id = the folder); '
+                        '--frames_per_video of them are used')
     p.add_argument('--splits', default=None,
                    help='ffpp: folder holding the official train.json, val.json, test.json')
     p.add_argument('--compression', default='c23',
@@ -118,6 +121,24 @@ def _strip_ext(rel):
     return os.path.splitext(rel)[0]
 
 
+def _join(*parts):
+    """Relative path from parts, leaving out empty ones and '.' (the --input folder itself)."""
+    return '/'.join(p for p in parts if p not in ('', '.'))
+
+
+def _out_stems(names, taken=()):
+    """Output stem of each file name of one folder: the name without its extension, or
+    with it where the stem would be shared (x.jpg and x.png; clip.mp4 and a sub-folder
+    clip/ in ``taken``), so that no two files write the same crops or video id."""
+    stems = {n: _strip_ext(n) for n in names}
+    while True:
+        count = Counter([*stems.values(), *taken])
+        shared = [n for n, s in stems.items() if count[s] > 1 and s != n]
+        if not shared:
+            return stems
+        stems.update((n, n) for n in shared)
+
+
 def _listdir_files(folder, test):
     if not os.path.isdir(folder):
         return []
@@ -134,20 +155,26 @@ def _walk(root, skip=None):
         yield dirpath, sorted(filenames)
 
 
-def video_item(path, root, tag, video, label, memberships, method='', compression=''):
+def video_item(path, root, tag, video, label, memberships, method='', compression='', out=None):
+    """out: output stem relative to faces/<tag>/ (default: the input-relative path without extension)."""
     rel = _rel(path, root)
-    return dict(key=rel, kind='video', path=path, source=rel, out=f'faces/{tag}/{_strip_ext(rel)}',
+    return dict(key=rel, kind='video', path=path, source=rel, out=f'faces/{tag}/{out or _strip_ext(rel)}',
                 video=video, label=label, memberships=memberships, method=method, compression=compression)
 
 
-def image_items(paths, root, tag, video_of, label, memberships, method=''):
-    """Photos grouped into items of IMAGES_PER_ITEM; each photo gets its own row."""
+def image_items(paths, root, tag, video_of, label, memberships, method='', stems=None):
+    """Photos of one folder grouped into items of IMAGES_PER_ITEM; each photo gets its own
+    row. stems: output stem by file name (default: _out_stems of the photos); video_of:
+    output stem relative to faces/<tag>/ -> video id."""
+    stems = stems or _out_stems([os.path.basename(p) for p in paths])
+    rel_dir = _rel(os.path.dirname(paths[0]), root)
     items = []
     for start in range(0, len(paths), IMAGES_PER_ITEM):
         chunk = paths[start:start + IMAGES_PER_ITEM]
         rel0 = _rel(chunk[0], root)
-        images = [dict(path=p, source=_rel(p, root), out=f'faces/{tag}/{_strip_ext(_rel(p, root))}',
-                       video=video_of(_rel(p, root))) for p in chunk]
+        outs = [_join(rel_dir, stems[os.path.basename(p)]) for p in chunk]
+        images = [dict(path=p, source=_rel(p, root), out=f'faces/{tag}/{out}', video=video_of(out))
+                  for p, out in zip(chunk, outs)]
         items.append(dict(key=f'{os.path.dirname(rel0)}#{start // IMAGES_PER_ITEM}:{rel0}', kind='images',
                           images=images, label=label, memberships=memberships, method=method,
                           compression='', video='', source=os.path.dirname(rel0)))
@@ -157,37 +184,46 @@ def image_items(paths, root, tag, video_of, label, memberships, method=''):
 def frames_item(frame_paths, root, tag, video, label, memberships, method='', pad=0.0):
     rel_dir = _rel(os.path.dirname(frame_paths[0]), root)
     return dict(key=rel_dir, kind='frames', frames=list(frame_paths), source=rel_dir,
-                out=f'faces/{tag}/{rel_dir}', video=video, label=label, memberships=memberships,
+                out=_join(f'faces/{tag}', rel_dir), video=video, label=label, memberships=memberships,
                 method=method, compression='', pad=pad)
 
 
 def list_folder(args):
-    """Any videos and images under --input (or a single file), label from --label."""
-    root = args.input
+    """Any videos and images under --input, or one file (its folder is then the input, so
+    files added one at a time share one journal and manifest); label from --label. With
+    --video_per_folder, the images of each folder are the frames of one video."""
     label = args.label if args.label is not None else ''
-    name = _safe_name(args.name or os.path.basename(os.path.normpath(
-        root if os.path.isdir(root) else os.path.dirname(os.path.abspath(root)))) or 'folder')
-    memberships = [(name, args.split or 'all')]
-    files = []
-    if os.path.isfile(root):
-        files, root = [root], os.path.dirname(os.path.abspath(root))
-    elif os.path.isdir(root):
-        for dirpath, filenames in _walk(root, skip=args.output):
-            files += [os.path.join(dirpath, f) for f in filenames]
+    if os.path.isfile(args.input):
+        root = os.path.dirname(os.path.abspath(args.input))
+        only = os.path.abspath(args.input)
+        folders = [(root, sorted(f for f in os.listdir(root) if os.path.isfile(os.path.join(root, f))))]
+    elif os.path.isdir(args.input):
+        root, only = args.input, None
+        folders = _walk(root, skip=args.output)
     else:
-        raise LayoutError(f'--input {root} does not exist')
-    videos = [f for f in files if F.is_video_file(f)]
-    images = [f for f in files if F.is_image_file(f)]
-    if not videos and not images:
+        raise LayoutError(f'--input {args.input} does not exist')
+    name = _safe_name(args.name or os.path.basename(os.path.abspath(root)) or 'folder')
+    memberships = [(name, args.split or 'all')]
+    items = []
+    for dirpath, filenames in folders:
+        media = [f for f in filenames if F.is_video_file(f) or F.is_image_file(f)]
+        # stems from the whole folder, so that a file prepared alone gets the same outputs
+        stems = _out_stems(media, [d for d in os.listdir(dirpath) if os.path.isdir(os.path.join(dirpath, d))])
+        media = [f for f in media if only in (None, os.path.join(dirpath, f))]
+        rel_dir = _rel(dirpath, root)
+        for f in filter(F.is_video_file, media):
+            out = _join(rel_dir, stems[f])
+            items.append(video_item(os.path.join(dirpath, f), root, name, f'{name}/{out}', label, memberships,
+                                    out=out))
+        images = [os.path.join(dirpath, f) for f in media if F.is_image_file(f)]
+        if images and args.video_per_folder and not only:
+            items.append(frames_item(sorted(images, key=_natural_key), root, name, _join(name, rel_dir), label,
+                                     memberships))
+        elif images:
+            items += image_items(images, root, name, lambda out: f'{name}/{out}', label, memberships, stems=stems)
+    if not items:
         raise LayoutError(f'no videos ({", ".join(F.VIDEO_EXTENSIONS)}) or images '
                           f'({", ".join(F.IMAGE_EXTENSIONS)}) found in {args.input}')
-    items = [video_item(v, root, name, f'{name}/{_strip_ext(_rel(v, root))}', label, memberships)
-             for v in videos]
-    by_dir = {}
-    for img in images:
-        by_dir.setdefault(os.path.dirname(img), []).append(img)
-    for paths in by_dir.values():
-        items += image_items(paths, root, name, lambda rel: f'{name}/{_strip_ext(rel)}', label, memberships)
     return name, items, [], []
 
 
@@ -643,8 +679,9 @@ def _process_images(item, opts, landmarker, result):
         stats['videos'] += 1
         paths = item['frames']
         keep = F.evenly_spaced_indices(len(paths), opts['frames_per_video'])
+        stems = _out_stems([os.path.basename(p) for p in paths])
         entries = [dict(path=paths[i], source=_rel_to(paths[i], item), frame=i,
-                        out=f'{item["out"]}/{_strip_ext(os.path.basename(paths[i]))}', video=None)
+                        out=f'{item["out"]}/{stems[os.path.basename(paths[i])]}', video=None)
                    for i in keep]
     else:
         entries = [dict(e, frame=None) for e in item['images']]
@@ -670,7 +707,7 @@ def _process_images(item, opts, landmarker, result):
 
 
 def _rel_to(path, item):
-    return f'{item["source"]}/{os.path.basename(path)}'
+    return _join(item['source'], os.path.basename(path))
 
 
 def _process_dfb(item, opts, landmarker, result):
@@ -808,6 +845,10 @@ class Journal:
             self.items[rec['key']] = rec
 
 
+def _manifest_path(output, dataset, split):
+    return os.path.join(output, f'{_safe_name(dataset)}_{_safe_name(split)}.csv')
+
+
 def write_manifests(output, journal):
     """<output>/<dataset>_<split>.csv from the journal (rows de-duplicated by path)."""
     groups = {}
@@ -816,7 +857,7 @@ def write_manifests(output, journal):
             groups.setdefault((row[4], row[6]), {})[row[0]] = row
     written = {}
     for (dataset, split), rows in sorted(groups.items()):
-        path = os.path.join(output, f'{_safe_name(dataset)}_{_safe_name(split)}.csv')
+        path = _manifest_path(output, dataset, split)
         write_csv(path, MANIFEST_COLUMNS, [rows[k] for k in sorted(rows)])
         written[os.path.basename(path)] = len(rows)
     return written
@@ -841,9 +882,13 @@ def write_failures(output):
 # ---------------------------------------------------------------------------------
 
 def _settings(args):
+    """What the crops depend on. Flags only when set, so journals written before they
+    existed still match."""
     keys = ('dataset', 'landmarker', 'frames_per_video', 'margin', 'size', 'jpeg_quality', 'min_face')
     s = {k: getattr(args, k) for k in keys}
-    s['input'] = os.path.abspath(args.input)
+    s.update({k: True for k in ('video_per_folder',) if getattr(args, k)})
+    path = os.path.abspath(args.input)
+    s['input'] = path if os.path.isdir(path) else os.path.dirname(path)    # one file: its folder
     return s
 
 
@@ -868,9 +913,12 @@ def main(args):
     settings = _settings(args)
     if journal.settings is not None and journal.settings != settings:
         if not args.overwrite:
-            changed = {k: (journal.settings.get(k), v) for k, v in settings.items() if journal.settings.get(k) != v}
-            raise LayoutError(f'{args.output} holds a run with other settings {changed} (old, new): '
-                              f'use another --output, or --overwrite to start again')
+            changed = {k: (journal.settings.get(k), settings.get(k))
+                       for k in sorted(journal.settings.keys() | settings.keys())
+                       if journal.settings.get(k) != settings.get(k)}
+            other = ', another --name' if args.dataset == 'folder' and 'input' in changed else ''
+            raise LayoutError(f'{args.output} holds a run ({tag}) with other settings {changed} (old, new): '
+                              f'use another --output{other}, or --overwrite to start again')
         journal.reset()
     elif args.overwrite:
         journal.reset()

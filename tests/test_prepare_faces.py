@@ -743,3 +743,74 @@ def test_preset_deepfakebench_json_81_to_68(tmp_path, prep_stub):
     failures = {(os.path.basename(r['path']), r['reason']) for r in read_csv(out / 'failures.csv')}
     assert ('001.png', 'no landmarks file') in failures and ('gone.png', 'missing frame file') in failures
     assert summary['faces'] == 3 + 2 + 2
+
+
+# ---------------------------------------------------------------------------------
+# folder preset: labels of re-runs, single files, shared stems, frame folders
+# ---------------------------------------------------------------------------------
+
+def test_single_files_of_one_folder_build_one_mixed_manifest(tmp_path, prep_stub):
+    clips = tmp_path / 'clips'
+    write_video(clips / 'real.mp4', 3)
+    write_video(clips / 'fake.mp4', 3)
+    out = tmp_path / 'out'
+    prepare_faces.main(args_for(clips / 'real.mp4', out, '--label', 0))
+    summary = prepare_faces.main(args_for(clips / 'fake.mp4', out, '--label', 1))
+    assert summary['processed'] == 1
+    assert {(r['video'], r['label']) for r in read_csv(out / 'clips_all.csv')} == {
+        ('clips/real', '0'), ('clips/fake', '1')}
+    # the same file again is already done; the whole folder afterwards too
+    assert prepare_faces.main(args_for(clips / 'fake.mp4', out, '--label', 1))['processed'] == 0
+    assert prepare_faces.main(args_for(clips, out, '--label', 1))['already_done'] == 2
+    # a file of another folder under the same name: refused, saying what to do
+    write_video(tmp_path / 'more' / 'other.mp4', 3)
+    with pytest.raises(prepare_faces.LayoutError, match='another --name'):
+        prepare_faces.main(args_for(tmp_path / 'more' / 'other.mp4', out, '--name', 'clips'))
+
+
+def test_files_sharing_a_stem_keep_distinct_outputs(tmp_path, prep_stub):
+    src = tmp_path / 'in'
+    (src / 'clip').mkdir(parents=True)
+    cv2.imwrite(str(src / 'x.jpg'), np.full((80, 60, 3), 60, np.uint8))
+    cv2.imwrite(str(src / 'x.png'), np.full((80, 60, 3), 200, np.uint8))
+    cv2.imwrite(str(src / 'y.png'), np.full((80, 60, 3), 100, np.uint8))
+    write_video(src / 'clip.mp4', 2)
+    cv2.imwrite(str(src / 'clip' / '000000.png'), np.full((80, 60, 3), 30, np.uint8))
+    out = tmp_path / 'out'
+    summary = prepare_faces.main(args_for(src, out, '--frames_per_video', 1))
+    rows = read_csv(out / 'in_all.csv')
+    assert summary['faces'] == len(rows) == 5
+    assert {r['source']: (r['path'], r['video']) for r in rows} == {
+        'x.jpg': ('faces/in/x.jpg.png', 'in/x.jpg'), 'x.png': ('faces/in/x.png.png', 'in/x.png'),
+        'y.png': ('faces/in/y.png', 'in/y'), 'clip.mp4': ('faces/in/clip.mp4/000000.png', 'in/clip.mp4'),
+        'clip/000000.png': ('faces/in/clip/000000.png', 'in/clip/000000')}
+    assert cv2.imread(str(out / 'faces/in/x.jpg.png')).mean() < cv2.imread(str(out / 'faces/in/x.png.png')).mean()
+    # one of them prepared alone gets the same outputs
+    prepare_faces.main(args_for(src / 'x.png', tmp_path / 'alone'))
+    assert [r['path'] for r in read_csv(tmp_path / 'alone' / 'in_all.csv')] == ['faces/in/x.png.png']
+
+
+def test_video_per_folder_makes_each_frame_folder_one_video(tmp_path, prep_stub, monkeypatch):
+    src = tmp_path / 'frames'
+    for folder in ('a', 'b'):
+        (src / folder).mkdir(parents=True)
+        for i in range(10):
+            cv2.imwrite(str(src / folder / f'{i}.png'), np.full((80, 80, 3), 100 + i, np.uint8))
+    cv2.imwrite(str(src / 'top.png'), np.full((80, 80, 3), 50, np.uint8))
+    out = tmp_path / 'out'
+    prepare_faces.main(args_for(src, out, '--video_per_folder', '--frames_per_video', 4, '--label', 1))
+    rows = read_csv(out / 'frames_all.csv')
+    assert {v: sorted(int(r['frame']) for r in rows if r['video'] == v) for v in {r['video'] for r in rows}} == {
+        'frames/a': [0, 3, 6, 9], 'frames/b': [0, 3, 6, 9], 'frames': [0]}
+    assert {r['path'] for r in rows if r['video'] == 'frames'} == {'faces/frames/top.png'}
+    assert {r['source'] for r in rows if r['video'] == 'frames/b'} == {'b/0.png', 'b/3.png', 'b/6.png', 'b/9.png'}
+    # a setting of its own: the same output without it is refused
+    with pytest.raises(prepare_faces.LayoutError, match='video_per_folder'):
+        prepare_faces.main(args_for(src, out, '--frames_per_video', 4))
+    # all frames of a folder: read one batch ahead of detection, not all first
+    loads, seen = [], []
+    real_load, real_extract = F.load_image_rgb, F.extract_faces_batch
+    monkeypatch.setattr(F, 'load_image_rgb', lambda p: loads.append(p) or real_load(p))
+    monkeypatch.setattr(F, 'extract_faces_batch', lambda imgs, *a, **k: seen.append(len(loads)) or real_extract(imgs, *a, **k))
+    prepare_faces.main(args_for(src / 'a', tmp_path / 'all', '--video_per_folder', '--frames_per_video', 0))
+    assert seen == [8, 10]
