@@ -849,6 +849,33 @@ def _manifest_path(output, dataset, split):
     return os.path.join(output, f'{_safe_name(dataset)}_{_safe_name(split)}.csv')
 
 
+def _groups(journal):
+    return {(row[4], row[6]) for rec in journal.items.values() for row in rec['rows']}
+
+
+def relabel(output, journal, items):
+    """Give the finished items' rows the label, dataset, split, method and compression of
+    the current listing (journaled), so that a re-run with a corrected --label, --split or
+    --splits rewrites the manifests without detecting anything again; remove the
+    manifests that none of this journal's rows goes to any more. Rows of items not in
+    the listing (other files of a single-file input's folder) stay as they were."""
+    current = {it['key']: it for it in items}
+    before = _groups(journal)
+    for key, rec in list(journal.items.items()):
+        item = current.get(key)
+        if item is None:
+            continue
+        faces = {row[0]: row for row in rec['rows']}     # one per face (a row per membership)
+        rows = [r for f in faces.values() for r in _rows(item, f[0], f[1], f[8], f[9], f[3])]
+        if rows != rec['rows']:
+            journal.append(dict(rec, rows=rows))
+    for dataset, split in sorted(before - _groups(journal)):
+        path = _manifest_path(output, dataset, split)
+        if os.path.exists(path):
+            os.remove(path)
+            print(f'{path}: removed, its rows now go to other manifests', file=sys.stderr)
+
+
 def write_manifests(output, journal):
     """<output>/<dataset>_<split>.csv from the journal (rows de-duplicated by path)."""
     groups = {}
@@ -882,8 +909,8 @@ def write_failures(output):
 # ---------------------------------------------------------------------------------
 
 def _settings(args):
-    """What the crops depend on. Flags only when set, so journals written before they
-    existed still match."""
+    """What the crops depend on (labels and splits do not: manifests follow the latest
+    command). Flags only when set, so journals written before they existed still match."""
     keys = ('dataset', 'landmarker', 'frames_per_video', 'margin', 'size', 'jpeg_quality', 'min_face')
     s = {k: getattr(args, k) for k in keys}
     s.update({k: True for k in ('video_per_folder',) if getattr(args, k)})
@@ -925,6 +952,7 @@ def main(args):
     if journal.settings is None:
         journal.append({'settings': settings})
     journal.append({'listing_failures': [list(f) for f in listing_failures]})
+    relabel(args.output, journal, items)
     pending = [it for it in items if not journal.done(it['key'])]
 
     # 2. process what is missing

@@ -749,6 +749,26 @@ def test_preset_deepfakebench_json_81_to_68(tmp_path, prep_stub):
 # folder preset: labels of re-runs, single files, shared stems, frame folders
 # ---------------------------------------------------------------------------------
 
+def test_rerun_with_another_label_and_split_rewrites_manifests_only(tmp_path, prep_stub):
+    for k in range(2):
+        write_video(tmp_path / 'in' / f'v{k}.mp4', 3)
+    out = tmp_path / 'out'
+    prepare_faces.main(args_for(tmp_path / 'in', out, '--label', 1))
+    assert {r['label'] for r in read_csv(out / 'in_all.csv')} == {'1'}
+    stamps = {p: os.stat(p).st_mtime_ns for p in (out / 'faces').rglob('*')}
+    summary = prepare_faces.main(args_for(tmp_path / 'in', out, '--label', 0, '--split', 'test'))
+    assert summary['processed'] == 0 and summary['already_done'] == 2
+    rows = read_csv(out / 'in_test.csv')
+    assert len(rows) == 6 and {(r['label'], r['split']) for r in rows} == {('0', 'test')}
+    assert not (out / 'in_all.csv').exists()                       # nothing left under the old split
+    assert {p: os.stat(p).st_mtime_ns for p in (out / 'faces').rglob('*')} == stamps
+    # the new labels are journaled once: a third run reads them back and appends no item
+    journal = (out / '.prepare' / 'in.jsonl').read_text().splitlines()
+    prepare_faces.main(args_for(tmp_path / 'in', out, '--label', 0, '--split', 'test'))
+    assert read_csv(out / 'in_test.csv') == rows
+    assert len((out / '.prepare' / 'in.jsonl').read_text().splitlines()) == len(journal) + 1     # listing only
+
+
 def test_single_files_of_one_folder_build_one_mixed_manifest(tmp_path, prep_stub):
     clips = tmp_path / 'clips'
     write_video(clips / 'real.mp4', 3)
