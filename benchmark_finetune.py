@@ -126,6 +126,10 @@ def time_eval_e2e(args, device, batch, amp_dtype, compiled, samples):
     loader = DataLoader(ds, sampler=ShardSampler(len(ds)), batch_size=batch, num_workers=args.num_workers,
                         pin_memory=device.type == 'cuda', drop_last=True, persistent_workers=args.num_workers > 0)
     n_batches = min(len(loader), args.e2e_batches)
+    if n_batches < 1:
+        raise SystemExit(f'benchmark_finetune.py: error: eval_e2e: {len(ds)} images'
+                         f'{f" in --data_path {args.data_path}" if args.data_path else ""} and --e2e_batches '
+                         f'{args.e2e_batches} give no full batch of --batch_size {batch}')
     skip = min(args.warmup + 2 * max(args.num_workers, 1), n_batches // 2)
 
     def timed_pass(consume):

@@ -104,6 +104,11 @@ class ShardSampler(Sampler):
 
 
 # ---------------------------------------------------------------------- training
+def uses_recon(args):
+    """Whether training computes the reconstruction term (not with --recon none or --recon_weight 0)."""
+    return args.recon != 'none' and args.recon_weight > 0
+
+
 def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp_dtype=None, scaler=None,
                     mixup_fn=None, log_writer=None, args=None):
     """One epoch; loss = CE (label smoothing / soft mixup targets) + recon_weight x reconstruction loss.
@@ -112,7 +117,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp
     `bare` is the detector itself (its reconstruction target and normalisation)."""
     model.train(True)
     bare = misc_unwrap(model)
-    use_recon = args.recon != 'none' and args.recon_weight > 0
+    use_recon = uses_recon(args)
     accum_iter, steps = args.accum_iter, len(data_loader)
     optimizer.zero_grad(set_to_none=True)
 
@@ -174,10 +179,11 @@ def misc_unwrap(model):
 @torch.no_grad()
 def predict_probs(model, data_loader, device, amp_dtype=None, desc='eval', quiet=False):
     """Fake probability of every item the loader yields (uint8 images, normalised on the device).
-    -> (dataset indices [M] int64, probs [M] float32) as numpy arrays; with several processes, every rank
-    gets all ranks' items (ShardSampler order)."""
+    -> (dataset indices [M] int64, probs [M] float32, usable [M] bool) as numpy arrays; `usable` is False
+    for items the dataset could not read (FaceDataset's drop_unusable; their probs mean nothing). With
+    several processes, every rank gets all ranks' items (ShardSampler order)."""
     model.eval()
-    probs, indices = [], []
+    probs, indices, usable = [], [], []
     bare = misc_unwrap(model)
     for batch in tqdm(data_loader, desc=desc, disable=not misc.is_main_process() or quiet,
                       dynamic_ncols=True, mininterval=2.0, file=sys.stdout):
@@ -186,30 +192,37 @@ def predict_probs(model, data_loader, device, amp_dtype=None, desc='eval', quiet
             logits = model(imgs)
         probs.append(bare.fake_prob(logits))                          # stays on the device
         indices.append(batch['index'])
+        bad = batch.get('unusable')
+        usable.append(~bad if bad is not None else torch.ones(len(batch['index']), dtype=torch.bool))
     p = torch.cat(probs).cpu().numpy() if probs else np.zeros(0, np.float32)   # one read-back
     i = torch.cat(indices).numpy() if indices else np.zeros(0, np.int64)
+    ok = torch.cat(usable).numpy() if usable else np.zeros(0, bool)
     if misc.is_dist():
         parts = [None] * misc.get_world_size()
-        torch.distributed.all_gather_object(parts, (i, p))
-        i = np.concatenate([a for a, _ in parts])
-        p = np.concatenate([b for _, b in parts])
-    return i, p
+        torch.distributed.all_gather_object(parts, (i, p, ok))
+        i, p, ok = (np.concatenate([part[k] for part in parts]) for k in range(3))
+    return i, p, ok
 
 
 def evaluate_samples(model, samples, data_loader, device, amp_dtype=None, name='eval', quiet=False,
                      threshold=0.5):
-    """Metrics (util.metrics.compute_metrics, frame and video) over a labelled sample list.
+    """Metrics (util.metrics.compute_metrics, frame and video) over a labelled sample list; frames that
+    could not be read are left out and counted (`unreadable`), never replaced by others.
     -> (metrics dict, labels, scores) with labels/scores per evaluated frame."""
-    idx, scores = predict_probs(model, data_loader, device, amp_dtype, desc=name, quiet=quiet)
+    idx, scores, ok = predict_probs(model, data_loader, device, amp_dtype, desc=name, quiet=quiet)
+    idx, scores = idx[ok], scores[ok]
     labels = np.array([samples[j].label for j in idx], np.int64)
     videos = [samples[j].video for j in idx]
-    metrics = compute_metrics(labels, scores, videos, threshold=threshold) if len(idx) else dict(n=0)
+    metrics = (compute_metrics(labels, scores, videos, threshold=threshold) if len(idx) else
+               dict(n=0, auc=None, eer=None, acc=None, note='no readable frame'))
+    metrics['unreadable'] = int((~ok).sum())
     return metrics, labels, scores
 
 
 # ---------------------------------------------------------------------- reports
 REPORT_COLUMNS = (('set', 's'), ('n', 'd'), ('n_real', 'd'), ('n_fake', 'd'), ('n_videos', 'd'),
-                  ('auc', 'f'), ('video_auc', 'f'), ('eer', 'f'), ('ap', 'f'), ('acc', 'f'), ('missing', 'd'))
+                  ('auc', 'f'), ('video_auc', 'f'), ('eer', 'f'), ('ap', 'f'), ('acc', 'f'), ('missing', 'd'),
+                  ('unreadable', 'd'))
 
 
 def _cell(v, kind):

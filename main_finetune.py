@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 import models_vit
 import util.misc as misc
 from engine_finetune import (BalancedSampler, ShardSampler, ce_criterion, evaluate_samples, train_one_epoch,
-                             write_eval_report)
+                             uses_recon, write_eval_report)
 from util.datasets import FaceDataset, FaceTransform, NO_LABEL, Sample, read_manifest
 from util.lr_decay import param_groups_lrd
 
@@ -107,6 +107,7 @@ def check_args(args):
         p = models_vit.patch_size_of(args.model)
         if args.input_size % p:
             fail(f'--input_size {args.input_size} is not divisible by the patch size {p} of {args.model}')
+        check_trainable_blocks(args, args.model)
     for flag in ('batch_size', 'accum_iter', 'epochs', 'print_freq'):
         if getattr(args, flag) < 1:
             fail(f'--{flag} must be at least 1')
@@ -129,6 +130,8 @@ def check_args(args):
     if args.amp == 'fp16' and not str(args.device).startswith('cuda'):
         fail('--amp fp16 needs a CUDA device (use bf16 or none on CPU)')
     manifests = list(args.test_manifests)
+    if manifests and not args.output_dir:
+        fail('--test_manifests need an --output_dir (eval.json, eval.md and the ROC curves are written there)')
     if args.eval:
         if not args.resume:
             fail('--eval needs --resume <fine-tuning checkpoint>')
@@ -153,11 +156,17 @@ def check_args(args):
             fail(f'{m}: a labelled manifest CSV is needed here (path,landmarks,label,video,dataset)')
 
 
-# ---------------------------------------------------------------------- data
-def load_labelled(manifest, strict=False, what='manifest'):
-    """Samples of a labelled manifest with image files that exist; landmarks are not needed in stage 2.
+def check_trainable_blocks(args, model_name):
+    depth = models_vit.depth_of(model_name)
+    if not args.full_finetune and args.trainable_blocks > depth:
+        raise SystemExit(f'main_finetune.py: error: --trainable_blocks {args.trainable_blocks} exceeds the {depth} '
+                         f'blocks of {models_vit.resolve_model_name(model_name)} (all of them: --full_finetune)')
 
-    Missing files: counted and listed (first few) and skipped, or an error with `strict`. -> (samples, missing)"""
+
+# ---------------------------------------------------------------------- data
+def read_labelled(manifest, videos=False):
+    """Samples of a labelled manifest; one-line errors for a malformed file, rows without a label and, with
+    `videos` (sets that get video metrics), a video id holding both real and fake frames."""
     try:
         samples = read_manifest(manifest)
     except (ValueError, FileNotFoundError) as e:
@@ -166,6 +175,20 @@ def load_labelled(manifest, strict=False, what='manifest'):
     if unlabelled:
         raise SystemExit(f'main_finetune.py: error: {manifest}: {len(unlabelled)} row(s) have no label, '
                          f'e.g. {unlabelled[0]} (stage 2 needs 0 = real / 1 = fake)')
+    if videos:
+        label_of = {}
+        for s in samples:
+            if label_of.setdefault(s.video, s.label) != s.label:
+                raise SystemExit(f'main_finetune.py: error: {manifest}: video {s.video!r} has both real and fake '
+                                 f'frames: the video column must be unique per video')
+    return samples
+
+
+def load_labelled(manifest, strict=False, videos=False):
+    """read_labelled's samples with image files that exist; landmarks are not needed in stage 2.
+
+    Missing files: counted and listed (first few) and skipped, or an error with `strict`. -> (samples, missing)"""
+    samples = read_labelled(manifest, videos)
     missing = [s.path for s in samples if not Path(s.path).is_file()]
     if missing:
         msg = (f'{manifest}: {len(missing)} of {len(samples)} image file(s) missing, e.g. '
@@ -183,8 +206,9 @@ def load_labelled(manifest, strict=False, what='manifest'):
 
 
 def eval_loader(samples, input_size, mean, std, args):
+    """Every sample once, in order; an unreadable image is left out and counted, never replaced."""
     ds = FaceDataset(samples, FaceTransform(input_size, train=False, mean=mean, std=std, normalize=False),
-                     strict=args.strict_data, require_label=True)     # uint8 out; normalised on the device
+                     strict=args.strict_data, require_label=True, drop_unusable=True)   # uint8; normalised on the device
     sampler = ShardSampler(len(ds), misc.get_rank(), misc.get_world_size())
     return DataLoader(ds, sampler=sampler, batch_size=args.eval_batch_size or 2 * args.batch_size,
                       num_workers=args.num_workers, pin_memory=args.pin_mem and str(args.device).startswith('cuda'),
@@ -210,17 +234,47 @@ def train_loader(samples, args):
 
 
 # ---------------------------------------------------------------------- model
+RESUME_FLAGS = ('model', 'input_size', 'global_pool', 'full_finetune', 'trainable_blocks')   # shape model / optimizer
+
+
+def resume_meta(path, args):
+    """The `detector` entry of the fine-tuning checkpoint to resume. One-line errors when it has none (e.g.
+    the pre-training checkpoint, auto-resumed from a shared --output_dir) and naming each flag that differs
+    from the checkpoint's run in what shapes the model or its optimizer."""
+    try:
+        ckpt = misc.load_checkpoint(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f'main_finetune.py: error: {e}') from None
+    meta = ckpt.get('detector') if isinstance(ckpt, dict) else None
+    how = '--resume' if args.resume else 'auto-resume (--output_dir)'
+    if not isinstance(meta, dict):
+        raise SystemExit(f'main_finetune.py: error: {how} {path} is not a fine-tuning checkpoint (no "detector" '
+                         f'entry): pass the pre-training checkpoint as --finetune and choose a new --output_dir')
+    given = dict(model=args.model and models_vit.resolve_model_name(args.model), input_size=args.input_size,
+                 global_pool=args.global_pool, full_finetune=args.full_finetune,
+                 trainable_blocks=None if args.full_finetune else args.trainable_blocks)
+    show = lambda v: ('on' if v else 'off') if isinstance(v, bool) else v  # noqa: E731
+    differ = [f'--{k} {show(given[k])} (checkpoint: {show(meta[k])})' for k in RESUME_FLAGS
+              if given[k] is not None and k in meta and given[k] != meta[k]
+              and not (k == 'trainable_blocks' and meta.get('full_finetune'))]
+    if differ:
+        raise SystemExit(f'main_finetune.py: error: cannot {how} {path} with {", ".join(differ)}: use the '
+                         f'checkpoint\'s values, or another --output_dir / --no_auto_resume to start afresh')
+    return meta
+
+
 def build_model(args):
     """The detector from --finetune (a pre-training checkpoint), or an empty one to resume into.
     Sets args.model (from the checkpoints when not given) and args.norm_pix. -> (model, decoder_loaded)"""
     resume = misc.find_resume_checkpoint(args)
+    meta = resume_meta(resume, args) if resume else None
     if args.model is None:
-        src = None
-        if resume:
-            meta = misc.load_checkpoint(resume).get('detector') or {}
-            src = meta.get('model')
+        src = meta.get('model') if meta else None
         if src is None and args.finetune:
-            src = (misc.load_checkpoint(args.finetune).get('args') or {}).get('model')
+            try:
+                src = models_vit.checkpoint_args(misc.load_checkpoint(args.finetune)).get('model')
+            except (ValueError, FileNotFoundError) as e:
+                raise SystemExit(f'main_finetune.py: error: {e}') from None
         if src is None:
             raise SystemExit('main_finetune.py: error: --model is needed: the checkpoint does not record its model')
         args.model = src
@@ -231,11 +285,12 @@ def build_model(args):
     if args.input_size % models_vit.patch_size_of(name):
         raise SystemExit(f'main_finetune.py: error: --input_size {args.input_size} is not divisible by the patch '
                          f'size of {name}')
+    check_trainable_blocks(args, name)
     make = lambda norm_pix: models_vit.MODELS[name](  # noqa: E731
         img_size=args.input_size, global_pool=args.global_pool, drop_rate=args.drop, drop_path_rate=args.drop_path,
         norm_pix=norm_pix)
     decoder_loaded = True
-    if args.finetune and not resume:
+    if meta is None:
         model = make(False)
         try:
             info = models_vit.load_pretrained(model, args.finetune, args.decoder or None, name)
@@ -248,13 +303,18 @@ def build_model(args):
         norm_pix = {'on': True, 'off': False}.get(args.recon_norm_pix, bool(info['norm_pix_loss']))
         model.norm_pix = norm_pix
     else:                                                      # resume: the checkpoint's meta decides
-        meta = misc.load_checkpoint(resume).get('detector') or {}
         norm_pix = {'on': True, 'off': False}.get(args.recon_norm_pix, bool(meta.get('norm_pix', False)))
         decoder_loaded = bool(meta.get('decoder', True))
         model = make(norm_pix)
     args.model, args.norm_pix = name, model.norm_pix
     model.freeze(args.trainable_blocks, args.full_finetune)
     return model, decoder_loaded
+
+
+def ddp_find_unused(args):
+    """Whether DDP must look for parameters without a gradient: under --global_pool the final norm feeds only
+    the decoder, which the training loop skips without reconstruction (--recon none or --recon_weight 0)."""
+    return args.global_pool and not uses_recon(args)
 
 
 def trainable_summary(model):
@@ -290,13 +350,38 @@ def evaluate_sets(model, manifests, input_size, mean, std, device, amp_dtype, ar
     return results
 
 
+# flags --eval does not use: the checkpoint decides the model, and nothing trains
+EVAL_IGNORED = ('model', 'input_size', 'global_pool', 'drop_path', 'drop', 'finetune', 'decoder', 'trainable_blocks',
+                'full_finetune', 'recon', 'recon_weight', 'recon_lambda', 'recon_norm_pix', 'epochs', 'accum_iter',
+                'weight_decay', 'lr', 'blr', 'layer_decay', 'min_lr', 'warmup_epochs', 'clip_grad', 'smoothing',
+                'mixup', 'cutmix', 'cutmix_minmax', 'mixup_prob', 'mixup_switch_prob', 'mixup_mode',
+                'train_manifest', 'val_manifest', 'balance', 'min_crop_scale')
+
+
+def eval_ignored_flags(args):
+    """The EVAL_IGNORED flags given with a value other than their default, as they would be typed."""
+    parser = get_args_parser()
+    shown = []
+    for k in EVAL_IGNORED:
+        v = getattr(args, k)
+        if v != parser.get_default(k):
+            shown.append((f'--{k}' if v else f'--no_{k}') if isinstance(v, bool) else
+                         f'--{k} {" ".join(map(str, v)) if isinstance(v, (list, tuple)) else v}')
+    return shown
+
+
 def run_eval(args, device, amp_dtype):
     try:
         model, meta = models_vit.load_detector(args.resume, device)
     except ValueError as e:
         raise SystemExit(f'main_finetune.py: error: {e}') from None
     if misc.is_main_process():
-        print(f'Evaluating {args.resume}: {meta["model"]} at {meta["input_size"]} px')
+        ignored = eval_ignored_flags(args)
+        if ignored:
+            print(f'main_finetune.py: note: --eval takes the model from {args.resume} and trains nothing: '
+                  f'ignoring {", ".join(ignored)}', flush=True)
+        print(f'Evaluating {args.resume}: {meta["model"]} at {meta["input_size"]} px'
+              f'{" (global pool)" if meta.get("global_pool") else ""}')
     net = misc.maybe_compile(model, device, args.compile)
     return evaluate_sets(net, args.test_manifests, meta['input_size'], meta['mean'], meta['std'], device,
                          amp_dtype, args, checkpoint=args.resume)
@@ -305,6 +390,8 @@ def run_eval(args, device, amp_dtype):
 # ---------------------------------------------------------------------- main
 def main(args):
     check_args(args)
+    for m in args.test_manifests:                              # a bad test set fails now, not after training
+        read_labelled(m, videos=True)
     device = misc.setup_run(args)
     amp_dtype, scaler = misc.resolve_amp(args.amp, device)
     if args.eval:
@@ -314,7 +401,15 @@ def main(args):
         return dict(test=results)
 
     train_samples, _ = load_labelled(args.train_manifest, args.strict_data)
-    val_samples = load_labelled(args.val_manifest, args.strict_data)[0] if args.val_manifest else None
+    classes = {s.label for s in train_samples}
+    if len(classes) < 2:
+        only = f'--train_manifest {args.train_manifest} holds {"fake" if 1 in classes else "real"} faces only'
+        if args.balance:
+            raise SystemExit(f'main_finetune.py: error: {only}: --balance needs both classes '
+                             f'(--no_balance trains on it anyway)')
+        if misc.is_main_process():
+            print(f'main_finetune.py: warning: {only}: the detector learns a single class', flush=True)
+    val_samples = load_labelled(args.val_manifest, args.strict_data, videos=True)[0] if args.val_manifest else None
     if val_samples is not None and len({s.label for s in val_samples}) < 2:
         raise SystemExit(f'main_finetune.py: error: --val_manifest {args.val_manifest} holds one class only: '
                          f'its AUC is undefined, so it cannot pick the best checkpoint')
@@ -342,9 +437,9 @@ def main(args):
 
     model_net = model
     if args.distributed:
-        unused = args.global_pool and args.recon == 'none'     # norm then feeds nothing
         model_net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[args.gpu] if device.type == 'cuda' else None, find_unused_parameters=unused)
+            model, device_ids=[args.gpu] if device.type == 'cuda' else None,
+            find_unused_parameters=ddp_find_unused(args))
     model_net = misc.maybe_compile(model_net, device, args.compile)
     meta = models_vit.detector_meta(model_without_ddp, args.model, decoder=decoder_loaded,
                                     trainable_blocks=args.trainable_blocks, full_finetune=args.full_finetune,
@@ -374,10 +469,10 @@ def main(args):
             val, _, _ = evaluate_samples(model_net, val_samples, val_loader, device, amp_dtype, name='val',
                                          quiet=args.quiet, threshold=args.threshold)
             stats.update(val_auc=val['auc'], val_video_auc=val.get('video_auc'), val_eer=val['eer'],
-                         val_acc=val['acc'])
+                         val_acc=val['acc'], val_unreadable=val['unreadable'])
             if log_writer is not None:
                 log_writer.add_scalar('val_auc', val['auc'], epoch)
-        improved = val is not None and (best_auc is None or val['auc'] > best_auc)
+        improved = val is not None and val['auc'] is not None and (best_auc is None or val['auc'] > best_auc)
         if improved:
             best_auc = val['auc']
         stats['best_val_auc'] = best_auc
@@ -396,7 +491,7 @@ def main(args):
               + (f'; best validation AUC {best_auc:.4f}' if best_auc is not None else ''))
 
     result = dict(stats, best_val_auc=best_auc)
-    if args.test_manifests and args.output_dir:
+    if args.test_manifests:
         best = Path(args.output_dir) / ('checkpoint-best.pth' if val_loader is not None else 'checkpoint-last.pth')
         if args.distributed:
             torch.distributed.barrier()

@@ -9,6 +9,7 @@ runs models_mae's own `forward_decoder` on cls + all L tokens. It is always froz
 last block, the final norm and the head train, and the frozen prefix runs without autograd and stays
 in eval mode (no drop-path), so its weights and its outputs never change.
 """
+import argparse
 from functools import partial
 from pathlib import Path
 
@@ -80,7 +81,7 @@ class MIFAEDetector(nn.Module):
         """Train the last `trainable_blocks` blocks, norm, fc_norm and head (or the whole encoder with
         `full`); everything else, the decoder always, gets requires_grad False."""
         depth = len(self.blocks)
-        if not 0 <= trainable_blocks <= depth:
+        if not full and not 0 <= trainable_blocks <= depth:
             raise ValueError(f'trainable_blocks must lie in [0, {depth}], got {trainable_blocks}')
         self.first_trainable = 0 if full else depth - trainable_blocks
         for name, p in self.named_parameters():
@@ -207,6 +208,11 @@ def patch_size_of(name):
     return int(resolve_model_name(name).rsplit('patch', 1)[1])
 
 
+def depth_of(name):
+    """Number of encoder blocks of a model name, 12 for 'vit_base_patch16' (no model is built)."""
+    return ARCHS[resolve_model_name(name)]['depth']
+
+
 # ---------------------------------------------------------------------- loading
 def checkpoint_state(ckpt):
     """The state dict inside a checkpoint ({'model': ...} as MAE/MIFAE/this code write it, or bare)."""
@@ -214,6 +220,23 @@ def checkpoint_state(ckpt):
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError('holds no state dict of tensors')
     return state
+
+
+def checkpoint_args(ckpt):
+    """The training arguments a checkpoint records, as a dict: MIFAE and this code save vars(args), the
+    original MAE the argparse.Namespace itself. {} when it records none."""
+    args = ckpt.get('args') if isinstance(ckpt, dict) else None
+    args = vars(args) if isinstance(args, argparse.Namespace) else args
+    return args if isinstance(args, dict) else {}
+
+
+def recorded_norm_pix(ckpt):
+    """Whether the decoder in `ckpt` learnt per-patch normalised pixels: a fine-tuning checkpoint's
+    detector.norm_pix, else the pre-training run's norm_pix_loss; None when it records neither."""
+    meta = ckpt.get('detector') if isinstance(ckpt, dict) else None
+    if isinstance(meta, dict) and 'norm_pix' in meta:
+        return bool(meta['norm_pix'])
+    return checkpoint_args(ckpt).get('norm_pix_loss')
 
 
 def _shape_report(path, mismatched, what):
@@ -227,7 +250,8 @@ def load_pretrained(model, path, decoder_path=None, model_name='the model'):
     The encoder's pos_embed is resized to this input size; fixed sin-cos decoder_pos_embed is rebuilt,
     not loaded; mask_token and the frequency branch are ignored; a checkpoint's head is loaded only when
     it is a fine-tuning checkpoint of the same kind. Raises ValueError naming the file and the keys whose
-    shapes differ, or the missing encoder keys. Returns dict(decoder_loaded, norm_pix_loss, args).
+    shapes differ, or the missing encoder keys. Returns dict(decoder_loaded, norm_pix_loss, args):
+    norm_pix_loss as recorded by the file the decoder comes from, args those of `path` (a dict).
     """
     def read(p):
         try:
@@ -255,9 +279,9 @@ def load_pretrained(model, path, decoder_path=None, model_name='the model'):
     if 'detector' in ckpt:                                     # a fine-tuning checkpoint: its head too
         load_keys += [k for k in own if k.startswith(HEAD_PREFIXES) and k in state]
 
-    dec_state, dec_src = state, path
+    dec_ckpt, dec_state, dec_src = ckpt, state, path
     if decoder_path:
-        _, dec_state = read(decoder_path)
+        dec_ckpt, dec_state = read(decoder_path)
         dec_src = decoder_path
     dec_keys = [k for k in own if k.startswith(DECODER_PREFIXES)]
     decoder_loaded = all(k in dec_state for k in dec_keys)
@@ -274,11 +298,10 @@ def load_pretrained(model, path, decoder_path=None, model_name='the model'):
     if decoder_loaded:
         new.update({k: dec_state[k] for k in dec_keys})
     model.load_state_dict(new, strict=False)
-    args = ckpt.get('args') if isinstance(ckpt.get('args'), dict) else {}
     fresh = sorted({k.split('.')[0] for k in own if k not in new and k != 'decoder_pos_embed'})
     print(f'Initialised from {path}{f" (decoder from {decoder_path})" if decoder_path else ""}: '
           f'{len(new)} tensors loaded; fresh: {", ".join(fresh) or "none"}')
-    return dict(decoder_loaded=decoder_loaded, norm_pix_loss=args.get('norm_pix_loss'), args=args)
+    return dict(decoder_loaded=decoder_loaded, norm_pix_loss=recorded_norm_pix(dec_ckpt), args=checkpoint_args(ckpt))
 
 
 def detector_meta(model, model_name, **extra):
@@ -305,7 +328,7 @@ def load_detector(path, device='cpu'):
     meta = ckpt.get('detector') if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict):
         hint = ''
-        if isinstance(ckpt, dict) and isinstance(ckpt.get('args'), dict) and 'mask_ratio' in ckpt['args']:
+        if 'mask_ratio' in checkpoint_args(ckpt):
             hint = ' It is a pre-training checkpoint: fine-tune it first with main_finetune.py --finetune.'
         raise ValueError(f'{path}: not a fine-tuning checkpoint of main_finetune.py (no "detector" entry).{hint}')
     model = build_detector(meta)

@@ -1,6 +1,12 @@
 """Stage 2: the detector model, its losses, fine-tuning end to end on synthetic faces, evaluation, bad input."""
+import argparse
 import csv
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +16,8 @@ import torch
 import main_finetune
 import models_mae
 import models_vit
-from engine_finetune import BalancedSampler, recon_labels_after_mixing, reconstruction_loss
-from util.datasets import read_manifest
+from engine_finetune import BalancedSampler, recon_labels_after_mixing, reconstruction_loss, uses_recon
+from util.datasets import FaceDataset, FaceTransform, Sample, read_manifest
 from util.lr_decay import param_groups_lrd
 from util.pos_embed import resize_pos_embed
 
@@ -313,3 +319,191 @@ def test_bad_flags_fail_at_start(synthetic_data, tmp_path, pretrained_tiny):
     with pytest.raises(SystemExit, match='one class only'):
         main_finetune.main(ft_args(base + ['--finetune', pretrained_tiny / 'checkpoint-last.pth', '--val_manifest', one,
                                            '--num_workers', 0, '--quiet', '--input_size', 112]))
+
+
+# ---------------------------------------------------------------------- unreadable frames, bad manifests
+def test_unusable_samples_replaced_in_training_dropped_in_evaluation(synthetic_data, tmp_path, capsys):
+    """An unreadable image or a landmark file with NaNs / the wrong shape: another sample (counted) in
+    training, an `unusable` item at its own index in evaluation, an error naming the file with strict."""
+    samples = read_manifest(synthetic_data['test'])[:6]
+    np.save(tmp_path / 'nan.npy', np.full((68, 2), np.nan, np.float32))
+    np.save(tmp_path / 'short.npy', np.zeros((5, 2), np.float32))
+    (tmp_path / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+    bad = {1: Sample(samples[1].path, str(tmp_path / 'nan.npy'), 0, 'v1', 'd'),
+           3: Sample(samples[3].path, str(tmp_path / 'short.npy'), 0, 'v3', 'd'),
+           4: Sample(str(tmp_path / 'corrupt.png'), samples[4].landmarks, 1, 'v4', 'd')}
+    samples = [bad.get(i, s) for i, s in enumerate(samples)]
+    train = FaceDataset(samples, FaceTransform(32), mask_strategy='facial')
+    for i in bad:
+        item = train[i]
+        assert item['replaced'] >= 1 and item['index'] not in bad and item['has_landmarks']
+        assert set(item) == {'img', 'label', 'index', 'has_landmarks', 'replaced', 'mask'}   # as pre-training reads
+    printed = capsys.readouterr().out
+    assert all(f'[data] skipped: {tmp_path / f}' in printed for f in ('nan.npy', 'short.npy', 'corrupt.png'))
+
+    ev = FaceDataset(samples, FaceTransform(32, train=False, normalize=False), drop_unusable=True)
+    batch = next(iter(torch.utils.data.DataLoader(ev, batch_size=6)))
+    assert batch['index'].tolist() == list(range(6))
+    assert batch['unusable'].tolist() == [i in bad for i in range(6)] and batch['img'].dtype == torch.uint8
+    with pytest.raises(ValueError, match=r'nan\.npy: landmarks contain NaN'):
+        FaceDataset(samples, FaceTransform(32), strict=True)[1]
+
+
+def test_eval_leaves_out_unreadable_frames(finetune_tiny, tmp_path):
+    """Unreadable frames are dropped and counted, never swapped for other frames: the metrics are exactly
+    those of the manifest without them, and eval.json / eval.md show the count."""
+    test_csv = Path(finetune_tiny['test'])
+    rows = read_rows(test_csv)
+    broken = [dict(r) for r in rows]
+    for k, r in enumerate(broken[:3]):
+        (test_csv.parent / f'corrupt_{k}.png').write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+        r['path'] = f'corrupt_{k}.png'
+    with_bad = write_rows(test_csv.with_name('with_unreadable.csv'), broken)
+    without = write_rows(test_csv.with_name('without_unreadable.csv'), rows[3:])
+    argv = ['--eval', '--resume', finetune_tiny['out'] / 'checkpoint-best.pth', '--test_manifests', with_bad, without,
+            '--output_dir', tmp_path, '--device', 'cpu', '--num_workers', 0, '--quiet', '--batch_size', 8]
+    result = main_finetune.main(ft_args(argv))['test']
+    a, b = result['with_unreadable'], result['without_unreadable']
+    assert (a['unreadable'], a['missing'], b['unreadable'], a['n']) == (3, 0, 0, len(rows) - 3)
+    for k in ('n', 'n_real', 'n_fake', 'n_videos'):
+        assert a[k] == b[k], k
+    for k in ('auc', 'video_auc', 'eer', 'acc'):
+        assert a[k] == pytest.approx(b[k], abs=1e-3), k
+    assert json.loads((tmp_path / 'eval.json').read_text())['sets']['with_unreadable']['unreadable'] == 3
+    assert re.search(r'\| unreadable \|', (tmp_path / 'eval.md').read_text())
+
+
+def test_video_with_real_and_fake_frames_fails_at_start(finetune_tiny, pretrained_tiny, tmp_path, capsys):
+    """A validation or test manifest whose video id holds both classes: one line naming file and video, before
+    any training or evaluation."""
+    rows = [dict(r) for r in read_rows(finetune_tiny['val'])]
+    real = next(r for r in rows if r['label'] == '0')
+    next(r for r in rows if r['label'] == '1')['video'] = real['video']
+    mixed = write_rows(Path(finetune_tiny['val']).with_name('val_mixed.csv'), rows)
+    msg = re.escape(f"val_mixed.csv: video '{real['video']}' has both real and fake frames")
+    base = ['--finetune', pretrained_tiny / 'checkpoint-last.pth', '--train_manifest', finetune_tiny['train'],
+            '--input_size', 112, '--epochs', 1, '--device', 'cpu', '--num_workers', 0, '--quiet', '--no_auto_resume']
+    for name, extra in (('val', ['--val_manifest', mixed]), ('test', ['--test_manifests', finetune_tiny['test'], mixed])):
+        out = tmp_path / name
+        with pytest.raises(SystemExit, match=msg):
+            main_finetune.main(ft_args(base + extra + ['--output_dir', out]))
+        assert not (out / 'checkpoint-last.pth').exists()
+    with pytest.raises(SystemExit, match=msg):
+        main_finetune.main(ft_args(['--eval', '--resume', finetune_tiny['out'] / 'checkpoint-best.pth', '--test_manifests',
+                                    finetune_tiny['test'], mixed, '--output_dir', tmp_path / 'eval', '--device', 'cpu',
+                                    '--num_workers', 0, '--quiet']))
+    assert 'Evaluating' not in capsys.readouterr().out
+
+
+def test_resume_refuses_a_pretraining_checkpoint_and_changed_flags(finetune_tiny, pretrained_tiny, tmp_path):
+    pre = pretrained_tiny / 'checkpoint-last.pth'
+    def argv(out, *extra):
+        return ft_args(['--finetune', pre, '--train_manifest', finetune_tiny['train'], '--output_dir', out,
+                        '--device', 'cpu', '--num_workers', 0, '--quiet', *extra])
+    stage1 = tmp_path / 'stage1'                               # the pre-training folder reused as output dir
+    stage1.mkdir()
+    shutil.copy(pre, stage1 / 'checkpoint-last.pth')
+    with pytest.raises(SystemExit, match=r'auto-resume \(--output_dir\) .*checkpoint-last.pth is not a fine-tuning '
+                                         r'checkpoint \(no "detector" entry\)'):
+        main_finetune.main(argv(stage1, '--input_size', 112))
+    ft = tmp_path / 'ft'
+    ft.mkdir()
+    shutil.copy(finetune_tiny['out'] / 'checkpoint-last.pth', ft / 'checkpoint-last.pth')
+    with pytest.raises(SystemExit) as e:
+        main_finetune.main(argv(ft, '--input_size', 128, '--global_pool', '--trainable_blocks', 2))
+    msg = str(e.value)
+    assert '\n' not in msg and msg.startswith('main_finetune.py: error: cannot auto-resume'), msg
+    assert ('--input_size 128 (checkpoint: 112), --global_pool on (checkpoint: off), '
+            '--trainable_blocks 2 (checkpoint: 1)') in msg
+    with pytest.raises(SystemExit, match=r'--model vit_small_patch16 \(checkpoint: vit_tiny_patch16\)'):
+        main_finetune.main(argv(ft, '--input_size', 112, '--model', 'vit_small_patch16'))
+
+
+@pytest.mark.parametrize('global_pool,recon,weight', [(False, 'real', 0.5), (False, 'none', 0.5), (True, 'real', 0.5),
+                                                      (True, 'real', 0.0), (True, 'none', 0.5), (True, 'dual', 0.0)])
+def test_ddp_find_unused_matches_the_training_loop(global_pool, recon, weight):
+    """DDP looks for unused parameters exactly when the training loop leaves a trainable one without gradient."""
+    args = ft_args(['--train_manifest', 'x.csv', '--recon', recon, '--recon_weight', weight]
+                   + (['--global_pool'] if global_pool else []))
+    m = models_vit.vit_tiny_patch16(img_size=32, global_pool=global_pool).freeze(1).train()
+    x = torch.randn(2, 3, 32, 32)
+    if uses_recon(args):                                       # what train_one_epoch runs
+        logits, pred = m(x, return_recon=True)
+        (logits.sum() + pred.sum()).backward()
+    else:
+        m(x).sum().backward()
+    unused = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert bool(unused) == main_finetune.ddp_find_unused(args), unused
+
+
+def test_torchrun_global_pool_without_reconstruction(synthetic_data, pretrained_tiny, tmp_path):
+    """--global_pool --recon_weight 0 on two processes (gloo): the final norm gets no gradient, DDP must know."""
+    rows = read_rows(synthetic_data['train'])
+    few = write_rows(Path(synthetic_data['train']).with_name('few_ddp.csv'),
+                     [r for r in rows if r['label'] == '0'][:8] + [r for r in rows if r['label'] == '1'][:8])
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29541',
+           'main_finetune.py', '--finetune', str(pretrained_tiny / 'checkpoint-last.pth'), '--train_manifest', str(few),
+           '--output_dir', str(out), '--input_size', '112', '--batch_size', '4', '--epochs', '1', '--global_pool',
+           '--recon_weight', '0', '--no_balance', '--num_workers', '0', '--device', 'cpu', '--quiet']
+    res = subprocess.run(cmd, cwd=Path(main_finetune.__file__).parent, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert res.returncode == 0, '\n'.join(x for x in (res.stdout + res.stderr).splitlines() if 'Error' in x)[-3000:]
+    assert torch.load(out / 'checkpoint-last.pth', map_location='cpu', weights_only=False)['epoch'] == 0
+
+
+# ---------------------------------------------------------------------- checkpoints of other origins
+def test_mae_namespace_args_and_norm_pix_of_the_decoder_file(pretrained_tiny, finetune_tiny, synthetic_data, tmp_path):
+    """Original MAE checkpoints keep `args` as a Namespace; --recon_norm_pix auto follows the file the decoder
+    comes from (its norm_pix_loss, or a fine-tuning checkpoint's detector.norm_pix)."""
+    pre = pretrained_tiny / 'checkpoint-last.pth'
+    ckpt = torch.load(pre, map_location='cpu', weights_only=False)
+    assert ckpt['args']['norm_pix_loss'] is False
+    torch.save(dict(ckpt, args=argparse.Namespace(**dict(ckpt['args'], norm_pix_loss=True))), tmp_path / 'mae.pth')
+    args = ft_args(['--finetune', tmp_path / 'mae.pth', '--train_manifest', synthetic_data['train'],
+                    '--output_dir', tmp_path / 'out', '--input_size', 112, '--device', 'cpu'])
+    model, decoder_loaded = main_finetune.build_model(args)     # no --model: the Namespace names it
+    assert args.model == 'vit_tiny_patch16' and decoder_loaded and model.norm_pix and args.norm_pix
+    m = models_vit.vit_tiny_patch16(img_size=112)
+    assert models_vit.load_pretrained(m, pre, tmp_path / 'mae.pth')['norm_pix_loss'] is True
+    assert models_vit.load_pretrained(m, tmp_path / 'mae.pth', pre)['norm_pix_loss'] is False
+    ft = torch.load(finetune_tiny['out'] / 'checkpoint-last.pth', map_location='cpu', weights_only=False)
+    ft['detector']['norm_pix'] = True
+    torch.save(ft, tmp_path / 'ft.pth')
+    assert models_vit.load_pretrained(m, pre, tmp_path / 'ft.pth')['norm_pix_loss'] is True
+
+
+# ---------------------------------------------------------------------- one-line errors, flags not dropped
+def test_more_bad_input_fails_in_one_line(finetune_tiny, pretrained_tiny, synthetic_data, tmp_path, capsys):
+    rows = read_rows(finetune_tiny['train'])
+    fakes = write_rows(Path(finetune_tiny['train']).with_name('only_fakes.csv'), [r for r in rows if r['label'] == '1'][:8])
+    def argv(*extra, train=finetune_tiny['train'], out=tmp_path):
+        return ft_args(['--finetune', pretrained_tiny / 'checkpoint-last.pth', '--train_manifest', train,
+                        '--output_dir', out, '--input_size', 112, '--device', 'cpu', '--num_workers', 0, '--quiet',
+                        '--no_auto_resume', *extra])
+    for extra in ([], ['--model', 'vit_tiny_patch16']):        # model named or read from the checkpoint
+        with pytest.raises(SystemExit, match='--trainable_blocks 99 exceeds the 12 blocks of vit_tiny_patch16'):
+            main_finetune.main(argv('--trainable_blocks', 99, *extra))
+    with pytest.raises(SystemExit, match='only_fakes.csv holds fake faces only: --balance needs both classes'):
+        main_finetune.main(argv(train=fakes))
+    with pytest.raises(SystemExit, match='--test_manifests need an --output_dir'):
+        main_finetune.main(argv('--test_manifests', finetune_tiny['test'], out=''))
+    capsys.readouterr()
+    main_finetune.main(argv('--no_balance', '--batch_size', 8, '--epochs', 1, train=fakes, out=tmp_path / 'fakes'))
+    assert 'warning: --train_manifest' in capsys.readouterr().out
+
+    import benchmark_finetune
+    bench = benchmark_finetune.get_args_parser().parse_args(
+        ['--mode', 'eval_e2e', '--device', 'cpu', '--model', 'vit_tiny_patch16', '--input_size', '32', '--batch_size',
+         '512', '--num_workers', '0', '--compile', 'off', '--data_path', str(synthetic_data['test'])])
+    with pytest.raises(SystemExit, match=r'eval_e2e: \d+ images in --data_path .* give no full batch of --batch_size 512'):
+        benchmark_finetune.main(bench)
+
+
+def test_eval_notes_the_flags_it_ignores(finetune_tiny, tmp_path, capsys):
+    argv = ['--eval', '--resume', finetune_tiny['out'] / 'checkpoint-best.pth', '--test_manifests', finetune_tiny['test'],
+            '--output_dir', tmp_path, '--device', 'cpu', '--num_workers', 0, '--quiet', '--input_size', 128,
+            '--global_pool', '--epochs', 3, '--no_balance', '--batch_size', 32]
+    main_finetune.main(ft_args(argv))
+    notes = [line for line in capsys.readouterr().out.splitlines() if 'note:' in line]
+    assert len(notes) == 1 and notes[0].endswith('ignoring --input_size 128, --global_pool, --epochs 3, --no_balance')

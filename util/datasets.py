@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -178,14 +177,17 @@ class FaceDataset(Dataset):
     """Face crops with landmarks, labels and (optionally) per-sample patch masks.
 
     Each item is a dict: img [3, S, S], label (NO_LABEL when unknown), index, has_landmarks,
-    replaced (how many unreadable images were skipped to produce it) and, when `mask_strategy` is set,
+    replaced (how many unusable samples were skipped to produce it) and, when `mask_strategy` is set,
     mask [L] bool (True = removed) built from the augmented landmarks.
-    Unreadable images are reported once, replaced by another sample and counted; with `strict` they are
-    errors. Landmark files of the wrong shape or with NaNs are always errors naming the file.
+    An unusable sample (unreadable image; landmark file unreadable, of the wrong shape or with NaNs) is
+    reported once (naming the file) and, for training, replaced by another sample and counted. With
+    `drop_unusable` (evaluation) it is never replaced: its item keeps its index, holds a black image and
+    `unusable` True, for the caller to drop and count (every item then has `unusable`). With `strict`
+    an unusable sample is an error naming the file.
     """
 
     def __init__(self, samples, transform, mask_strategy=None, patch_size=16, mask_ratio=0.75,
-                 num_regions=1, strict=False, require_label=False):
+                 num_regions=1, strict=False, require_label=False, drop_unusable=False):
         if mask_strategy not in (None, 'facial', 'random'):
             raise ValueError(f'unknown mask strategy {mask_strategy!r} (facial | random)')
         if require_label:
@@ -195,6 +197,7 @@ class FaceDataset(Dataset):
         self.samples, self.transform = samples, transform
         self.mask_strategy, self.patch_size = mask_strategy, patch_size
         self.mask_ratio, self.num_regions, self.strict = mask_ratio, num_regions, strict
+        self.drop_unusable = drop_unusable
         self._reported = set()
 
     def __len__(self):
@@ -205,24 +208,38 @@ class FaceDataset(Dataset):
             self._reported.add(msg)
             print(f'[data] skipped: {msg}', flush=True)
 
+    @staticmethod
+    def _read(sample):
+        """(RGB image, landmarks [68, 2] or None); ValueError naming the file when either is unusable."""
+        img = read_image_rgb(sample.path)
+        return img, load_landmarks(sample.landmarks) if sample.landmarks else None
+
     def __getitem__(self, index):
-        replaced, idx = 0, index
+        replaced, idx, unusable = 0, index, False
         while True:
             sample = self.samples[idx]
             try:
-                img = read_image_rgb(sample.path)
+                img, lm = self._read(sample)
                 break
             except ValueError as e:
                 if self.strict:
                     raise
                 self._report_once(str(e))
+                if self.drop_unusable:
+                    unusable, lm = True, None
+                    break
                 replaced += 1
                 if replaced > 50:
-                    raise RuntimeError(f'more than 50 unreadable images in a row (last: {sample.path})') from e
+                    raise RuntimeError(f'more than 50 unusable samples in a row (last: {sample.path})') from e
                 idx = int(torch.randint(len(self.samples), (1,)).item())
-        lm = load_landmarks(sample.landmarks) if sample.landmarks else None
-        x, lm = self.transform(img, lm)
+        if unusable:
+            size = self.transform.size
+            x = torch.zeros(3, size, size, dtype=torch.float32 if self.transform.normalize else torch.uint8)
+        else:
+            x, lm = self.transform(img, lm)
         item = dict(img=x, label=sample.label, index=idx, has_landmarks=lm is not None, replaced=replaced)
+        if self.drop_unusable:
+            item['unusable'] = unusable
         if self.mask_strategy is not None:
             size = x.shape[-1]
             if self.mask_strategy == 'facial':
