@@ -118,10 +118,10 @@ class Predictor:
             img = face_utils.load_image_rgb(path)
         except ValueError as e:
             return dict(res, status='unreadable', message=str(e))
-        found = face_utils.extract_faces(img, self.landmarker, margin=self.margin, size=CROP_SIZE,
-                                         largest_only=not all_faces)
+        (found, reason), = face_utils.extract_faces_batch([img], self.landmarker, margin=self.margin, size=CROP_SIZE,
+                                                          largest_only=not all_faces)
         if not found:
-            return dict(res, status='no_face', message=f'{path}: no face found')
+            return dict(res, **no_face(path, [reason]))
         probs, panels = self.score_crops([f['crop'] for f in found], with_heatmaps)
         res.update(status='ok', prob=float(probs.max()), faces=[
             dict(face=i, box=[round(v, 1) for v in f['box']], prob=float(p)) for i, (f, p) in enumerate(zip(found, probs))])
@@ -145,13 +145,28 @@ class Predictor:
                                                largest_only=True)
         with_face = [(idx, faces[0]) for idx, (faces, _) in zip(indices, found) if faces]
         if not with_face:
-            return dict(res, status='no_face', message=f'{path}: no face found in {len(images)} sampled frame(s)')
+            return dict(res, **no_face(path, [reason for _, reason in found], frames=True))
         probs, panels = self.score_crops([f['crop'] for _, f in with_face], with_heatmaps)
         res.update(status='ok', prob=float(probs.mean()), frames_with_face=len(with_face), frames=[
             dict(frame=int(idx), box=[round(v, 1) for v in f['box']], prob=float(p))
             for (idx, f), p in zip(with_face, probs)])
         res['_panels'] = panels
         return res
+
+
+def no_face(path, reasons, frames=False):
+    """status and message for an image (one reason) or a video's sampled frames (`frames`, a reason each)
+    without a usable face: util.faces tells no face from a face under its minimum size."""
+    small, n = sum(r == face_utils.FACE_TOO_SMALL for r in reasons), len(reasons)
+    too_small = f'face too small (under {face_utils.DEFAULT_MIN_FACE} px)'
+    if not frames:
+        what = too_small if small else 'no face found'
+    elif small:
+        what = f'{too_small} in {small} of {n} sampled frame(s)' + (f', no face in the other {n - small}'
+                                                                     if small < n else '')
+    else:
+        what = f'no face found in {n} sampled frame(s)'
+    return dict(status='face_too_small' if small == n else 'no_face', message=f'{path}: {what}')
 
 
 def heatmap_panel(inp, recon, diff, vmax=0.25):
@@ -206,7 +221,45 @@ def unique_stem(path, used):
     return name
 
 
+def check_run(args):
+    """Device and outputs, before any work: one-line errors. The output folders are created here."""
+    def fail(msg):
+        raise SystemExit(f'predict.py: error: {msg}')
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        fail(f'--device {args.device}: {e}')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        fail(f'--device {args.device}: no CUDA GPU is available here (use --device cpu)')
+    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
+        fail(f'--device {args.device}: only {torch.cuda.device_count()} CUDA GPU(s) here')
+    if args.json and Path(args.json).is_dir():
+        fail(f'--json {args.json} is a folder; name the JSON file')
+    outputs = [('json', Path(args.json).parent)] if args.json else []
+    outputs += [('heatmap', Path(args.heatmap))] if args.heatmap else []
+    for flag, folder in outputs:
+        probe = folder / f'.predict_probe{os.getpid()}'
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b'')
+            probe.unlink()
+        except OSError as e:
+            fail(f'--{flag} {getattr(args, flag)}: cannot write to {folder} ({e.strerror or e})')
+
+
+def write_json(path, predictor, args, results, complete):
+    doc = dict(checkpoint=str(args.checkpoint), model=predictor.meta['model'], threshold=args.threshold,
+               complete=complete, results=results)
+    tmp = Path(path).with_name(f'.{Path(path).name}.tmp')
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, path)
+
+
+JSON_EVERY_S = 60        # --json is rewritten at least this often during a run, and when it ends or is stopped
+
+
 def run(args):
+    check_run(args)
     try:
         predictor = Predictor(args.checkpoint, args.device, args.landmarker, args.weights_dir, args.margin,
                               args.batch_size, args.heatmap_max)
@@ -221,32 +274,38 @@ def run(args):
         m = predictor.meta
         print(f'{args.checkpoint}: {m["model"]} at {m["input_size"]} px on {predictor.device}; '
               f'faces by {args.landmarker}', file=sys.stderr)
-    results, used = [], set()
-    for path, kind in expand_inputs(args.inputs):
-        t = time.time()
-        if kind == 'image':
-            res = predictor.predict_image(path, all_faces=not args.largest_face_only, with_heatmaps=heat)
-        elif kind == 'video':
-            res = predictor.predict_video(path, args.frames, with_heatmaps=heat)
-        else:
-            why = {'missing': 'no such file or folder', 'empty_folder': 'folder holds no image or video',
-                   'unsupported': 'not an image or video file (by extension)'}[kind]
-            res = dict(path=path, type=kind, status=kind, message=f'{path}: {why}')
-        if res['status'] == 'ok':
-            res['verdict'] = 'fake' if res['prob'] > args.threshold else 'real'
-            if heat:
-                write_heatmaps(res, args.heatmap, unique_stem(path, used))
-        res.pop('_panels', None)
-        res['seconds'] = round(time.time() - t, 3)
-        results.append(res)
-        print(verdict_line(res, args.threshold), flush=True)
-    if args.json:
-        doc = dict(checkpoint=str(args.checkpoint), model=predictor.meta['model'], threshold=args.threshold,
-                   results=results)
-        tmp = Path(args.json).with_name(f'.{Path(args.json).name}.tmp')
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, args.json)
+    results, used, complete, saved = [], set(), False, time.time()
+    try:
+        for path, kind in expand_inputs(args.inputs):
+            t = time.time()
+            if kind == 'image':
+                res = predictor.predict_image(path, all_faces=not args.largest_face_only, with_heatmaps=heat)
+            elif kind == 'video':
+                res = predictor.predict_video(path, args.frames, with_heatmaps=heat)
+            else:
+                why = {'missing': 'no such file or folder', 'empty_folder': 'folder holds no image or video',
+                       'unsupported': 'not an image or video file (by extension)'}[kind]
+                res = dict(path=path, type=kind, status=kind, message=f'{path}: {why}')
+            if res['status'] == 'ok':
+                res['verdict'] = 'fake' if res['prob'] > args.threshold else 'real'
+                if heat:
+                    try:
+                        write_heatmaps(res, args.heatmap, unique_stem(path, used))
+                    except OSError as e:
+                        raise SystemExit(f'predict.py: error: --heatmap {args.heatmap}: {e}') from None
+            res.pop('_panels', None)
+            res['seconds'] = round(time.time() - t, 3)
+            results.append(res)
+            print(verdict_line(res, args.threshold), flush=True)
+            if args.json and time.time() - saved > JSON_EVERY_S:
+                write_json(args.json, predictor, args, results, complete=False)
+                saved = time.time()
+        complete = True
+    finally:                                                   # stopped or failed: what is done is kept
+        if args.json:
+            write_json(args.json, predictor, args, results, complete)
+            if not complete:
+                print(f'predict.py: {len(results)} result(s) so far written to {args.json}', file=sys.stderr)
     return results
 
 

@@ -7,6 +7,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip('dlib')
 import predict  # noqa: E402
@@ -43,6 +44,7 @@ def test_image_video_heatmaps_and_json(finetune_tiny, media, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert 'astronaut.png: ' in printed and 'p(fake) = ' in printed and 'clip.avi: ' in printed
     doc = json.loads(out_json.read_text())
+    assert doc['complete'] is True
     img, vid = doc['results']
     assert img['status'] == 'ok' and len(img['faces']) == 1 and 0 <= img['faces'][0]['prob'] <= 1
     assert img['verdict'] in ('real', 'fake') and img['prob'] == img['faces'][0]['prob']
@@ -73,3 +75,62 @@ def test_no_face_unreadable_and_folders_continue(finetune_tiny, media, capsys):
 def test_wrong_checkpoint_kind(pretrained_tiny, media):
     with pytest.raises(SystemExit, match='not a fine-tuning checkpoint.*pre-training checkpoint'):
         predict.main(['--checkpoint', str(pretrained_tiny / 'checkpoint-last.pth'), str(media / 'astronaut.png')])
+
+
+class SmallFaces:
+    """A landmarker that finds one 20-px face in every image: below util.faces' minimum face size."""
+
+    def detect_batch(self, images):
+        return [([(10.0, 10.0, 30.0, 30.0)], [1.0]) for _ in images]
+
+    def landmarks_batch(self, images, boxes_per_image):
+        return [[np.zeros((68, 2), np.float32) for _ in boxes] for boxes in boxes_per_image]
+
+
+def test_face_too_small_is_not_called_no_face(finetune_tiny, media):
+    predictor = predict.Predictor(finetune_tiny['out'] / 'checkpoint-best.pth', 'cpu')
+    predictor._landmarker = SmallFaces()
+    img = predictor.predict_image(str(media / 'astronaut.png'))
+    assert img['status'] == 'face_too_small' and img['message'].endswith('astronaut.png: face too small (under 40 px)')
+    vid = predictor.predict_video(str(media / 'clip.avi'), 4)
+    assert vid['status'] == 'face_too_small' and vid['message'].endswith('face too small (under 40 px) in 4 of 4 '
+                                                                         'sampled frame(s)')
+    mixed = predict.no_face('v.mp4', ['no face', 'face too small'], frames=True)
+    assert mixed == dict(status='no_face',
+                         message='v.mp4: face too small (under 40 px) in 1 of 2 sampled frame(s), no face in the other 1')
+
+
+def test_outputs_and_device_are_checked_before_any_work(finetune_tiny, media, tmp_path, capsys):
+    ckpt, photo = str(finetune_tiny['out'] / 'checkpoint-best.pth'), str(media / 'astronaut.png')
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    cases = [(['--json', str(blocker / 'out.json')], '--json .*cannot write to'),
+             (['--json', str(tmp_path)], '--json .* is a folder'),
+             (['--heatmap', str(blocker / 'heat')], '--heatmap .*cannot write to'),
+             (['--device', 'gpu'], '--device gpu: ')]
+    if not torch.cuda.is_available():
+        cases.append((['--device', 'cuda'], '--device cuda: no CUDA GPU is available here'))
+    for extra, msg in cases:
+        with pytest.raises(SystemExit, match=f'^predict.py: error: {msg}') as e:
+            predict.main(['--checkpoint', ckpt, photo, '--device', 'cpu', *extra])
+        assert '\n' not in str(e.value) and 'p(fake)' not in capsys.readouterr().out     # before any scoring
+    predict.main(['--checkpoint', ckpt, photo, '--device', 'cpu', '--quiet', '--json', str(tmp_path / 'new' / 'o.json'),
+                  '--heatmap', str(tmp_path / 'new' / 'heat')])
+    assert (tmp_path / 'new' / 'o.json').is_file() and list((tmp_path / 'new' / 'heat').glob('*.png'))
+
+
+def test_json_keeps_finished_results_when_stopped(finetune_tiny, media, tmp_path, monkeypatch):
+    done, score = [], predict.Predictor.predict_image
+
+    def stopped_after_one(self, path, **kw):
+        if done:
+            raise KeyboardInterrupt
+        done.append(path)
+        return score(self, path, **kw)
+    monkeypatch.setattr(predict.Predictor, 'predict_image', stopped_after_one)
+    out = tmp_path / 'partial.json'
+    with pytest.raises(KeyboardInterrupt):
+        predict.main(['--checkpoint', str(finetune_tiny['out'] / 'checkpoint-best.pth'), str(media / 'astronaut.png'),
+                      str(media / 'blank.png'), '--json', str(out), '--device', 'cpu', '--quiet'])
+    doc = json.loads(out.read_text())
+    assert doc['complete'] is False and [r['path'] for r in doc['results']] == [str(media / 'astronaut.png')]
