@@ -378,15 +378,27 @@ def figure_discrepancy(result, column_titles, display=None):
     return g, result
 
 
-def write_discrepancy_figure(detector, samples, out_dir, groups=None, seed=0, display=None, device='cpu',
-                             per_group=1, max_columns=8):
-    """Figure 4 for a fine-tuning checkpoint: `per_group` faces per group (e.g. manifest_groups of the
-    manifest; None: one column per sample), at most `max_columns` columns. -> PNG path"""
+def load_detector(path, device='cpu'):
+    """The detector of a fine-tuning checkpoint for figure 4; refused when its decoder is not the pre-trained
+    one (fine-tuned from an encoder-only checkpoint with --recon none): it would show a random decoder."""
     import models_vit                               # stage 2; imported here so figures 1-3 do not need it
     try:
-        model, _ = models_vit.load_detector(detector, device)
+        model, meta = models_vit.load_detector(path, device)
     except ValueError as e:
         raise SystemExit(f'--detector: {e}') from e
+    if not meta.get('decoder', True):
+        raise SystemExit(f'--detector {path}: holds no pre-trained decoder (fine-tuned from an encoder-only '
+                         f'checkpoint with --recon none), so figure 4 would show a random decoder\'s output')
+    return model
+
+
+def write_discrepancy_figure(detector, samples, out_dir, groups=None, seed=0, display=None, device='cpu',
+                             per_group=1, max_columns=8):
+    """Figure 4 for a fine-tuning checkpoint (path, or the model load_detector gives): `per_group` faces per
+    group (e.g. manifest_groups of the manifest; None: one column per sample), at most `max_columns`
+    columns. -> PNG path"""
+    import models_vit
+    model = load_detector(detector, device) if isinstance(detector, (str, Path)) else detector
     if groups is None:
         picked = [(Path(s.path).stem, i) for i, s in enumerate(samples[:max_columns])]
     else:
@@ -458,17 +470,18 @@ def write_pretrain_figures(model, samples, out_dir, figures=(1, 2, 3), num_image
 def main(args):
     check_args(args)
     samples = image_samples(args.images) if args.images else load_samples(args.manifest)
+    detector = load_detector(args.detector, args.device) if 4 in args.figures and args.detector else None
     written = {}
     if any(f in args.figures for f in (1, 2, 3)):
         model = load_pretrained(args.checkpoint, args.device)
         written.update(write_pretrain_figures(model, samples, args.out, args.figures, args.num_images,
                                               args.num_freq_images, args.seed, args.num_regions, args.display))
     if 4 in args.figures:
-        if not args.detector:
+        if detector is None:
             print('figure 4 skipped: it needs --detector (a fine-tuning checkpoint)')
         else:
             groups = manifest_groups(args.manifest) if args.manifest else None
-            written[4] = write_discrepancy_figure(args.detector, samples, args.out, groups, args.seed,
+            written[4] = write_discrepancy_figure(detector, samples, args.out, groups, args.seed,
                                                   args.display, args.device, args.per_group)
     for num, path in sorted(written.items()):
         print(f'figure {num}: {path}')
