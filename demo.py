@@ -1,7 +1,7 @@
 """The whole MIFAE pipeline in one command, offline, on synthetic faces (no data set to download):
 
   1. synthetic real and face-swapped fake faces with landmarks (util.synthetic_faces), identity-disjoint
-     train / validation / test splits
+     train / validation / test splits (a fake's swap target and source on the same side)
   2. MIFAE pre-training on the real training faces (main_pretrain.main)
   3. fine-tuning the detector with reconstruction of real faces (main_finetune.main), best epoch picked on
      the validation identities
@@ -95,21 +95,42 @@ def resolve(args):
 
 
 # ---------------------------------------------------------------------- data
+def swap_identities(row):
+    """Every identity a manifest row shows: its own (a fake's swap target) and, for a fake of
+    util.synthetic_faces (video fake_<target>_<source>), the source whose inner face was pasted in."""
+    kind, *ends = row['video'].split('_')
+    source = row['label'] == '1' and kind == 'fake' and len(ends) == 2
+    return {row['identity']} | ({f'id{ends[1]}'} if source else set())
+
+
 def split_validation(train_csv, fraction=VAL_FRACTION, seed=0):
-    """Move `fraction` of the training identities (their real videos and the fakes made on them) from
-    train.csv into val.csv, next to it. -> (fine-tuning train manifest, validation manifest)"""
+    """Move `fraction` of the training identities (their real videos and the fakes made of them) from train.csv
+    into val.csv, next to it, with no identity on both sides, swap sources included. The validation identities
+    grow along the (target, source) pairs from random starts, so few fakes pair a validation identity with a
+    training one; those few are left out. -> (fine-tuning train manifest, validation manifest)"""
     train_csv = Path(train_csv)
     with open(train_csv, newline='') as f:
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames, list(reader)
-    ids = sorted({r['identity'] for r in rows})
+    partners = {}
+    for r in rows:
+        ends = swap_identities(r)
+        for i in ends:
+            partners.setdefault(i, set()).update(ends - {i})
     rng = np.random.default_rng(seed)
-    n_val = max(2, int(round(fraction * len(ids))))
-    val_ids = set(rng.choice(ids, size=n_val, replace=False).tolist())
+    n_val = max(2, int(round(fraction * len(partners))))
+    val_ids, queue = set(), []
+    while len(val_ids) < n_val:
+        if not queue:
+            queue.append(str(rng.choice(sorted(set(partners) - val_ids))))
+        i = queue.pop(0)
+        if i not in val_ids:
+            val_ids.add(i)
+            queue += sorted(partners[i] - val_ids)
+    side = [{i in val_ids for i in swap_identities(r)} for r in rows]
     out = {}
-    for name, keep in (('finetune_train', lambda r: r['identity'] not in val_ids),
-                       ('val', lambda r: r['identity'] in val_ids)):
-        part = [r for r in rows if keep(r)]
+    for name, keep in (('finetune_train', {False}), ('val', {True})):
+        part = [r for r, s in zip(rows, side) if s == keep]
         if len({r['label'] for r in part}) < 2:
             raise SystemExit(f'demo.py: error: the {name} split holds one class only; raise --num_faces')
         out[name] = train_csv.with_name(f'{name}.csv')
@@ -117,6 +138,9 @@ def split_validation(train_csv, fraction=VAL_FRACTION, seed=0):
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(part)
+    across = sum(len(s) > 1 for s in side)
+    print(f'validation identities: {len(val_ids)} of {len(partners)}; {across} fake image(s) pairing one with a '
+          f'training identity left out')
     return out['finetune_train'], out['val']
 
 

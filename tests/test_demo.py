@@ -16,13 +16,13 @@ def test_quick_demo_runs_and_writes_everything(tmp_path, capsys):
     summary = demo.main(args)
     printed = capsys.readouterr().out
 
-    # data: identity-disjoint splits, both classes in every labelled split
+    # data: identity-disjoint splits (swap sources included), both classes in every labelled split
     ids = {}
     for name in ('finetune_train', 'val', 'test'):
         with open(out / 'data' / f'{name}.csv', newline='') as f:
             rows = list(csv.DictReader(f))
         assert {r['label'] for r in rows} == {'0', '1'}, name
-        ids[name] = {r['identity'] for r in rows}
+        ids[name] = set().union(*map(demo.swap_identities, rows))
     assert not ids['finetune_train'] & ids['val'] and not ids['finetune_train'] & ids['test']
     assert not ids['val'] & ids['test']
 
@@ -43,6 +43,30 @@ def test_quick_demo_runs_and_writes_everything(tmp_path, capsys):
         img = np.asarray(Image.open(path).convert('RGB'), np.float32)
         assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 20, name
     assert 'auc' in printed and 'held-out identities' in printed
+
+
+def test_validation_split_keeps_both_ends_of_a_swap_on_one_side(tmp_path):
+    """Fakes show two identities (target in the identity column, source in the video id): none of them may be on
+    both sides of the fine-tuning / validation split; only the fakes pairing the two sides are left out."""
+    n = 20
+    rows = [dict(path=f'r{i}.png', landmarks='', label='0', video=f'real_{i:04d}', dataset='s', identity=f'id{i:04d}')
+            for i in range(n)]
+    rows += [dict(path=f'f{i}.png', landmarks='', label='1', video=f'fake_{i:04d}_{(i + 7) % n:04d}', dataset='s',
+                  identity=f'id{i:04d}') for i in range(n)]
+    with open(tmp_path / 'train.csv', 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert demo.swap_identities(rows[n]) == {'id0000', 'id0007'} and demo.swap_identities(rows[0]) == {'id0000'}
+    for seed in range(5):
+        parts = []
+        for path in demo.split_validation(tmp_path / 'train.csv', fraction=0.3, seed=seed):
+            with open(path, newline='') as f:
+                parts.append(list(csv.DictReader(f)))
+        train_ids, val_ids = (set().union(*map(demo.swap_identities, p)) for p in parts)
+        assert not train_ids & val_ids and len(val_ids) == 6, seed
+        assert all({r['label'] for r in p} == {'0', '1'} for p in parts)
+        assert sum(map(len, parts)) >= 2 * n - 2 and sum(r['label'] == '0' for p in parts for r in p) == n
 
 
 def test_default_demo_shows_the_method_working(demo_default):
