@@ -121,10 +121,10 @@ def test_corrupt_image_is_replaced_and_counted_strict_is_error(synthetic_data, t
 
 
 @pytest.mark.parametrize('bad', [np.zeros((5, 2), np.float32), np.full((68, 2), np.nan, np.float32)])
-def test_bad_landmark_file_is_an_error_naming_it(synthetic_data, tmp_path, bad):
+def test_bad_landmark_file_is_an_error_naming_it_when_strict(synthetic_data, tmp_path, bad):
     folder = folder_with_bad_files(tmp_path, synthetic_data)
     np.save(folder / '003.npy', bad)
-    ds = FaceDataset(main_pretrain.load_samples(folder), FaceTransform(64), mask_strategy='facial')
+    ds = FaceDataset(main_pretrain.load_samples(folder), FaceTransform(64), mask_strategy='facial', strict=True)
     idx = [i for i, s in enumerate(ds.samples) if s.path.endswith('003.png')][0]
     with pytest.raises(ValueError, match=r'003\.npy'):
         ds[idx]
