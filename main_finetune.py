@@ -470,7 +470,7 @@ def main(args):
                                          quiet=args.quiet, threshold=args.threshold)
             stats.update(val_auc=val['auc'], val_video_auc=val.get('video_auc'), val_eer=val['eer'],
                          val_acc=val['acc'], val_unreadable=val['unreadable'])
-            if log_writer is not None:
+            if log_writer is not None and val['auc'] is not None:      # None: no readable validation frame
                 log_writer.add_scalar('val_auc', val['auc'], epoch)
         improved = val is not None and val['auc'] is not None and (best_auc is None or val['auc'] > best_auc)
         if improved:
@@ -492,7 +492,9 @@ def main(args):
 
     result = dict(stats, best_val_auc=best_auc)
     if args.test_manifests:
-        best = Path(args.output_dir) / ('checkpoint-best.pth' if val_loader is not None else 'checkpoint-last.pth')
+        best = Path(args.output_dir) / ('checkpoint-best.pth' if best_auc is not None else 'checkpoint-last.pth')
+        if val_loader is not None and best_auc is None and misc.is_main_process():
+            print('No epoch had a validation AUC (no readable validation frame): testing the last checkpoint')
         if args.distributed:
             torch.distributed.barrier()
         model_without_ddp.load_state_dict(misc.load_checkpoint(best)['model'])

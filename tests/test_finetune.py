@@ -324,7 +324,8 @@ def test_bad_flags_fail_at_start(synthetic_data, tmp_path, pretrained_tiny):
 # ---------------------------------------------------------------------- unreadable frames, bad manifests
 def test_unusable_samples_replaced_in_training_dropped_in_evaluation(synthetic_data, tmp_path, capsys):
     """An unreadable image or a landmark file with NaNs / the wrong shape: another sample (counted) in
-    training, an `unusable` item at its own index in evaluation, an error naming the file with strict."""
+    training with masks, an error naming the file with strict. In evaluation (no masks, so landmark files
+    are not read) only the unreadable image is an `unusable` item, at its own index."""
     samples = read_manifest(synthetic_data['test'])[:6]
     np.save(tmp_path / 'nan.npy', np.full((68, 2), np.nan, np.float32))
     np.save(tmp_path / 'short.npy', np.zeros((5, 2), np.float32))
@@ -344,9 +345,9 @@ def test_unusable_samples_replaced_in_training_dropped_in_evaluation(synthetic_d
     ev = FaceDataset(samples, FaceTransform(32, train=False, normalize=False), drop_unusable=True)
     batch = next(iter(torch.utils.data.DataLoader(ev, batch_size=6)))
     assert batch['index'].tolist() == list(range(6))
-    assert batch['unusable'].tolist() == [i in bad for i in range(6)] and batch['img'].dtype == torch.uint8
+    assert batch['unusable'].tolist() == [i == 4 for i in range(6)] and batch['img'].dtype == torch.uint8
     with pytest.raises(ValueError, match=r'nan\.npy: landmarks contain NaN'):
-        FaceDataset(samples, FaceTransform(32), strict=True)[1]
+        FaceDataset(samples, FaceTransform(32), mask_strategy='facial', strict=True)[1]
 
 
 def test_eval_leaves_out_unreadable_frames(finetune_tiny, tmp_path):
@@ -507,3 +508,25 @@ def test_eval_notes_the_flags_it_ignores(finetune_tiny, tmp_path, capsys):
     main_finetune.main(ft_args(argv))
     notes = [line for line in capsys.readouterr().out.splitlines() if 'note:' in line]
     assert len(notes) == 1 and notes[0].endswith('ignoring --input_size 128, --global_pool, --epochs 3, --no_balance')
+
+
+def test_unreadable_validation_set_trains_and_tests_the_last_checkpoint(finetune_tiny, pretrained_tiny, tmp_path,
+                                                                        capsys):
+    """A validation set whose frames all fail to decode has no AUC: training goes on (nothing logged for it)
+    and the test uses checkpoint-last.pth, since no epoch was ever best."""
+    val_dir = tmp_path / 'val'
+    val_dir.mkdir()
+    rows = []
+    for k, label in enumerate(('0', '1')):
+        (val_dir / f'corrupt_{k}.png').write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+        rows.append(dict(path=f'corrupt_{k}.png', landmarks='', label=label, video=f'v{k}', dataset='val'))
+    val = write_rows(val_dir / 'val.csv', rows)
+    out = tmp_path / 'out'
+    result = main_finetune.main(ft_args(
+        ['--finetune', pretrained_tiny / 'checkpoint-last.pth', '--train_manifest', finetune_tiny['train'],
+         '--val_manifest', val, '--test_manifests', finetune_tiny['test'], '--output_dir', out, '--input_size', 112,
+         '--epochs', 1, '--batch_size', 8, '--device', 'cpu', '--num_workers', 0, '--quiet', '--no_auto_resume']))
+    assert result['best_val_auc'] is None and result['val_unreadable'] == 2
+    assert not (out / 'checkpoint-best.pth').exists()
+    assert 'testing the last checkpoint' in capsys.readouterr().out
+    assert next(iter(result['test'].values()))['auc'] is not None

@@ -208,11 +208,12 @@ class FaceDataset(Dataset):
             self._reported.add(msg)
             print(f'[data] skipped: {msg}', flush=True)
 
-    @staticmethod
-    def _read(sample):
-        """(RGB image, landmarks [68, 2] or None); ValueError naming the file when either is unusable."""
+    def _read(self, sample):
+        """(RGB image, landmarks [68, 2] or None); ValueError naming the file when either is unusable.
+        Landmarks are read only for masks (stage 1): a detector's frames never fail over their sidecar."""
         img = read_image_rgb(sample.path)
-        return img, load_landmarks(sample.landmarks) if sample.landmarks else None
+        use_lm = sample.landmarks and self.mask_strategy is not None
+        return img, load_landmarks(sample.landmarks) if use_lm else None
 
     def __getitem__(self, index):
         replaced, idx, unusable = 0, index, False

@@ -623,16 +623,19 @@ def crop_face(img_rgb, landmarks, margin=1.3, size=256, box=None):
 # ---------------------------------------------------------------------------------
 
 def _select_faces(boxes, scores, largest_only, min_face):
-    """Drop detections smaller than ``min_face`` and weak ones (scoring under
-    ``MIN_SCORE_FRACTION`` of the best of the rest), order the others largest first
-    -> (kept [(box, score)], reason)."""
+    """Drop detections smaller than ``min_face``, order the others largest first
+    -> (kept [(box, score)], reason). With ``largest_only`` the one face is the largest
+    of the confident detections (scoring at least ``MIN_SCORE_FRACTION`` of the best), so a
+    large weak false positive does not win; otherwise every face is kept, weak ones too (a
+    pasted or blurred face may well score lower, and predict.py scores every face)."""
     if not boxes:
         return [], NO_FACE
     dets = [d for d in zip(boxes, scores) if max(d[0][2] - d[0][0], d[0][3] - d[0][1]) >= min_face]
     if not dets:
         return [], FACE_TOO_SMALL
-    best = max(s for _, s in dets)
-    dets = [d for d in dets if d[1] >= min(best, best * MIN_SCORE_FRACTION)]
+    if largest_only:
+        best = max(s for _, s in dets)
+        dets = [d for d in dets if d[1] >= min(best, best * MIN_SCORE_FRACTION)]
     dets.sort(key=lambda d: -(d[0][2] - d[0][0]) * (d[0][3] - d[0][1]))
     return (dets[:1] if largest_only else dets), None
 
