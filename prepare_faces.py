@@ -216,7 +216,10 @@ def list_folder(args):
             items.append(video_item(os.path.join(dirpath, f), root, name, f'{name}/{out}', label, memberships,
                                     out=out))
         images = [os.path.join(dirpath, f) for f in media if F.is_image_file(f)]
-        if images and args.video_per_folder and not only:
+        if only and args.video_per_folder:
+            raise LayoutError(f'--video_per_folder takes a folder of frame folders as --input, not the file '
+                              f'{args.input}')
+        if images and args.video_per_folder:
             items.append(frames_item(sorted(images, key=_natural_key), root, name, _join(name, rel_dir), label,
                                      memberships))
         elif images:
@@ -919,6 +922,14 @@ def _settings(args):
     return s
 
 
+def _same_settings(old, new):
+    """Whether a journal's settings are this run's. A journal of one file written before single files
+    were keyed by their folder (its input is the file) matches that folder."""
+    if old.get('input') != new['input'] and os.path.dirname(old.get('input') or '') == new['input']:
+        old = dict(old, input=new['input'])
+    return old == new
+
+
 def _reason_kind(reason):
     return reason.split(' (')[0].split(':')[0]
 
@@ -938,7 +949,7 @@ def main(args):
         print(note, file=sys.stderr)
     journal = Journal(args.output, tag)
     settings = _settings(args)
-    if journal.settings is not None and journal.settings != settings:
+    if journal.settings is not None and not _same_settings(journal.settings, settings):
         if not args.overwrite:
             changed = {k: (journal.settings.get(k), settings.get(k))
                        for k in sorted(journal.settings.keys() | settings.keys())
@@ -949,7 +960,7 @@ def main(args):
         journal.reset()
     elif args.overwrite:
         journal.reset()
-    if journal.settings is None:
+    if journal.settings != settings:        # a new journal, or an old single-file one now keyed by folder
         journal.append({'settings': settings})
     journal.append({'listing_failures': [list(f) for f in listing_failures]})
     relabel(args.output, journal, items)
@@ -1007,7 +1018,9 @@ def _run_items(pending, opts, journal, run, args):
         if opts['workers'] == 1:
             results = map(process_item, pending)
         else:
-            _STATE.clear()
+            _STATE.clear()                  # the check's landmarker: its GPU memory back for the workers
+            if 'torch' in sys.modules and sys.modules['torch'].cuda.is_available():
+                sys.modules['torch'].cuda.empty_cache()
             # spawn, not fork: a forked child can deadlock on thread pools (OpenCV, OpenMP, CUDA)
             # that the parent had started. A worker that dies (killed when out of memory)
             # breaks this pool at once (BrokenProcessPool), where multiprocessing.Pool would hang.
@@ -1036,9 +1049,12 @@ def _run_items(pending, opts, journal, run, args):
     finally:
         bar.close()
         if pool is not None:
-            if not finished:    # stop the items in flight now (no public way before Python 3.14)
-                for p in (pool._processes or {}).values():
-                    p.terminate()
+            if not finished:    # stop the items in flight now (public from Python 3.14, private before)
+                if hasattr(pool, 'terminate_workers'):
+                    pool.terminate_workers()
+                else:
+                    for p in (pool._processes or {}).values():
+                        p.terminate()
             pool.shutdown(cancel_futures=True)
         _STATE.clear()
 

@@ -783,6 +783,18 @@ def test_single_files_of_one_folder_build_one_mixed_manifest(tmp_path, prep_stub
     # the same file again is already done; the whole folder afterwards too
     assert prepare_faces.main(args_for(clips / 'fake.mp4', out, '--label', 1))['processed'] == 0
     assert prepare_faces.main(args_for(clips, out, '--label', 1))['already_done'] == 2
+    # a journal of an earlier version, which keyed a single file by itself, still matches
+    journal = out / prepare_faces.JOURNAL_DIR / 'clips.jsonl'
+    lines = journal.read_text().splitlines()
+    for k, line in enumerate(lines):
+        rec = json.loads(line)
+        if 'settings' in rec:
+            rec['settings']['input'] = str(clips / 'fake.mp4')
+            lines[k] = json.dumps(rec)
+    journal.write_text('\n'.join(lines[:1] + [ln for ln in lines[1:] if '"settings"' not in ln]) + '\n')
+    assert prepare_faces.main(args_for(clips / 'fake.mp4', out, '--label', 1))['processed'] == 0
+    with pytest.raises(prepare_faces.LayoutError, match='--video_per_folder takes a folder'):
+        prepare_faces.main(args_for(clips / 'fake.mp4', out, '--video_per_folder'))
     # a file of another folder under the same name: refused, saying what to do
     write_video(tmp_path / 'more' / 'other.mp4', 3)
     with pytest.raises(prepare_faces.LayoutError, match='another --name'):
