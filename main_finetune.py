@@ -242,7 +242,7 @@ def resume_meta(path, args):
     the pre-training checkpoint, auto-resumed from a shared --output_dir) and naming each flag that differs
     from the checkpoint's run in what shapes the model or its optimizer."""
     try:
-        ckpt = misc.load_checkpoint(path)
+        ckpt = misc.load_checkpoint(path, mmap=True)          # the metadata only: tensors stay on disk
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f'main_finetune.py: error: {e}') from None
     meta = ckpt.get('detector') if isinstance(ckpt, dict) else None
@@ -272,7 +272,7 @@ def build_model(args):
         src = meta.get('model') if meta else None
         if src is None and args.finetune:
             try:
-                src = models_vit.checkpoint_args(misc.load_checkpoint(args.finetune)).get('model')
+                src = misc.checkpoint_args(misc.load_checkpoint(args.finetune)).get('model')
             except (ValueError, FileNotFoundError) as e:
                 raise SystemExit(f'main_finetune.py: error: {e}') from None
         if src is None:
@@ -339,7 +339,7 @@ def evaluate_sets(model, manifests, input_size, mean, std, device, amp_dtype, ar
         try:
             metrics, labels, scores = evaluate_samples(model, samples, loader, device, amp_dtype, name=name,
                                                        quiet=args.quiet, threshold=args.threshold)
-        except ValueError as e:                                # e.g. a video id shared by real and fake frames
+        except ValueError as e:                                # the metrics' own checks (video ids: checked up front)
             raise SystemExit(f'main_finetune.py: error: {m}: {e}') from None
         metrics.update(manifest=str(m), missing=missing)
         results[name], curves[name] = metrics, (labels, scores)

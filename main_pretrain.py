@@ -122,14 +122,15 @@ def init_from_checkpoint(model, path):
         raise SystemExit(f'main_pretrain.py: error: --init_from {e}') from e
     state = ckpt.get('model', ckpt)
     own = model.state_dict()
-    fixed = {'pos_embed', 'decoder_pos_embed'}                 # fixed sin-cos: rebuilt for this input size
+    # fixed sin-cos embeddings: the file's (the positions its weights learnt with), rebuilt for another grid
+    fixed = {k for k in ('pos_embed', 'decoder_pos_embed') if k in state and state[k].shape != own[k].shape}
     mismatched = [f'{k}: {tuple(v.shape)} in file, {tuple(own[k].shape)} here' for k, v in state.items()
                   if k in own and k not in fixed and v.shape != own[k].shape]
     if mismatched:
         raise SystemExit(f'{path}: {len(mismatched)} tensor(s) differ in shape, e.g. {mismatched[0]} '
                          f'(is --model right?)')
     state = {k: v for k, v in state.items() if k in own and k not in fixed}
-    missing = sorted(set(own) - set(state) - fixed)
+    missing = sorted(set(own) - set(state) - {'pos_embed', 'decoder_pos_embed'})
     model.load_state_dict(state, strict=False)
     fresh = sorted({k.split('.')[0] for k in missing})
     print(f'Initialised from {path}: {len(state)} tensors loaded; freshly initialised: {", ".join(fresh) or "none"}')

@@ -9,7 +9,6 @@ runs models_mae's own `forward_decoder` on cls + all L tokens. It is always froz
 last block, the final norm and the head train, and the frozen prefix runs without autograd and stays
 in eval mode (no drop-path), so its weights and its outputs never change.
 """
-import argparse
 from functools import partial
 from pathlib import Path
 
@@ -222,21 +221,13 @@ def checkpoint_state(ckpt):
     return state
 
 
-def checkpoint_args(ckpt):
-    """The training arguments a checkpoint records, as a dict: MIFAE and this code save vars(args), the
-    original MAE the argparse.Namespace itself. {} when it records none."""
-    args = ckpt.get('args') if isinstance(ckpt, dict) else None
-    args = vars(args) if isinstance(args, argparse.Namespace) else args
-    return args if isinstance(args, dict) else {}
-
-
 def recorded_norm_pix(ckpt):
     """Whether the decoder in `ckpt` learnt per-patch normalised pixels: a fine-tuning checkpoint's
     detector.norm_pix, else the pre-training run's norm_pix_loss; None when it records neither."""
     meta = ckpt.get('detector') if isinstance(ckpt, dict) else None
     if isinstance(meta, dict) and 'norm_pix' in meta:
         return bool(meta['norm_pix'])
-    return checkpoint_args(ckpt).get('norm_pix_loss')
+    return misc.checkpoint_args(ckpt).get('norm_pix_loss')
 
 
 def _shape_report(path, mismatched, what):
@@ -247,8 +238,8 @@ def _shape_report(path, mismatched, what):
 def load_pretrained(model, path, decoder_path=None, model_name='the model'):
     """Initialise encoder and frozen decoder from a pre-training checkpoint (MIFAE or original MAE).
 
-    The encoder's pos_embed is resized to this input size; fixed sin-cos decoder_pos_embed is rebuilt,
-    not loaded; mask_token and the frequency branch are ignored; a checkpoint's head is loaded only when
+    The encoder's pos_embed is resized to this input size; the fixed sin-cos decoder_pos_embed is the
+    decoder file's (the positions the decoder learnt with), rebuilt only for another patch grid; mask_token and the frequency branch are ignored; a checkpoint's head is loaded only when
     it is a fine-tuning checkpoint of the same kind. Raises ValueError naming the file and the keys whose
     shapes differ, or the missing encoder keys. Returns dict(decoder_loaded, norm_pix_loss, args):
     norm_pix_loss as recorded by the file the decoder comes from, args those of `path` (a dict).
@@ -297,11 +288,13 @@ def load_pretrained(model, path, decoder_path=None, model_name='the model'):
     new = {k: state[k] for k in load_keys}
     if decoder_loaded:
         new.update({k: dec_state[k] for k in dec_keys})
+        if tuple(dec_state.get('decoder_pos_embed', torch.empty(0)).shape) == tuple(own['decoder_pos_embed'].shape):
+            new['decoder_pos_embed'] = dec_state['decoder_pos_embed']
     model.load_state_dict(new, strict=False)
     fresh = sorted({k.split('.')[0] for k in own if k not in new and k != 'decoder_pos_embed'})
     print(f'Initialised from {path}{f" (decoder from {decoder_path})" if decoder_path else ""}: '
           f'{len(new)} tensors loaded; fresh: {", ".join(fresh) or "none"}')
-    return dict(decoder_loaded=decoder_loaded, norm_pix_loss=recorded_norm_pix(dec_ckpt), args=checkpoint_args(ckpt))
+    return dict(decoder_loaded=decoder_loaded, norm_pix_loss=recorded_norm_pix(dec_ckpt), args=misc.checkpoint_args(ckpt))
 
 
 def detector_meta(model, model_name, **extra):
@@ -328,7 +321,7 @@ def load_detector(path, device='cpu'):
     meta = ckpt.get('detector') if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict):
         hint = ''
-        if 'mask_ratio' in checkpoint_args(ckpt):
+        if 'mask_ratio' in misc.checkpoint_args(ckpt):
             hint = ' It is a pre-training checkpoint: fine-tune it first with main_finetune.py --finetune.'
         raise ValueError(f'{path}: not a fine-tuning checkpoint of main_finetune.py (no "detector" entry).{hint}')
     model = build_detector(meta)

@@ -151,7 +151,7 @@ def test_balanced_sampler_draws_both_classes_equally_and_shards():
 
 
 # ---------------------------------------------------------------------- checkpoints
-def test_pos_embed_resized_when_input_size_differs(pretrained_tiny, capsys):
+def test_pos_embed_resized_when_input_size_differs(pretrained_tiny, capsys, tmp_path):
     ckpt = torch.load(pretrained_tiny / 'checkpoint-last.pth', map_location='cpu', weights_only=False)
     m = models_vit.vit_tiny_patch16(img_size=128)               # pre-trained at 112: 7x7 -> 8x8 patches
     info = models_vit.load_pretrained(m, pretrained_tiny / 'checkpoint-last.pth')
@@ -159,6 +159,14 @@ def test_pos_embed_resized_when_input_size_differs(pretrained_tiny, capsys):
     assert torch.equal(m.pos_embed.data, resize_pos_embed(ckpt['model']['pos_embed'], 8))
     assert torch.equal(m.blocks[3].mlp.fc2.weight, ckpt['model']['blocks.3.mlp.fc2.weight'])
     assert torch.equal(m.decoder_pred.weight, ckpt['model']['decoder_pred.weight'])
+    # the decoder's fixed positions: the file's on the same grid (whatever layout it was written with),
+    # rebuilt for another grid
+    state = dict(ckpt['model'], decoder_pos_embed=ckpt['model']['decoder_pos_embed'].flip(-1))
+    torch.save({'model': state}, tmp_path / 'flipped_positions.pth')
+    same = models_vit.vit_tiny_patch16(img_size=112)
+    models_vit.load_pretrained(same, tmp_path / 'flipped_positions.pth')
+    assert torch.equal(same.decoder_pos_embed, state['decoder_pos_embed'])
+    assert torch.equal(m.decoder_pos_embed, models_vit.vit_tiny_patch16(img_size=128).decoder_pos_embed)
 
 
 def test_wrong_checkpoint_size_names_keys_and_shapes(pretrained_tiny, tmp_path, synthetic_data):

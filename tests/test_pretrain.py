@@ -184,7 +184,11 @@ def test_init_from_original_mae_checkpoint(tmp_path):
     fresh = models_mae.mae_vit_tiny_patch16(img_size=64)
     main_pretrain.init_from_checkpoint(fresh, tmp_path / 'mae_pretrain_vit_tiny.pth')
     assert torch.equal(fresh.blocks[3].attn.qkv.weight, mae_like['blocks.3.attn.qkv.weight'])
-    assert torch.equal(fresh.pos_embed, mifae.pos_embed)                # fixed sin-cos is not overwritten
+    assert torch.equal(fresh.pos_embed, mae_like['pos_embed'])          # the positions the weights learnt with
+    other_grid = models_mae.mae_vit_tiny_patch16(img_size=32)
+    main_pretrain.init_from_checkpoint(other_grid, tmp_path / 'mae_pretrain_vit_tiny.pth')
+    assert torch.equal(other_grid.pos_embed, models_mae.mae_vit_tiny_patch16(img_size=32).pos_embed)   # rebuilt
+    assert torch.equal(other_grid.blocks[3].attn.qkv.weight, mae_like['blocks.3.attn.qkv.weight'])
     bad = {'blocks.0.attn.qkv.weight': torch.zeros(3, 3)}
     torch.save(bad, tmp_path / 'wrong.pth')
     with pytest.raises(SystemExit, match='differ in shape'):

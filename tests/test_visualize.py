@@ -177,13 +177,14 @@ def test_figure4_from_a_detector_checkpoint(finetune_tiny, pretrained_tiny, tmp_
         viz.write_discrepancy_figure(pretrained_tiny / 'checkpoint-last.pth', load_samples(test_csv), tmp_path)
 
 
-def test_figure4_refuses_a_detector_without_the_pretrained_decoder(finetune_tiny, tmp_path):
+def test_figure4_refuses_a_detector_without_the_pretrained_decoder(finetune_tiny, pretrained_tiny, tmp_path):
     """Fine-tuned from an encoder-only checkpoint (--recon none), the decoder is random: no figure 4 from it,
     and the refusal comes before any figure is drawn."""
     ckpt = torch.load(finetune_tiny['out'] / 'checkpoint-best.pth', map_location='cpu', weights_only=False)
     ckpt['detector']['decoder'] = False
     torch.save(ckpt, tmp_path / 'no_decoder.pth')
-    args = viz.get_args_parser().parse_args(['--detector', str(tmp_path / 'no_decoder.pth'), '--figures', '4',
+    args = viz.get_args_parser().parse_args(['--detector', str(tmp_path / 'no_decoder.pth'), '--figures', '1', '4',
+                                             '--checkpoint', str(pretrained_tiny / 'checkpoint-last.pth'),
                                              '--manifest', str(finetune_tiny['test']), '--out', str(tmp_path / 'f')])
     with pytest.raises(SystemExit, match=r'no_decoder.pth: holds no pre-trained decoder .* random decoder'):
         viz.main(args)

@@ -1,4 +1,5 @@
 """Run plumbing shared by both stages: distributed set-up, mixed precision, checkpoints, logging."""
+import argparse
 import datetime
 import json
 import os
@@ -270,21 +271,30 @@ def save_checkpoint(output_dir, name, model_without_ddp, optimizer, epoch, args,
     return path
 
 
-def load_checkpoint(path):
-    """Load a checkpoint file on the CPU with a one-line error when it is missing or unreadable."""
+def load_checkpoint(path, mmap=False):
+    """Load a checkpoint file on the CPU with a one-line error when it is missing or unreadable.
+    mmap: map the tensors instead of reading them (cheap when only the metadata is wanted)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: checkpoint not found')
     try:
-        return torch.load(path, map_location='cpu', weights_only=False)
+        return torch.load(path, map_location='cpu', weights_only=False, mmap=mmap)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from e
 
 
+def checkpoint_args(ckpt):
+    """The training arguments a checkpoint records, as a dict: MIFAE and this code save vars(args), the
+    original MAE the argparse.Namespace itself. {} when it records none."""
+    args = ckpt.get('args') if isinstance(ckpt, dict) else None
+    args = vars(args) if isinstance(args, argparse.Namespace) else args
+    return args if isinstance(args, dict) else {}
+
+
 def checkpoint_epoch(path):
-    """The epoch stored in a checkpoint, read without loading its tensors (memory-mapped); None if unreadable."""
+    """The epoch stored in a checkpoint, read without loading its tensors; None if unreadable."""
     try:
-        return torch.load(path, map_location='cpu', weights_only=False, mmap=True).get('epoch')
+        return load_checkpoint(path, mmap=True).get('epoch')
     except Exception:  # noqa: BLE001
         return None
 
@@ -293,7 +303,8 @@ def find_resume_checkpoint(args):
     """--resume PATH, or with --auto_resume the output folder's checkpoint-last.pth when it exists.
 
     With both, checkpoint-last.pth wins when it holds a later epoch than PATH: re-running the same command
-    after an interruption continues instead of going back to PATH.
+    after an interruption continues instead of going back to PATH (args.resume then names it, so later
+    calls agree without reading the checkpoints again).
     """
     last = Path(args.output_dir) / 'checkpoint-last.pth' if args.output_dir else None
     auto = getattr(args, 'auto_resume', False) and last is not None and last.is_file()
@@ -302,7 +313,7 @@ def find_resume_checkpoint(args):
         if given is not None and newer is not None and newer > given:
             print(f'{last} (epoch {newer}) is newer than --resume {args.resume} (epoch {given}): continuing from '
                   f'it (--no_auto_resume to start from {args.resume})', flush=True)
-            return str(last)
+            args.resume = str(last)
     if args.resume:
         return args.resume
     return str(last) if auto else None
@@ -317,8 +328,7 @@ def resume_training(args, model_without_ddp, optimizer, scaler=None, must_match=
     if not path:
         return None
     ckpt = load_checkpoint(path)
-    saved = ckpt.get('args') or {}
-    saved = vars(saved) if not isinstance(saved, dict) else saved
+    saved = checkpoint_args(ckpt)
     differ = [f'--{k} {getattr(args, k)} (checkpoint: {saved[k]})' for k in must_match
               if k in saved and saved[k] != getattr(args, k)]
     if differ:
