@@ -313,7 +313,8 @@ def test_resume_trims_the_log_and_prefers_the_newer_last_checkpoint(tmp_path, ca
     args.resume = str(out / 'checkpoint-1.pth')
     assert misc.find_resume_checkpoint(args) == str(out / 'checkpoint-last.pth')   # epoch 3 beats epoch 1
     assert 'is newer than --resume' in capsys.readouterr().out
-    args.auto_resume = False                                          # the explicit choice: back to epoch 1
+    assert args.resume == str(out / 'checkpoint-last.pth')              # later calls agree without re-reading
+    args.resume, args.auto_resume = str(out / 'checkpoint-1.pth'), False   # the explicit choice: back to epoch 1
     misc.resume_training(args, model, opt)
     assert args.start_epoch == 2
     assert [e['epoch'] for e in read_log(out)] == [0, 1]               # later epochs and the broken line gone
