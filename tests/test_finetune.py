@@ -538,3 +538,19 @@ def test_unreadable_validation_set_trains_and_tests_the_last_checkpoint(finetune
     assert not (out / 'checkpoint-best.pth').exists()
     assert 'testing the last checkpoint' in capsys.readouterr().out
     assert next(iter(result['test'].values()))['auc'] is not None
+
+
+def test_detector_compiles_into_one_graph_and_matches_eager():
+    """Stage 2 gets the same treatment as stage 1: no graph breaks (with or without the decoder's
+    reconstruction), and the compiled logits and reconstruction equal eager ones."""
+    import torch._dynamo as dynamo
+    torch.manual_seed(0)
+    m = models_vit.vit_tiny_patch16(img_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for recon in (False, True):
+        explanation = dynamo.explain(m)(x, return_recon=recon)
+        assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
+    logits, pred = m(x, return_recon=True)
+    c_logits, c_pred = torch.compile(m)(x, return_recon=True)
+    torch.testing.assert_close(c_logits, logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c_pred, pred, rtol=1e-4, atol=1e-5)
