@@ -139,3 +139,32 @@ def test_check_mask_count_names_the_wrong_count():
     bad[1, bad[1].nonzero()[0]] = False                   # one removed patch fewer in row 1
     with pytest.raises(ValueError, match='removes 11 to 12 of 16 patches; mask ratio 0.75 needs exactly 12'):
         check_mask_count(bad, 0.75)
+
+
+@pytest.mark.parametrize('stored', ['<f4', 'float64', 'fortran', '>f4'])
+def test_landmark_files_read_fast_or_through_np_load_give_the_same_array(tmp_path, stored):
+    """float32 [68, 2] files take the fast path after their known header; others go through np.load."""
+    from util.landmarks import load_landmarks
+    lm = random_face_landmarks(np.random.default_rng(9))
+    arr = np.asfortranarray(lm) if stored == 'fortran' else lm.astype(stored)
+    np.save(tmp_path / 'a.npy', arr)
+    got = load_landmarks(tmp_path / 'a.npy')
+    assert got.dtype == np.float32 and got.shape == (68, 2) and got.flags.writeable
+    np.testing.assert_array_equal(got, np.load(tmp_path / 'a.npy').astype(np.float32))
+
+
+def test_truncated_landmark_file_is_an_error_naming_it(tmp_path):
+    from util.landmarks import load_landmarks
+    np.save(tmp_path / 'a.npy', random_face_landmarks(np.random.default_rng(9)))
+    (tmp_path / 'cut.npy').write_bytes((tmp_path / 'a.npy').read_bytes()[:-4])
+    with pytest.raises(ValueError, match=r'cut\.npy: cannot read landmark file'):
+        load_landmarks(tmp_path / 'cut.npy')
+
+
+def test_hwc_to_chw_equals_a_permuted_copy():
+    from util.datasets import hwc_to_chw
+    img = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    for view in (img, img[3:30, 5:25], img[:, ::-1]):          # contiguous, cropped, negative stride
+        out = hwc_to_chw(view)
+        assert out.dtype == torch.uint8 and out.is_contiguous()
+        assert torch.equal(out, torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1))
