@@ -18,6 +18,7 @@ import models_mae
 import models_vit
 from engine_finetune import BalancedSampler, recon_labels_after_mixing, reconstruction_loss, uses_recon
 from util.datasets import FaceDataset, FaceTransform, Sample, read_manifest
+import util.misc as misc
 from util.lr_decay import param_groups_lrd
 from util.pos_embed import resize_pos_embed
 
@@ -296,9 +297,9 @@ def test_resume_continues_and_mixup_runs(finetune_tiny, pretrained_tiny, tmp_pat
     rows = read_rows(finetune_tiny['train'])
     few = [r for r in rows if r['label'] == '0'][:8] + [r for r in rows if r['label'] == '1'][:8]
     train = write_rows(Path(finetune_tiny['train']).with_name('few.csv'), few)
-    def argv(epochs):
+    def argv(epochs, out=tmp_path):
         return ['--finetune', pretrained_tiny / 'checkpoint-last.pth', '--train_manifest', train, '--output_dir',
-                tmp_path, '--input_size', 112, '--batch_size', 8, '--epochs', epochs, '--device', 'cpu',
+                out, '--input_size', 112, '--batch_size', 8, '--epochs', epochs, '--device', 'cpu',
                 '--num_workers', 0, '--quiet', '--mixup', 0.8, '--cutmix', 1.0, '--recon', 'dual', '--print_freq', 1]
     first = main_finetune.main(ft_args(argv(1)))
     assert np.isfinite(first['train_loss']) and first['epoch'] == 0
@@ -306,6 +307,13 @@ def test_resume_continues_and_mixup_runs(finetune_tiny, pretrained_tiny, tmp_pat
     second = main_finetune.main(ft_args(argv(2)))
     assert second['epoch'] == 1
     assert [json.loads(x)['epoch'] for x in (tmp_path / 'log.txt').read_text().splitlines()] == [0, 1]
+
+    # shuffle, crops, mixup/cutmix draws continue from the checkpoint: the same as a run never stopped
+    straight = main_finetune.main(ft_args(argv(2, tmp_path / 'straight')))
+    assert straight['train_loss'] == second['train_loss']
+    a = misc.load_checkpoint(tmp_path / 'checkpoint-last.pth')['model']
+    b = misc.load_checkpoint(tmp_path / 'straight' / 'checkpoint-last.pth')['model']
+    assert all(torch.equal(a[k], b[k]) for k in b)
 
 
 def test_bad_flags_fail_at_start(synthetic_data, tmp_path, pretrained_tiny):

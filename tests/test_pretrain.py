@@ -72,7 +72,14 @@ def test_resume_continues_at_next_epoch_with_same_optimizer_state(synthetic_data
     (out / 'log.txt').unlink()                   # as if interrupted between checkpoint and log line
     main_pretrain.main(pretrain_args(data, out, epochs=2, batch_size=8))      # auto-resume
     assert [e['epoch'] for e in read_log(out)] == [0, 1]
-    assert misc.load_checkpoint(out / 'checkpoint-last.pth')['epoch'] == 1
+    resumed = misc.load_checkpoint(out / 'checkpoint-last.pth')
+    assert resumed['epoch'] == 1
+
+    # the random streams (shuffle, crops, flips, masks) continue too: the same weights as a run never stopped
+    main_pretrain.main(pretrain_args(data, tmp_path / 'straight', epochs=2, batch_size=8))
+    straight = misc.load_checkpoint(tmp_path / 'straight' / 'checkpoint-last.pth')
+    for k, v in straight['model'].items():
+        assert torch.equal(resumed['model'][k], v), k
 
 
 def test_torchrun_two_processes_gloo(synthetic_data, tmp_path):

@@ -129,6 +129,34 @@ def seed_everything(seed):
     random.seed(seed)
 
 
+def rng_states():
+    """Every rank's random-number state (torch, this rank's CUDA device, numpy, python), gathered as a list
+    indexed by rank. A collective: every rank calls it."""
+    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
+                 cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    if not is_dist():
+        return [state]
+    states = [None] * get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def restore_rng_states(states, source):
+    """Continue this rank's random streams from a checkpoint's `rng_states()`; with another number of processes
+    they cannot be matched, and the streams stay as seeded (said once)."""
+    if len(states) != get_world_size():
+        if is_main_process():
+            print(f'{source}: random state saved by {len(states)} process(es), this run has {get_world_size()}: '
+                  f'shuffling, augmentation and masks continue from --seed instead', flush=True)
+        return
+    state = states[get_rank()]
+    torch.set_rng_state(state['torch'])
+    np.random.set_state(state['numpy'])
+    random.setstate(state['python'])
+    if state.get('cuda') is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
+
+
 # ---------------------------------------------------------------------- mixed precision
 def resolve_amp(amp, device):
     """'auto' -> bf16 on CUDA, none on CPU. Returns (dtype or None, GradScaler or None)."""
@@ -261,11 +289,12 @@ def atomic_torch_save(obj, path):
 
 
 def save_checkpoint(output_dir, name, model_without_ddp, optimizer, epoch, args, scaler=None, **extra):
-    """Write `output_dir/name` atomically (rank 0 only)."""
+    """Write `output_dir/name` atomically (rank 0 writes; every rank calls it, for the random states)."""
+    rng = rng_states()
     if not is_main_process():
         return None
     state = dict(model=model_without_ddp.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-                 scaler=scaler.state_dict() if scaler is not None else None, args=vars(args), **extra)
+                 scaler=scaler.state_dict() if scaler is not None else None, args=vars(args), rng=rng, **extra)
     path = Path(output_dir) / name
     atomic_torch_save(state, path)
     return path
@@ -344,6 +373,8 @@ def resume_training(args, model_without_ddp, optimizer, scaler=None, must_match=
         args.start_epoch = ckpt['epoch'] + 1
         if scaler is not None and ckpt.get('scaler'):
             scaler.load_state_dict(ckpt['scaler'])
+        if ckpt.get('rng'):         # a resumed run draws the same shuffles, crops and masks as one never stopped
+            restore_rng_states(ckpt['rng'], path)
     print(f'Resumed from {path} (epoch {ckpt.get("epoch")}); continuing at epoch {args.start_epoch}', flush=True)
     if ckpt.get('log_stats') and args.output_dir:
         complete_log(args.output_dir, ckpt['log_stats'])
