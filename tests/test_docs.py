@@ -235,8 +235,7 @@ def doc_commands(files):
             env = {}
             for number, line in command_lines(body):
                 for tokens in statements(line, env):
-                    hit = project_script(tokens, Path(path).parent if Path(path).parent.name != 'docs'
-                                         else Path(path).parent.parent)
+                    hit = project_script(tokens)
                     if hit:
                         found.append((rel, number, hit[0], hit[1], example))
     return found, stray
