@@ -9,7 +9,8 @@
 2. A worked example is the ```bash blocks announced by `<!-- example: NAME -->` on the line before the fence,
    read in DOC_ORDER across files. Every file one of its commands reads (READ_FLAGS) must be written by an
    earlier command of the same example (WRITES): the output paths of one step are the input paths of the next.
-3. A command of a project script outside a ```bash block would escape 1 and 2: that fails too.
+3. A command of a project script outside a ```bash block would escape 1 and 2, and a placeholder such as
+   `<file>` or `[--json FILE]` would parse as something else: both fail too.
 
 Shell handling: backslash continuations are joined, `# comments` dropped, `;`/`&&`/`|` split statements,
 `NAME=value` prefixes skipped, variables assigned earlier in the block (`D=demo_output`) substituted, and a
@@ -38,6 +39,7 @@ REDIRECTS = {'>', '>>', '<', '>&', '&>', '2>'}
 ASSIGNMENT = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*=')
 VARIABLE = re.compile(r'\$\{(\w+)\}|\$(\w+)')
 COMMAND_LINE = re.compile(r'^\s*(?:[A-Z_]+=\S+\s+)*(?:python3?|torchrun)\s')
+PLACEHOLDER = re.compile(r'<[A-Za-z][\w .-]*>|\[--?\w')   # <file>, [--json FILE]: not a command one can paste
 
 # flags whose value is a file or folder the command reads
 READ_FLAGS = ('data_path', 'resume', 'init_from', 'finetune', 'decoder', 'train_manifest', 'val_manifest',
@@ -238,6 +240,10 @@ def doc_commands(files):
                     hit = project_script(tokens)
                     if hit:
                         found.append((rel, number, hit[0], hit[1], example))
+                        m = PLACEHOLDER.search(line.split(' #')[0])
+                        if m:
+                            stray.append(f'{rel}:{number}: placeholder {m.group(0)!r} in a command: write a value '
+                                         f'that runs (a path, a number) so that the command can be pasted')
     return found, stray
 
 
@@ -334,6 +340,9 @@ def _guide(tmp_path, epochs='ten', extra='--no_such_flag 1', resume='runs/c/chec
         '```',
         'python demo.py --quick',
         '```',
+        '```bash',
+        'python predict.py --checkpoint <ckpt> photo.jpg [--json out.json]',
+        '```',
     ]) + '\n')
     return md
 
@@ -344,9 +353,10 @@ def test_the_checks_catch_rot(tmp_path):
     rel = str(md)
     commands, stray = doc_commands([md])
     assert [(c[1], c[2]) for c in commands] == [(3, 'prepare_faces'), (4, 'main_pretrain'), (6, 'main_pretrain'),
-                                                (8, 'main_finetune'), (10, 'main_finetune')]
+                                                (8, 'main_finetune'), (10, 'main_finetune'), (17, 'predict')]
     assert commands[3][3][1] == 'runs/a/checkpoint-last.pth'           # $D substituted
-    assert len(stray) == 1 and stray[0].startswith(f'{rel}:14: a command in a ```(untagged) block')
+    assert len(stray) == 2 and stray[0].startswith(f'{rel}:14: a command in a ```(untagged) block')
+    assert stray[1].startswith(f"{rel}:17: placeholder '<ckpt>' in a command")
     problems, parsed = check_parse(commands)
     assert len(problems) == 2, problems
     assert problems[0].startswith(f'{rel}:4: main_pretrain.py rejects') and '--epochs' in problems[0]
