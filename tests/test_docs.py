@@ -39,7 +39,7 @@ REDIRECTS = {'>', '>>', '<', '>&', '&>', '2>'}
 ASSIGNMENT = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*=')
 VARIABLE = re.compile(r'\$\{(\w+)\}|\$(\w+)')
 COMMAND_LINE = re.compile(r'^\s*(?:[A-Z_]+=\S+\s+)*(?:python3?|torchrun)\s')
-PLACEHOLDER = re.compile(r'<[A-Za-z][\w .-]*>|\[--?\w')   # <file>, [--json FILE]: not a command one can paste
+PLACEHOLDER = re.compile(r'<[A-Za-z][\w .-]*>|\[--?\w[^\]]*\]')   # <file>, [--json FILE]: not a command one can paste
 
 # flags whose value is a file or folder the command reads
 READ_FLAGS = ('data_path', 'resume', 'init_from', 'finetune', 'decoder', 'train_manifest', 'val_manifest',
