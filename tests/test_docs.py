@@ -54,7 +54,8 @@ def _prepare_writes(ns):
         return [f'{ns.output}/{name}_{ns.split or "all"}.csv']
     if ns.dataset == 'deepfakebench':                   # datasets named by DeepfakeBench's JSON files
         return [f'{ns.output}/*.csv']
-    return [f'{ns.output}/{d}_*.csv' for d in (ns.dataset, 'dfd') if d == ns.dataset or ns.dataset == 'ffpp']
+    datasets = [ns.dataset] + (['dfd'] if ns.dataset == 'ffpp' else [])    # FF++ also holds DFD's test set
+    return [f'{ns.output}/{d}_*.csv' for d in datasets]
 
 
 def _pretrain_writes(ns):
