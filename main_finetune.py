@@ -528,7 +528,7 @@ def main(args):
         if improved:
             best_auc, best_epoch = val['auc'], epoch
         stats.update(best_val_auc=best_auc, best_epoch=best_epoch)
-        if args.changed_flags and epoch == args.start_epoch:      # --allow_changed_flags: on record
+        if getattr(args, 'changed_flags', None) and epoch == args.start_epoch:     # --allow_changed_flags: on record
             stats['changed_flags'] = args.changed_flags
         save_epoch(args, model_without_ddp, optimizer, epoch, scaler, improved, detector=meta, best_val_auc=best_auc,
                    best_epoch=best_epoch, val=val, log_stats=stats)        # log_stats: see checkpoint.complete_log

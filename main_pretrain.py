@@ -241,7 +241,7 @@ def main(args):
             sampler.set_epoch(epoch)
         stats = train_one_epoch(model, loader, optimizer, device, epoch, amp_dtype, scaler, log_writer, args)
         stats['epoch'] = epoch
-        if args.changed_flags and epoch == args.start_epoch:      # --allow_changed_flags: on record
+        if getattr(args, 'changed_flags', None) and epoch == args.start_epoch:     # --allow_changed_flags: on record
             stats['changed_flags'] = args.changed_flags
         # the epoch's log line travels in the checkpoint too (see checkpoint.complete_log)
         names = [checkpoint.LAST] + ([f'checkpoint-{epoch}.pth'] if (epoch + 1) % args.save_freq == 0
