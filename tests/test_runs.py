@@ -242,7 +242,7 @@ def test_eval_prints_the_table_before_writing_and_checks_the_folder_first(micro,
     full_disk(monkeypatch)                                     # the folder fills up during the evaluation
     msg = one_line(main_finetune.main, main_finetune.get_args_parser().parse_args([str(a) for a in ev + [
         '--output_dir', tmp_path / 'eval']]))
-    assert msg.startswith('main_finetune.py: error: no space left on ') and 'eval.json' in msg
+    assert msg.startswith('main_finetune.py: error: no space left on ') and f'while writing {tmp_path / "eval"}/' in msg
     printed = capsys.readouterr().out
     assert 'runs_test' in printed and 'auc' in printed         # the results were printed first
 
