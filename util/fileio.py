@@ -10,6 +10,7 @@ Every failure is one line naming the file (WriteError), with the mount point whe
 """
 import errno
 import os
+import socket
 from pathlib import Path
 
 
@@ -105,11 +106,11 @@ def output_dir_problem(folder):
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         return f'cannot write to {folder}: it is a file, not a folder'
-    probe = folder / f'.write_probe{os.getpid()}'
+    probe = folder / f'.write_probe-{socket.gethostname()}-{os.getpid()}'     # unique on a shared file system
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b'')
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as e:
         return f'cannot write to {folder} ({e.strerror or e})'
     return None
