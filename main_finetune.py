@@ -462,10 +462,8 @@ def main(args):
     model.to(device)
     model_without_ddp = model
     sampler, loader = train_loader(train_samples, args)
-    if args.accum_iter > len(loader):
-        raise error(f'--accum_iter {args.accum_iter} exceeds the {len(loader)} steps of an epoch ({len(loader.dataset)} '
-                    f'images / {args.batch_size} x {misc.get_world_size()} processes): the effective batch would '
-                    f'never happen; use at most {len(loader)}')
+    if problem := misc.accum_problem(args, loader):
+        raise error(problem)
     val_loader = eval_loader(val_samples, args.input_size, model.mean, model.std, args) if val_samples else None
 
     eff_batch = args.batch_size * args.accum_iter * misc.get_world_size()

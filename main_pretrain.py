@@ -191,10 +191,8 @@ def build_loader(args, samples):
     loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
                         pin_memory=args.pin_mem and str(args.device).startswith('cuda'), drop_last=True,
                         persistent_workers=args.num_workers > 0)
-    if args.accum_iter > len(loader):
-        raise error(f'--accum_iter {args.accum_iter} exceeds the {len(loader)} steps of an epoch '
-                    f'({len(dataset)} images / {args.batch_size} x {misc.get_world_size()} processes): '
-                    f'the effective batch would never happen; use at most {len(loader)}')
+    if problem := misc.accum_problem(args, loader):
+        raise error(problem)
     return dataset, sampler, loader
 
 

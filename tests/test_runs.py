@@ -6,7 +6,6 @@ Micro models on a few 32-px synthetic faces keep each run to seconds; the crash 
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -239,8 +239,9 @@ def check_resume_args(args, parser, hard=(), skip=(), harmless=(), derived=('lr'
     saved = args_of(ckpt)
     flags = [k for k in method_flags(parser, harmless) if k not in skip]
     changed = changed_flags(saved, args, flags, derived)
-    listed = lambda ks: ', '.join(f'{show_flag(k, changed[k][1])} (checkpoint: {show_flag(k, changed[k][0]).split(" ", 1)[1]})'  # noqa: E731
-                                  for k in ks)
+    def listed(keys):                                          # --mask_ratio 0.5 (checkpoint: 0.75), ...
+        return ', '.join(f'{show_flag(k, changed[k][1])} (checkpoint: {show_flag(k, changed[k][0]).split(" ", 1)[1]})'
+                         for k in keys)
     fixed = [k for k in changed if k in hard]
     if fixed:
         raise ValueError(f'{path} holds a model of another shape: {listed(fixed)}; use the checkpoint\'s '

@@ -110,6 +110,16 @@ def run_problem(args):
     return None
 
 
+def accum_problem(args, loader):
+    """Why --accum_iter cannot work with this training loader (more steps accumulated than an epoch has: the
+    effective batch and the lr scaled from it would never happen), or None."""
+    if args.accum_iter <= len(loader):
+        return None
+    return (f'--accum_iter {args.accum_iter} exceeds the {len(loader)} steps of an epoch ({len(loader.dataset)} '
+            f'images / {args.batch_size} x {get_world_size()} processes): the effective batch would never happen; '
+            f'use at most {len(loader)}')
+
+
 # ---------------------------------------------------------------------- distributed
 def init_distributed_mode(args):
     """Join a process group when the launcher (torchrun, or submitit through the same variables) asked.
