@@ -19,6 +19,7 @@ from tqdm import tqdm
 import util.lr_sched as lr_sched
 import util.misc as misc
 from util.datasets import normalize_batch
+from util.fileio import atomic_write, write_text
 from util.metrics import compute_metrics, roc_points
 
 LOSS_NAMES = ('loss', 'ce_loss', 'recon_loss', 'l1_real', 'l1_fake')
@@ -268,10 +269,10 @@ def save_roc_png(path, name, labels, scores, metrics):
            ylabel='true positive rate (fake caught)', title=f'ROC: {name}')
     ax.legend(loc='lower right', fontsize=8)
     fig.tight_layout()
-    tmp = Path(path).with_name(f'.{Path(path).name}.tmp.png')
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format='png'), mode='wb')
+    finally:
+        plt.close(fig)
     return True
 
 
@@ -286,15 +287,11 @@ def write_eval_report(results, output_dir, checkpoint=None, curves=None):
         if save_roc_png(png, name, labels, scores, results[name]):
             rocs[name] = png.name
     doc = dict(checkpoint=str(checkpoint) if checkpoint else None, sets=results, roc=rocs)
-    tmp = out / '.eval.json.tmp'
-    tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
-    tmp.replace(out / 'eval.json')
+    write_text(out / 'eval.json', json.dumps(doc, indent=2, default=_json_default))
     md = [f'# Evaluation of `{checkpoint}`' if checkpoint else '# Evaluation', '',
           format_table(results, markdown=True), '']
     md += [f'![ROC {n}]({f})' for n, f in rocs.items()]
-    tmp = out / '.eval.md.tmp'
-    tmp.write_text('\n'.join(md) + '\n')
-    tmp.replace(out / 'eval.md')
+    write_text(out / 'eval.md', '\n'.join(md) + '\n')
     return table
 
 

@@ -15,24 +15,30 @@ import argparse
 import datetime
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 import models_vit
+import util.checkpoint as checkpoint
 import util.misc as misc
-from engine_finetune import (BalancedSampler, ShardSampler, ce_criterion, evaluate_samples, train_one_epoch,
-                             uses_recon, write_eval_report)
+from engine_finetune import (BalancedSampler, ShardSampler, ce_criterion, evaluate_samples, format_table,
+                             train_one_epoch, uses_recon, write_eval_report)
 from util.datasets import FaceDataset, FaceTransform, NO_LABEL, Sample, read_manifest
+from util.fileio import WriteError, output_dir_problem
 from util.lr_decay import param_groups_lrd
+
+error = partial(misc.usage_error, 'main_finetune.py')     # raise error('--flag ...: what to do')
 
 
 def get_args_parser():
     parser = argparse.ArgumentParser('MIFAE fine-tuning (deepfake detection)', add_help=False)
     parser.add_argument('--batch_size', default=64, type=int, help='batch size per GPU (effective: batch_size * accum_iter * #gpus)')
-    parser.add_argument('--epochs', default=10, type=int)
-    parser.add_argument('--accum_iter', default=1, type=int, help='accumulate gradients over this many iterations')
+    t = parser.add_argument_group('training (--eval ignores these, and the model, optimizer and mixup groups)')
+    t.add_argument('--epochs', default=10, type=int)
+    t.add_argument('--accum_iter', default=1, type=int, help='accumulate gradients over this many iterations')
 
     g = parser.add_argument_group('model')
     g.add_argument('--model', default=None, type=str, metavar='MODEL',
@@ -74,13 +80,13 @@ def get_args_parser():
     g.add_argument('--mixup_mode', type=str, default='batch', choices=['batch', 'pair', 'elem'])
 
     g = parser.add_argument_group('data')
-    g.add_argument('--train_manifest', default='', help='labelled manifest CSV to train on (e.g. FF++ c23 train)')
-    g.add_argument('--val_manifest', default='', help='labelled manifest CSV (source domain) that picks the best checkpoint')
+    t.add_argument('--train_manifest', default='', help='labelled manifest CSV to train on (e.g. FF++ c23 train)')
+    t.add_argument('--val_manifest', default='', help='labelled manifest CSV (source domain) that picks the best checkpoint')
     g.add_argument('--test_manifests', nargs='+', default=[], help='manifest CSVs to evaluate (after training, or with --eval)')
-    g.add_argument('--balance', action='store_true', help='draw real and fake training faces equally often (default)')
-    g.add_argument('--no_balance', action='store_false', dest='balance')
+    t.add_argument('--balance', action='store_true', help='draw real and fake training faces equally often (default)')
+    t.add_argument('--no_balance', action='store_false', dest='balance')
     parser.set_defaults(balance=True)
-    g.add_argument('--min_crop_scale', default=0.5, type=float, help='RandomResizedCrop minimum area fraction')
+    t.add_argument('--min_crop_scale', default=0.5, type=float, help='RandomResizedCrop minimum area fraction')
     g.add_argument('--strict_data', action='store_true', help='missing or unreadable images are errors, not skipped')
     g.add_argument('--num_workers', default=10, type=int)
     g.add_argument('--pin_mem', action='store_true', help='pin CPU memory in DataLoader')
@@ -96,9 +102,12 @@ def get_args_parser():
 
 
 def check_args(args):
-    """Reject contradictory flags at start with a one-line reason."""
+    """Every start-up check, before any work: contradictory flags, the output folder, the manifests (test
+    sets in full: a bad one fails now, not after training) and the checkpoint to resume, each with a
+    one-line reason."""
     def fail(msg):
-        raise SystemExit(f'main_finetune.py: error: {msg}')
+        raise error(msg)
+    resuming = None
     if args.model is not None:
         try:
             models_vit.resolve_model_name(args.model)
@@ -125,6 +134,8 @@ def check_args(args):
         fail(f'--smoothing {args.smoothing} must lie in [0, 1)')
     if not 0 < args.min_crop_scale <= 1:
         fail(f'--min_crop_scale {args.min_crop_scale} must lie in (0, 1]')
+    if problem := misc.number_problem(args, ('recon_weight', 'recon_lambda'), ('threshold', 'drop', 'drop_path')):
+        fail(problem)
     if (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax) and args.batch_size % 2:
         fail(f'--mixup/--cutmix need an even --batch_size, got {args.batch_size}')
     if args.amp == 'fp16' and not str(args.device).startswith('cuda'):
@@ -139,11 +150,19 @@ def check_args(args):
             fail('--eval needs --test_manifests a.csv [b.csv ...]')
         if not Path(args.resume).is_file():
             fail(f'--resume {args.resume} does not exist')
+        if problem := misc.device_problem(args.device) or output_dir_problem(args.output_dir):
+            fail(problem if problem.startswith('--') else f'--output_dir {args.output_dir}: {problem}')
     else:
         if not args.train_manifest:
             fail('--train_manifest is required to train (or pass --eval to evaluate)')
         manifests += [args.train_manifest] + ([args.val_manifest] if args.val_manifest else [])
-        resuming = misc.find_resume_checkpoint(args)
+        if problem := misc.run_problem(args):
+            fail(problem)
+        try:
+            checkpoint.check_fresh_output(args)
+        except ValueError as e:
+            fail(str(e))
+        resuming = checkpoint.find_resume_checkpoint(args)
         if not args.finetune and not resuming:
             fail('--finetune <pre-training checkpoint> is required (unless resuming a fine-tuning run)')
         for flag in ('finetune', 'decoder', 'resume'):
@@ -154,13 +173,21 @@ def check_args(args):
             fail(f'manifest {m} does not exist')
         if not str(m).lower().endswith('.csv'):
             fail(f'{m}: a labelled manifest CSV is needed here (path,landmarks,label,video,dataset)')
+    for m in args.test_manifests:
+        read_labelled(m, videos=True)
+    if not args.eval and resuming:
+        resume_meta(resuming, args)                            # a fine-tuning checkpoint of this model shape
+        try:
+            checkpoint.check_resume_args(args, get_args_parser(), skip=RESUME_FLAGS, harmless=RESUME_HARMLESS)
+        except (FileNotFoundError, ValueError) as e:
+            fail(f'cannot resume: {e}')
 
 
 def check_trainable_blocks(args, model_name):
     depth = models_vit.depth_of(model_name)
     if not args.full_finetune and args.trainable_blocks > depth:
-        raise SystemExit(f'main_finetune.py: error: --trainable_blocks {args.trainable_blocks} exceeds the {depth} '
-                         f'blocks of {models_vit.resolve_model_name(model_name)} (all of them: --full_finetune)')
+        raise error(f'--trainable_blocks {args.trainable_blocks} exceeds the {depth} '
+                    f'blocks of {models_vit.resolve_model_name(model_name)} (all of them: --full_finetune)')
 
 
 # ---------------------------------------------------------------------- data
@@ -170,17 +197,17 @@ def read_labelled(manifest, videos=False):
     try:
         samples = read_manifest(manifest)
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f'main_finetune.py: error: {e}') from None
+        raise error(str(e)) from None
     unlabelled = [s.path for s in samples if s.label == NO_LABEL]
     if unlabelled:
-        raise SystemExit(f'main_finetune.py: error: {manifest}: {len(unlabelled)} row(s) have no label, '
-                         f'e.g. {unlabelled[0]} (stage 2 needs 0 = real / 1 = fake)')
+        raise error(f'{manifest}: {len(unlabelled)} row(s) have no label, '
+                    f'e.g. {unlabelled[0]} (stage 2 needs 0 = real / 1 = fake)')
     if videos:
         label_of = {}
         for s in samples:
             if label_of.setdefault(s.video, s.label) != s.label:
-                raise SystemExit(f'main_finetune.py: error: {manifest}: video {s.video!r} has both real and fake '
-                                 f'frames: the video column must be unique per video')
+                raise error(f'{manifest}: video {s.video!r} has both real and fake '
+                            f'frames: the video column must be unique per video')
     return samples
 
 
@@ -194,13 +221,13 @@ def load_labelled(manifest, strict=False, videos=False):
         msg = (f'{manifest}: {len(missing)} of {len(samples)} image file(s) missing, e.g. '
                f'{", ".join(missing[:3])}')
         if strict:
-            raise SystemExit(f'main_finetune.py: error: {msg} (--strict_data)')
+            raise error(f'{msg} (--strict_data)')
         if misc.is_main_process():
             print(f'[data] {msg}; continuing without them (--strict_data makes this an error)', flush=True)
         gone = set(missing)
         samples = [s for s in samples if s.path not in gone]
         if not samples:
-            raise SystemExit(f'main_finetune.py: error: {manifest}: none of its {len(missing)} image files exist')
+            raise error(f'{manifest}: none of its {len(missing)} image files exist')
     samples = [Sample(s.path, None, s.label, s.video, s.dataset) for s in samples]
     return samples, len(missing)
 
@@ -220,8 +247,8 @@ def train_loader(samples, args):
                                             normalize=False), strict=args.strict_data, require_label=True)
     world = misc.get_world_size()
     if len(ds) < args.batch_size * world:
-        raise SystemExit(f'main_finetune.py: error: --train_manifest {args.train_manifest}: {len(ds)} images are '
-                         f'fewer than one batch ({args.batch_size} x {world} processes)')
+        raise error(f'--train_manifest {args.train_manifest}: {len(ds)} images are '
+                    f'fewer than one batch ({args.batch_size} x {world} processes)')
     if args.balance:
         sampler = BalancedSampler([s.label for s in samples], len(ds), args.seed, misc.get_rank(), world)
     elif args.distributed:
@@ -233,8 +260,12 @@ def train_loader(samples, args):
                                persistent_workers=args.num_workers > 0)
 
 
-# ---------------------------------------------------------------------- model
+# ---------------------------------------------------------------------- checkpoints: what a resumed run may change
 RESUME_FLAGS = ('model', 'input_size', 'global_pool', 'full_finetune', 'trainable_blocks')   # shape model / optimizer
+# besides the run group's, flags a resumed run may change freely (--epochs: extending a run; --finetune and
+# --decoder: the weights come from the checkpoint); any other only with --allow_changed_flags
+RESUME_HARMLESS = ('epochs', 'finetune', 'decoder', 'test_manifests', 'num_workers', 'pin_mem', 'strict_data',
+                   'eval_batch_size', 'threshold')
 
 
 def resume_meta(path, args):
@@ -242,14 +273,14 @@ def resume_meta(path, args):
     the pre-training checkpoint, auto-resumed from a shared --output_dir) and naming each flag that differs
     from the checkpoint's run in what shapes the model or its optimizer."""
     try:
-        ckpt = misc.load_checkpoint(path, mmap=True)          # the metadata only: tensors stay on disk
+        ckpt = checkpoint.load(path, mmap=True)               # the metadata only: tensors stay on disk
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f'main_finetune.py: error: {e}') from None
+        raise error(str(e)) from None
     meta = ckpt.get('detector') if isinstance(ckpt, dict) else None
     how = '--resume' if args.resume else 'auto-resume (--output_dir)'
     if not isinstance(meta, dict):
-        raise SystemExit(f'main_finetune.py: error: {how} {path} is not a fine-tuning checkpoint (no "detector" '
-                         f'entry): pass the pre-training checkpoint as --finetune and choose a new --output_dir')
+        raise error(f'{how} {path} is not a fine-tuning checkpoint (no "detector" '
+                    f'entry): pass the pre-training checkpoint as --finetune and choose a new --output_dir')
     given = dict(model=args.model and models_vit.resolve_model_name(args.model), input_size=args.input_size,
                  global_pool=args.global_pool, full_finetune=args.full_finetune,
                  trainable_blocks=None if args.full_finetune else args.trainable_blocks)
@@ -258,33 +289,46 @@ def resume_meta(path, args):
               if given[k] is not None and k in meta and given[k] != meta[k]
               and not (k == 'trainable_blocks' and meta.get('full_finetune'))]
     if differ:
-        raise SystemExit(f'main_finetune.py: error: cannot {how} {path} with {", ".join(differ)}: use the '
-                         f'checkpoint\'s values, or another --output_dir / --no_auto_resume to start afresh')
+        raise error(f'cannot {how} {path} with {", ".join(differ)}: use the '
+                    f'checkpoint\'s values, or another --output_dir / --overwrite to start afresh')
     return meta
 
 
+def save_epoch(args, model_without_ddp, optimizer, epoch, scaler, improved, **extra):
+    """checkpoint-best.pth (when the epoch improved) and then checkpoint-last.pth: in this order a kill at any
+    instant leaves a checkpoint-last.pth whose best is on disk (see checkpoint.reconcile_best)."""
+    names = ([checkpoint.BEST] if improved else []) + [checkpoint.LAST]
+    try:
+        for name in names:
+            checkpoint.save_checkpoint(args.output_dir, name, model_without_ddp, optimizer, epoch, args, scaler,
+                                       **extra)
+    except WriteError as e:
+        raise error(str(e)) from None
+
+
+# ---------------------------------------------------------------------- model
 def build_model(args):
     """The detector from --finetune (a pre-training checkpoint), or an empty one to resume into.
     Sets args.model (from the checkpoints when not given) and args.norm_pix. -> (model, decoder_loaded)"""
-    resume = misc.find_resume_checkpoint(args)
+    resume = checkpoint.find_resume_checkpoint(args)
     meta = resume_meta(resume, args) if resume else None
     if args.model is None:
         src = meta.get('model') if meta else None
         if src is None and args.finetune:
             try:
-                src = misc.checkpoint_args(misc.load_checkpoint(args.finetune)).get('model')
+                src = checkpoint.args_of(checkpoint.load(args.finetune, mmap=True)).get('model')
             except (ValueError, FileNotFoundError) as e:
-                raise SystemExit(f'main_finetune.py: error: {e}') from None
+                raise error(str(e)) from None
         if src is None:
-            raise SystemExit('main_finetune.py: error: --model is needed: the checkpoint does not record its model')
+            raise error('--model is needed: the checkpoint does not record its model')
         args.model = src
     try:
         name = models_vit.resolve_model_name(args.model)
     except ValueError as e:
-        raise SystemExit(f'main_finetune.py: error: {e}') from None
+        raise error(str(e)) from None
     if args.input_size % models_vit.patch_size_of(name):
-        raise SystemExit(f'main_finetune.py: error: --input_size {args.input_size} is not divisible by the patch '
-                         f'size of {name}')
+        raise error(f'--input_size {args.input_size} is not divisible by the patch '
+                    f'size of {name}')
     check_trainable_blocks(args, name)
     make = lambda norm_pix: models_vit.MODELS[name](  # noqa: E731
         img_size=args.input_size, global_pool=args.global_pool, drop_rate=args.drop, drop_path_rate=args.drop_path,
@@ -295,11 +339,11 @@ def build_model(args):
         try:
             info = models_vit.load_pretrained(model, args.finetune, args.decoder or None, name)
         except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(f'main_finetune.py: error: {e}') from None
+            raise error(str(e)) from None
         decoder_loaded = info['decoder_loaded']
         if not decoder_loaded and args.recon != 'none':
-            raise SystemExit(f'main_finetune.py: error: {args.decoder or args.finetune} holds no spatial decoder '
-                             f'(an encoder-only MAE checkpoint?): pass --decoder <file with the decoder> or --recon none')
+            raise error(f'{args.decoder or args.finetune} holds no spatial decoder '
+                        f'(an encoder-only MAE checkpoint?): pass --decoder <file with the decoder> or --recon none')
         norm_pix = {'on': True, 'off': False}.get(args.recon_norm_pix, bool(info['norm_pix_loss']))
         model.norm_pix = norm_pix
     else:                                                      # resume: the checkpoint's meta decides
@@ -324,7 +368,7 @@ def trainable_summary(model):
 
 
 # ---------------------------------------------------------------------- evaluation on test sets
-def evaluate_sets(model, manifests, input_size, mean, std, device, amp_dtype, args, checkpoint=None):
+def evaluate_sets(model, manifests, input_size, mean, std, device, amp_dtype, args, ckpt_path=None):
     """Frame/video metrics per test manifest; table printed, eval.json / eval.md / ROC PNGs written (rank 0)."""
     results, curves, names = {}, {}, set()
     for m in manifests:
@@ -340,29 +384,30 @@ def evaluate_sets(model, manifests, input_size, mean, std, device, amp_dtype, ar
             metrics, labels, scores = evaluate_samples(model, samples, loader, device, amp_dtype, name=name,
                                                        quiet=args.quiet, threshold=args.threshold)
         except ValueError as e:                                # the metrics' own checks (video ids: checked up front)
-            raise SystemExit(f'main_finetune.py: error: {m}: {e}') from None
+            raise error(f'{m}: {e}') from None
         metrics.update(manifest=str(m), missing=missing)
         results[name], curves[name] = metrics, (labels, scores)
     if misc.is_main_process():
-        table = write_eval_report(results, args.output_dir, checkpoint, curves)
-        print(table, flush=True)
+        print(format_table(results), flush=True)              # first: a failing write loses no result
+        try:
+            write_eval_report(results, args.output_dir, ckpt_path, curves)
+        except WriteError as e:
+            raise error(str(e)) from None
         print(f'Wrote {Path(args.output_dir) / "eval.json"}, eval.md and ROC curves', flush=True)
     return results
 
 
-# flags --eval does not use: the checkpoint decides the model, and nothing trains
-EVAL_IGNORED = ('model', 'input_size', 'global_pool', 'drop_path', 'drop', 'finetune', 'decoder', 'trainable_blocks',
-                'full_finetune', 'recon', 'recon_weight', 'recon_lambda', 'recon_norm_pix', 'epochs', 'accum_iter',
-                'weight_decay', 'lr', 'blr', 'layer_decay', 'min_lr', 'warmup_epochs', 'clip_grad', 'smoothing',
-                'mixup', 'cutmix', 'cutmix_minmax', 'mixup_prob', 'mixup_switch_prob', 'mixup_mode',
-                'train_manifest', 'val_manifest', 'balance', 'min_crop_scale')
+# the argument groups --eval does not use: the checkpoint decides the model, and nothing trains
+EVAL_IGNORED_GROUPS = ('training', 'model', 'optimizer', 'mixup')
 
 
 def eval_ignored_flags(args):
-    """The EVAL_IGNORED flags given with a value other than their default, as they would be typed."""
+    """The flags of EVAL_IGNORED_GROUPS given with a value other than their default, as they would be typed."""
     parser = get_args_parser()
+    ignored = [a.dest for g in parser._action_groups if g.title.startswith(EVAL_IGNORED_GROUPS)
+               for a in g._group_actions]
     shown = []
-    for k in EVAL_IGNORED:
+    for k in dict.fromkeys(ignored):                           # --balance / --no_balance: one dest
         v = getattr(args, k)
         if v != parser.get_default(k):
             shown.append((f'--{k}' if v else f'--no_{k}') if isinstance(v, bool) else
@@ -374,7 +419,7 @@ def run_eval(args, device, amp_dtype):
     try:
         model, meta = models_vit.load_detector(args.resume, device)
     except ValueError as e:
-        raise SystemExit(f'main_finetune.py: error: {e}') from None
+        raise error(str(e)) from None
     if misc.is_main_process():
         ignored = eval_ignored_flags(args)
         if ignored:
@@ -384,15 +429,15 @@ def run_eval(args, device, amp_dtype):
               f'{" (global pool)" if meta.get("global_pool") else ""}')
     net = misc.maybe_compile(model, device, args.compile)
     return evaluate_sets(net, args.test_manifests, meta['input_size'], meta['mean'], meta['std'], device,
-                         amp_dtype, args, checkpoint=args.resume)
+                         amp_dtype, args, ckpt_path=args.resume)
 
 
 # ---------------------------------------------------------------------- main
 def main(args):
     check_args(args)
-    for m in args.test_manifests:                              # a bad test set fails now, not after training
-        read_labelled(m, videos=True)
     device = misc.setup_run(args)
+    if args.overwrite and not args.eval:
+        checkpoint.move_aside(args.output_dir)
     amp_dtype, scaler = misc.resolve_amp(args.amp, device)
     if args.eval:
         results = run_eval(args, device, amp_dtype)
@@ -405,18 +450,20 @@ def main(args):
     if len(classes) < 2:
         only = f'--train_manifest {args.train_manifest} holds {"fake" if 1 in classes else "real"} faces only'
         if args.balance:
-            raise SystemExit(f'main_finetune.py: error: {only}: --balance needs both classes '
-                             f'(--no_balance trains on it anyway)')
+            raise error(f'{only}: --balance needs both classes '
+                        f'(--no_balance trains on it anyway)')
         if misc.is_main_process():
             print(f'main_finetune.py: warning: {only}: the detector learns a single class', flush=True)
     val_samples = load_labelled(args.val_manifest, args.strict_data, videos=True)[0] if args.val_manifest else None
     if val_samples is not None and len({s.label for s in val_samples}) < 2:
-        raise SystemExit(f'main_finetune.py: error: --val_manifest {args.val_manifest} holds one class only: '
-                         f'its AUC is undefined, so it cannot pick the best checkpoint')
+        raise error(f'--val_manifest {args.val_manifest} holds one class only: '
+                    f'its AUC is undefined, so it cannot pick the best checkpoint')
     model, decoder_loaded = build_model(args)
     model.to(device)
     model_without_ddp = model
     sampler, loader = train_loader(train_samples, args)
+    if problem := misc.accum_problem(args, loader):
+        raise error(problem)
     val_loader = eval_loader(val_samples, args.input_size, model.mean, model.std, args) if val_samples else None
 
     eff_batch = args.batch_size * args.accum_iter * misc.get_world_size()
@@ -424,8 +471,11 @@ def main(args):
         args.lr = args.blr * eff_batch / 256
     groups = param_groups_lrd(model_without_ddp, args.weight_decay, layer_decay=args.layer_decay)
     optimizer = misc.make_adamw(groups, lr=args.lr, betas=(0.9, 0.999), device=device)
-    ckpt = misc.resume_training(args, model_without_ddp, optimizer, scaler)
-    best_auc = ckpt.get('best_val_auc') if ckpt else None
+    try:
+        ckpt = checkpoint.resume_training(args, model_without_ddp, optimizer, scaler)
+    except (FileNotFoundError, ValueError) as e:
+        raise error(f'cannot resume: {e}') from None
+    best_auc, best_epoch = checkpoint.reconcile_best(args.output_dir, ckpt) if ckpt else (None, None)
 
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
@@ -474,34 +524,31 @@ def main(args):
                 log_writer.add_scalar('val_auc', val['auc'], epoch)
         improved = val is not None and val['auc'] is not None and (best_auc is None or val['auc'] > best_auc)
         if improved:
-            best_auc = val['auc']
-        stats['best_val_auc'] = best_auc
-        if args.output_dir:
-            extra = dict(detector=meta, best_val_auc=best_auc, val=val, log_stats=stats)   # log_stats: see misc.complete_log
-            misc.save_checkpoint(args.output_dir, 'checkpoint-last.pth', model_without_ddp, optimizer, epoch,
-                                 args, scaler, **extra)
-            if improved:
-                misc.save_checkpoint(args.output_dir, 'checkpoint-best.pth', model_without_ddp, optimizer, epoch,
-                                     args, scaler, **extra)
+            best_auc, best_epoch = val['auc'], epoch
+        stats.update(best_val_auc=best_auc, best_epoch=best_epoch)
+        if getattr(args, 'changed_flags', None) and epoch == args.start_epoch:     # --allow_changed_flags: on record
+            stats['changed_flags'] = args.changed_flags
+        save_epoch(args, model_without_ddp, optimizer, epoch, scaler, improved, detector=meta, best_val_auc=best_auc,
+                   best_epoch=best_epoch, val=val, log_stats=stats)        # log_stats: see checkpoint.complete_log
         misc.log_epoch(args.output_dir, epoch, stats)
     if log_writer is not None:
         log_writer.close()
     if misc.is_main_process():
         print(f'Training time {datetime.timedelta(seconds=int(time.time() - start_time))}'
-              + (f'; best validation AUC {best_auc:.4f}' if best_auc is not None else ''))
+              + (f'; best validation AUC {best_auc:.4f} (epoch {best_epoch})' if best_auc is not None else ''))
 
-    result = dict(stats, best_val_auc=best_auc)
+    result = dict(stats, best_val_auc=best_auc, best_epoch=best_epoch)
     if args.test_manifests:
         best = Path(args.output_dir) / ('checkpoint-best.pth' if best_auc is not None else 'checkpoint-last.pth')
         if val_loader is not None and best_auc is None and misc.is_main_process():
             print('No epoch had a validation AUC (no readable validation frame): testing the last checkpoint')
         if args.distributed:
             torch.distributed.barrier()
-        model_without_ddp.load_state_dict(misc.load_checkpoint(best)['model'])
+        model_without_ddp.load_state_dict(checkpoint.load(best)['model'])
         if misc.is_main_process():
             print(f'Testing {best}')
         result['test'] = evaluate_sets(model_net, args.test_manifests, args.input_size, model_without_ddp.mean,
-                                       model_without_ddp.std, device, amp_dtype, args, checkpoint=best)
+                                       model_without_ddp.std, device, amp_dtype, args, ckpt_path=best)
     if args.distributed:
         torch.distributed.destroy_process_group()
     return result

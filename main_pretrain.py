@@ -7,19 +7,25 @@ Slurm:            python submitit_pretrain.py --nodes 8 ...   (same flags)
 import argparse
 import datetime
 import json
+import math
 import re
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 import models_mae
+import util.checkpoint as checkpoint
 import util.misc as misc
 from engine_pretrain import train_one_epoch
 from util.datasets import FaceDataset, FaceTransform, load_samples
+from util.fileio import WriteError
 from util.freq import max_radius
 from util.masking import num_masked
+
+error = partial(misc.usage_error, 'main_pretrain.py')     # raise error('--flag ...: what to do')
 
 
 def get_args_parser():
@@ -74,18 +80,26 @@ def patch_size_of(model_name):
     return int(m.group(1)) if m else 16
 
 
+# flags a resumed run may change freely besides the run group's (--epochs: extending a run); --model and
+# --input_size never (tensor shapes); any other flag only with --allow_changed_flags
+RESUME_HARMLESS = ('epochs', 'num_workers', 'pin_mem', 'strict_data')
+RESUME_SHAPE_FLAGS = ('model', 'input_size')
+
+
 def check_args(args):
-    """Reject contradictory flags at start with a one-line reason."""
+    """Every start-up check, before any work: contradictory flags, the run folder and the checkpoint to
+    resume (its method flags), each with a one-line reason."""
     def fail(msg):
-        raise SystemExit(f'main_pretrain.py: error: {msg}')
+        raise error(msg)
     if args.model not in models_mae.MODELS:
         fail(f'--model {args.model} is unknown; choose one of {", ".join(models_mae.MODELS)}')
     p = patch_size_of(args.model)
     if args.input_size % p:
         fail(f'--input_size {args.input_size} is not divisible by the patch size {p} of {args.model}')
     num_patches = (args.input_size // p) ** 2
-    if not 0 < num_masked(num_patches, args.mask_ratio) < num_patches:
-        fail(f'--mask_ratio {args.mask_ratio} removes {num_masked(num_patches, args.mask_ratio)} of the '
+    if not math.isfinite(args.mask_ratio) or not 0 < num_masked(num_patches, args.mask_ratio) < num_patches:
+        removed = num_masked(num_patches, args.mask_ratio) if math.isfinite(args.mask_ratio) else 'no number'
+        fail(f'--mask_ratio {args.mask_ratio} removes {removed} of the '
              f'{num_patches} patches; at least one must be removed and one stay visible')
     limit = max_radius(args.input_size, args.input_size)
     if args.mask_radius is not None and not 0 < args.mask_radius <= limit:
@@ -106,6 +120,16 @@ def check_args(args):
         fail(f'--data_path {args.data_path} does not exist')
     if args.amp == 'fp16' and not str(args.device).startswith('cuda'):
         fail('--amp fp16 needs a CUDA device (use bf16 or none on CPU)')
+    if problem := misc.run_problem(args):
+        fail(problem)
+    try:
+        checkpoint.check_fresh_output(args)
+    except ValueError as e:
+        fail(str(e))
+    try:
+        checkpoint.check_resume_args(args, get_args_parser(), hard=RESUME_SHAPE_FLAGS, harmless=RESUME_HARMLESS)
+    except (FileNotFoundError, ValueError) as e:
+        fail(f'cannot resume: {e}')
 
 
 def build_model(args):
@@ -117,18 +141,16 @@ def build_model(args):
 def init_from_checkpoint(model, path):
     """Initialise from an original MAE (encoder only or full) or a MIFAE checkpoint; report what is fresh."""
     try:
-        ckpt = misc.load_checkpoint(path)
+        state = checkpoint.state_dict_of(checkpoint.load(path))
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f'main_pretrain.py: error: --init_from {e}') from e
-    state = ckpt.get('model', ckpt)
+        raise error(f'--init_from {e}' if str(path) in str(e) else f'--init_from {path}: {e}') from None
     own = model.state_dict()
     # fixed sin-cos embeddings: the file's (the positions its weights learnt with), rebuilt for another grid
     fixed = {k for k in ('pos_embed', 'decoder_pos_embed') if k in state and state[k].shape != own[k].shape}
-    mismatched = [f'{k}: {tuple(v.shape)} in file, {tuple(own[k].shape)} here' for k, v in state.items()
-                  if k in own and k not in fixed and v.shape != own[k].shape]
+    mismatched = checkpoint.shape_mismatches(state, own, [k for k in state if k in own and k not in fixed],
+                                             target='this model')
     if mismatched:
-        raise SystemExit(f'{path}: {len(mismatched)} tensor(s) differ in shape, e.g. {mismatched[0]} '
-                         f'(is --model right?)')
+        raise error(checkpoint.shape_report(path, mismatched, f'{type(model).__name__} (is --model right?)'))
     state = {k: v for k, v in state.items() if k in own and k not in fixed}
     missing = sorted(set(own) - set(state) - {'pos_embed', 'decoder_pos_embed'})
     model.load_state_dict(state, strict=False)
@@ -141,7 +163,7 @@ def real_samples(args):
     try:
         samples = load_samples(args.data_path)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f'main_pretrain.py: error: --data_path {e}') from e
+        raise error(f'--data_path {e}') from None
     fakes = sum(s.label == 1 for s in samples)
     if fakes and not args.include_fakes:
         samples = [s for s in samples if s.label != 1]
@@ -149,7 +171,7 @@ def real_samples(args):
             print(f'{args.data_path}: {fakes} faces labelled fake left out (pre-training learns real faces; '
                   f'--include_fakes keeps them), {len(samples)} remain')
         if not samples:
-            raise SystemExit(f'main_pretrain.py: error: --data_path {args.data_path} holds only faces labelled fake')
+            raise error(f'--data_path {args.data_path} holds only faces labelled fake')
     return samples
 
 
@@ -159,8 +181,8 @@ def build_loader(args, samples):
                           mask_strategy=args.mask_strategy, patch_size=patch_size_of(args.model),
                           mask_ratio=args.mask_ratio, num_regions=args.num_mask_regions, strict=args.strict_data)
     if len(dataset) < args.batch_size * misc.get_world_size():
-        raise SystemExit(f'--data_path {args.data_path}: {len(dataset)} images are fewer than one batch '
-                         f'({args.batch_size} x {misc.get_world_size()} processes)')
+        raise error(f'--data_path {args.data_path}: {len(dataset)} images are fewer than one batch '
+                    f'({args.batch_size} x {misc.get_world_size()} processes)')
     if args.distributed:
         sampler = DistributedSampler(dataset, num_replicas=misc.get_world_size(), rank=misc.get_rank(),
                                      shuffle=True, seed=args.seed)
@@ -169,12 +191,16 @@ def build_loader(args, samples):
     loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
                         pin_memory=args.pin_mem and str(args.device).startswith('cuda'), drop_last=True,
                         persistent_workers=args.num_workers > 0)
+    if problem := misc.accum_problem(args, loader):
+        raise error(problem)
     return dataset, sampler, loader
 
 
 def main(args):
     check_args(args)
     device = misc.setup_run(args)
+    if args.overwrite:
+        checkpoint.move_aside(args.output_dir)
 
     samples = real_samples(args)
     dataset, sampler, loader = build_loader(args, samples)
@@ -191,9 +217,9 @@ def main(args):
                                 lr=args.lr, betas=(0.9, 0.95), device=device)
     amp_dtype, scaler = misc.resolve_amp(args.amp, device)
     try:
-        misc.resume_training(args, model_without_ddp, optimizer, scaler, must_match=('model', 'input_size'))
+        checkpoint.resume_training(args, model_without_ddp, optimizer, scaler)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f'main_pretrain.py: error: cannot resume: {e}') from e
+        raise error(f'cannot resume: {e}') from None
 
     if args.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == 'cuda' else None)
@@ -213,12 +239,17 @@ def main(args):
             sampler.set_epoch(epoch)
         stats = train_one_epoch(model, loader, optimizer, device, epoch, amp_dtype, scaler, log_writer, args)
         stats['epoch'] = epoch
-        if args.output_dir:     # the epoch's log line travels in the checkpoint too (see misc.complete_log)
-            misc.save_checkpoint(args.output_dir, 'checkpoint-last.pth', model_without_ddp, optimizer, epoch, args,
-                                 scaler, log_stats=stats)
-            if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.epochs:
-                misc.save_checkpoint(args.output_dir, f'checkpoint-{epoch}.pth', model_without_ddp, optimizer,
-                                     epoch, args, scaler, log_stats=stats)
+        if getattr(args, 'changed_flags', None) and epoch == args.start_epoch:     # --allow_changed_flags: on record
+            stats['changed_flags'] = args.changed_flags
+        # the epoch's log line travels in the checkpoint too (see checkpoint.complete_log)
+        names = [checkpoint.LAST] + ([f'checkpoint-{epoch}.pth'] if (epoch + 1) % args.save_freq == 0
+                                     or epoch + 1 == args.epochs else [])
+        try:
+            for name in names:
+                checkpoint.save_checkpoint(args.output_dir, name, model_without_ddp, optimizer, epoch, args, scaler,
+                                           log_stats=stats)
+        except WriteError as e:
+            raise error(str(e)) from None
         misc.log_epoch(args.output_dir, epoch, stats)
     if log_writer is not None:
         log_writer.close()

@@ -17,7 +17,7 @@ import torch.nn as nn
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
-import util.misc as misc
+import util.checkpoint as checkpoint
 from models_mae import ARCHS, _factory
 from models_mae import MaskedImageFrequencyAutoencoder as _MIFAE
 from util.datasets import IMAGENET_MEAN, IMAGENET_STD, denormalize
@@ -213,28 +213,6 @@ def depth_of(name):
 
 
 # ---------------------------------------------------------------------- loading
-def checkpoint_state(ckpt):
-    """The state dict inside a checkpoint ({'model': ...} as MAE/MIFAE/this code write it, or bare)."""
-    state = ckpt.get('model', ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError('holds no state dict of tensors')
-    return state
-
-
-def recorded_norm_pix(ckpt):
-    """Whether the decoder in `ckpt` learnt per-patch normalised pixels: a fine-tuning checkpoint's
-    detector.norm_pix, else the pre-training run's norm_pix_loss; None when it records neither."""
-    meta = ckpt.get('detector') if isinstance(ckpt, dict) else None
-    if isinstance(meta, dict) and 'norm_pix' in meta:
-        return bool(meta['norm_pix'])
-    return misc.checkpoint_args(ckpt).get('norm_pix_loss')
-
-
-def _shape_report(path, mismatched, what):
-    shown = '; '.join(mismatched[:4]) + (f'; ... ({len(mismatched) - 4} more)' if len(mismatched) > 4 else '')
-    return f'{path}: {len(mismatched)} tensor(s) differ in shape from {what}: {shown}'
-
-
 def load_pretrained(model, path, decoder_path=None, model_name='the model'):
     """Initialise encoder and frozen decoder from a pre-training checkpoint (MIFAE or original MAE).
 
@@ -246,8 +224,8 @@ def load_pretrained(model, path, decoder_path=None, model_name='the model'):
     """
     def read(p):
         try:
-            ckpt = misc.load_checkpoint(p)
-            return ckpt, checkpoint_state(ckpt)
+            ckpt = checkpoint.load(p)
+            return ckpt, checkpoint.state_dict_of(ckpt)
         except ValueError as e:
             raise ValueError(f'{p}: {e}' if str(p) not in str(e) else str(e)) from None
 
@@ -277,13 +255,11 @@ def load_pretrained(model, path, decoder_path=None, model_name='the model'):
     dec_keys = [k for k in own if k.startswith(DECODER_PREFIXES)]
     decoder_loaded = all(k in dec_state for k in dec_keys)
 
-    mismatched = [f'{k}: {tuple(state[k].shape)} in file, {tuple(own[k].shape)} in {model_name}'
-                  for k in load_keys if tuple(state[k].shape) != tuple(own[k].shape)]
+    mismatched = checkpoint.shape_mismatches(state, own, load_keys, target=model_name)
     if decoder_loaded:
-        mismatched += [f'{k}: {tuple(dec_state[k].shape)} in {dec_src}, {tuple(own[k].shape)} in {model_name}'
-                       for k in dec_keys if tuple(dec_state[k].shape) != tuple(own[k].shape)]
+        mismatched += checkpoint.shape_mismatches(dec_state, own, dec_keys, source=dec_src, target=model_name)
     if mismatched:
-        raise ValueError(_shape_report(path, mismatched, f'{model_name} (is --model right?)'))
+        raise ValueError(checkpoint.shape_report(path, mismatched, f'{model_name} (is --model right?)'))
 
     new = {k: state[k] for k in load_keys}
     if decoder_loaded:
@@ -294,7 +270,8 @@ def load_pretrained(model, path, decoder_path=None, model_name='the model'):
     fresh = sorted({k.split('.')[0] for k in own if k not in new and k != 'decoder_pos_embed'})
     print(f'Initialised from {path}{f" (decoder from {decoder_path})" if decoder_path else ""}: '
           f'{len(new)} tensors loaded; fresh: {", ".join(fresh) or "none"}')
-    return dict(decoder_loaded=decoder_loaded, norm_pix_loss=recorded_norm_pix(dec_ckpt), args=misc.checkpoint_args(ckpt))
+    return dict(decoder_loaded=decoder_loaded, norm_pix_loss=checkpoint.norm_pix_of(dec_ckpt),
+                args=checkpoint.args_of(ckpt))
 
 
 def detector_meta(model, model_name, **extra):
@@ -317,20 +294,22 @@ def load_detector(path, device='cpu'):
     """Rebuild a fine-tuned detector from its checkpoint alone. -> (model in eval mode on `device`, meta)
 
     ValueError naming the file when it is not a fine-tuning checkpoint or its tensors do not fit."""
-    ckpt = misc.load_checkpoint(path)
-    meta = ckpt.get('detector') if isinstance(ckpt, dict) else None
+    ckpt = checkpoint.load(path)
+    meta = ckpt.get('detector')
     if not isinstance(meta, dict):
         hint = ''
-        if 'mask_ratio' in misc.checkpoint_args(ckpt):
+        if 'mask_ratio' in checkpoint.args_of(ckpt):
             hint = ' It is a pre-training checkpoint: fine-tune it first with main_finetune.py --finetune.'
         raise ValueError(f'{path}: not a fine-tuning checkpoint of main_finetune.py (no "detector" entry).{hint}')
     model = build_detector(meta)
-    state = checkpoint_state(ckpt)
+    try:
+        state = checkpoint.state_dict_of(ckpt)
+    except ValueError as e:
+        raise ValueError(f'{path}: {e}') from None
     own = model.state_dict()
-    mismatched = [f'{k}: {tuple(v.shape)} in file, {tuple(own[k].shape)} in {meta["model"]}'
-                  for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    mismatched = checkpoint.shape_mismatches(state, own, target=meta['model'])
     if mismatched:
-        raise ValueError(_shape_report(path, mismatched, meta['model']))
+        raise ValueError(checkpoint.shape_report(path, mismatched, meta['model']))
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         raise ValueError(f'{path}: state dict does not fit {meta["model"]}: missing {missing[:3]}, '

@@ -13,9 +13,9 @@ A file without a face, an unreadable image or video: said so, and the next file 
 """
 import argparse
 import json
-import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -26,7 +26,9 @@ import models_vit
 import util.misc as misc
 from util import faces as face_utils
 from util.datasets import FaceTransform
+from util.fileio import WriteError, output_dir_problem, write_text
 
+error = partial(misc.usage_error, 'predict.py')      # raise error('--flag ...: what to do')
 CROP_SIZE = 256          # faces are cropped at prepare_faces.py's default size, then resized like training data
 
 
@@ -224,35 +226,25 @@ def unique_stem(path, used):
 def check_run(args):
     """Device and outputs, before any work: one-line errors. The output folders are created here."""
     def fail(msg):
-        raise SystemExit(f'predict.py: error: {msg}')
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        fail(f'--device {args.device}: {e}')
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        fail(f'--device {args.device}: no CUDA GPU is available here (use --device cpu)')
-    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
-        fail(f'--device {args.device}: only {torch.cuda.device_count()} CUDA GPU(s) here')
+        raise error(msg)
+    if problem := misc.device_problem(args.device) or misc.number_problem(args, unit_interval=('threshold',)):
+        fail(problem)
     if args.json and Path(args.json).is_dir():
         fail(f'--json {args.json} is a folder; name the JSON file')
     outputs = [('json', Path(args.json).parent)] if args.json else []
     outputs += [('heatmap', Path(args.heatmap))] if args.heatmap else []
     for flag, folder in outputs:
-        probe = folder / f'.predict_probe{os.getpid()}'
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b'')
-            probe.unlink()
-        except OSError as e:
-            fail(f'--{flag} {getattr(args, flag)}: cannot write to {folder} ({e.strerror or e})')
+        if problem := output_dir_problem(folder):
+            fail(f'--{flag} {getattr(args, flag)}: {problem}')
 
 
 def write_json(path, predictor, args, results, complete):
     doc = dict(checkpoint=str(args.checkpoint), model=predictor.meta['model'], threshold=args.threshold,
                complete=complete, results=results)
-    tmp = Path(path).with_name(f'.{Path(path).name}.tmp')
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
+    try:
+        write_text(path, json.dumps(doc, indent=2))
+    except WriteError as e:
+        raise error(f'--json {e}') from None
 
 
 JSON_EVERY_S = 60        # --json is rewritten at least this often during a run, and when it ends or is stopped
@@ -264,7 +256,7 @@ def run(args):
         predictor = Predictor(args.checkpoint, args.device, args.landmarker, args.weights_dir, args.margin,
                               args.batch_size, args.heatmap_max)
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f'predict.py: error: --checkpoint {e}') from None
+        raise error(f'--checkpoint {e}') from None
     heat = bool(args.heatmap)
     if heat and not predictor.meta.get('decoder', True):
         print(f'predict.py: note: {args.checkpoint} has no pre-trained decoder (fine-tuned with --recon none from '
@@ -292,7 +284,7 @@ def run(args):
                     try:
                         write_heatmaps(res, args.heatmap, unique_stem(path, used))
                     except OSError as e:
-                        raise SystemExit(f'predict.py: error: --heatmap {args.heatmap}: {e}') from None
+                        raise error(f'--heatmap {args.heatmap}: {e}') from None
             res.pop('_panels', None)
             res['seconds'] = round(time.time() - t, 3)
             results.append(res)

@@ -33,7 +33,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,6 +41,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from util import faces as F
+from util.fileio import atomic_write
 
 MANIFEST_COLUMNS = ['path', 'landmarks', 'label', 'video', 'dataset',
                     'method', 'split', 'compression', 'frame', 'source']
@@ -766,20 +766,9 @@ def _link_or_copy(src, dst):
 # ---------------------------------------------------------------------------------
 
 def write_atomic(path, write_fn):
-    """Write via a temp file in the same folder + os.replace: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', newline='') as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """util.fileio.atomic_write for text, creating the folder: never a half-written file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, write_fn)
 
 
 def write_csv(path, header, rows):

@@ -24,6 +24,7 @@ import sys
 import textwrap
 from argparse import Namespace
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +33,17 @@ import torch
 if __package__ in (None, ''):                      # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import util.checkpoint as checkpoint                                  # noqa: E402
 import util.misc as misc                                              # noqa: E402
 from util.datasets import (IMAGENET_MEAN, IMAGENET_STD, NO_LABEL, FaceTransform, Sample,  # noqa: E402
                            load_samples, read_image_rgb)
+from util.fileio import WriteError, atomic_write                    # noqa: E402
 from util.freq import filter_spectrum, log_magnitude_spectrum      # noqa: E402
 from util.landmarks import load_landmarks                          # noqa: E402
 from util.losses import to_gray                                    # noqa: E402
 from util.masking import REGION_NAMES, facial_region_mask, random_mask  # noqa: E402
 
+error = partial(misc.usage_error, 'visualize.py')      # raise error('--flag ...: what to do')
 FIGURE_FILES = {1: 'fig1_spatial_facial.png', 2: 'fig2_spatial_random.png', 3: 'fig3_frequency.png',
                 4: 'fig4_discrepancy.png'}
 MASK_FILL = 0.5                     # grey of removed patches in the masked-input panels (display space)
@@ -110,39 +114,42 @@ class GridFigure:
         buf = io.BytesIO()
         self.fig.savefig(buf, format='png', dpi=self.layout.dpi)   # no tight bbox: exactly layout.size
         buf.seek(0)
-        tmp = path.with_name(f'.{path.stem}.tmp.png')
-        Image.open(buf).convert('RGB').save(tmp, optimize=True)     # RGB: a third smaller than RGBA
-        tmp.replace(path)
-        return path
+        img = Image.open(buf).convert('RGB')                         # RGB: a third smaller than RGBA
+        try:
+            return atomic_write(path, lambda f: img.save(f, format='PNG', optimize=True), mode='wb')
+        except WriteError as e:
+            raise error(str(e)) from None
 
 
 # ---------------------------------------------------------------------- loading
 def _model_args(ckpt, path):
-    args = ckpt.get('args')
-    if not isinstance(args, dict) or 'model' not in args:
-        raise SystemExit(f'{path}: checkpoint has no training arguments (args.model); '
-                         f'is it a MIFAE pre-training checkpoint from main_pretrain.py?')
+    args = checkpoint.args_of(ckpt)
+    if 'model' not in args:
+        raise error(f'{path}: checkpoint has no training arguments (args.model); '
+                    f'is it a MIFAE pre-training checkpoint from main_pretrain.py?')
     return Namespace(**args)
 
 
 def load_pretrained(path, device='cpu'):
     """The MIFAE of a main_pretrain.py checkpoint, in eval mode, rebuilt from the arguments it carries."""
     import main_pretrain
-    ckpt = misc.load_checkpoint(path)
-    state = ckpt.get('model', ckpt)
+    try:
+        ckpt = checkpoint.load(path)
+        state = checkpoint.state_dict_of(ckpt)
+    except (FileNotFoundError, ValueError) as e:
+        raise error(str(e) if str(path) in str(e) else f'{path}: {e}') from None
     if any(k.startswith('head.') for k in state):
-        raise SystemExit(f'{path}: this is a fine-tuning (detector) checkpoint; figures 1-3 need a pre-training '
-                         f'checkpoint (pass this one as --detector)')
+        raise error(f'{path}: this is a fine-tuning (detector) checkpoint; figures 1-3 need a pre-training '
+                    f'checkpoint (pass this one as --detector)')
     args = _model_args(ckpt, path)
     model = main_pretrain.build_model(args)
     own = model.state_dict()
-    wrong = [f'{k}: {tuple(v.shape)} in file, {tuple(own[k].shape)} in {args.model}' for k, v in state.items()
-             if k in own and v.shape != own[k].shape]
+    wrong = checkpoint.shape_mismatches(state, own, target=args.model)
     missing = sorted(set(own) - set(state))
     if wrong or missing:
-        raise SystemExit(f'{path}: does not match {args.model} at input {args.input_size}: '
-                         + (f'{len(wrong)} shape(s) differ, e.g. {wrong[0]}' if wrong else
-                            f'{len(missing)} tensor(s) missing, e.g. {missing[0]}'))
+        raise error(f'{path}: does not match {args.model} at input {args.input_size}: '
+                    + (f'{len(wrong)} shape(s) differ, e.g. {wrong[0]}' if wrong else
+                       f'{len(missing)} tensor(s) missing, e.g. {missing[0]}'))
     model.load_state_dict(state, strict=False)
     return model.to(device).eval()
 
@@ -157,7 +164,7 @@ def image_samples(paths):
             lm = p.with_suffix('.npy')
             samples.append(Sample(str(p), str(lm) if lm.is_file() else None, NO_LABEL, p.stem, 'images'))
         else:
-            raise SystemExit(f'--images: {p} does not exist')
+            raise error(f'--images: {p} does not exist')
     return samples
 
 
@@ -384,10 +391,10 @@ def load_detector(path, device='cpu'):
     import models_vit                               # stage 2; imported here so figures 1-3 do not need it
     try:
         model, meta = models_vit.load_detector(path, device)
-    except ValueError as e:
-        raise SystemExit(f'--detector: {e}') from e
+    except (FileNotFoundError, ValueError) as e:
+        raise error(f'--detector {e}') from None
     if not meta.get('decoder', True):
-        raise SystemExit(f'--detector {path}: holds no pre-trained decoder (fine-tuned from an encoder-only '
+        raise error(f'--detector {path}: holds no pre-trained decoder (fine-tuned from an encoder-only '
                          f'checkpoint with --recon none), so figure 4 would show a random decoder\'s output')
     return model
 
@@ -435,7 +442,7 @@ def get_args_parser():
 
 def check_args(args):
     def fail(msg):
-        raise SystemExit(f'visualize.py: error: {msg}')
+        raise error(msg)
     want_pre = any(f in args.figures for f in (1, 2, 3))
     if want_pre and not args.checkpoint:
         fail('figures 1-3 need --checkpoint (a pre-training checkpoint); or choose --figures 4')

@@ -18,7 +18,7 @@ import models_mae
 import models_vit
 from engine_finetune import BalancedSampler, recon_labels_after_mixing, reconstruction_loss, uses_recon
 from util.datasets import FaceDataset, FaceTransform, Sample, read_manifest
-import util.misc as misc
+import util.checkpoint as checkpoint
 from util.lr_decay import param_groups_lrd
 from util.pos_embed import resize_pos_embed
 
@@ -311,8 +311,8 @@ def test_resume_continues_and_mixup_runs(finetune_tiny, pretrained_tiny, tmp_pat
     # shuffle, crops, mixup/cutmix draws continue from the checkpoint: the same as a run never stopped
     straight = main_finetune.main(ft_args(argv(2, tmp_path / 'straight')))
     assert straight['train_loss'] == second['train_loss']
-    a = misc.load_checkpoint(tmp_path / 'checkpoint-last.pth')['model']
-    b = misc.load_checkpoint(tmp_path / 'straight' / 'checkpoint-last.pth')['model']
+    a = checkpoint.load(tmp_path / 'checkpoint-last.pth')['model']
+    b = checkpoint.load(tmp_path / 'straight' / 'checkpoint-last.pth')['model']
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
@@ -523,7 +523,7 @@ def test_eval_notes_the_flags_it_ignores(finetune_tiny, tmp_path, capsys):
             '--global_pool', '--epochs', 3, '--no_balance', '--batch_size', 32]
     main_finetune.main(ft_args(argv))
     notes = [line for line in capsys.readouterr().out.splitlines() if 'note:' in line]
-    assert len(notes) == 1 and notes[0].endswith('ignoring --input_size 128, --global_pool, --epochs 3, --no_balance')
+    assert len(notes) == 1 and notes[0].endswith('ignoring --epochs 3, --no_balance, --input_size 128, --global_pool')
 
 
 def test_unreadable_validation_set_trains_and_tests_the_last_checkpoint(finetune_tiny, pretrained_tiny, tmp_path,

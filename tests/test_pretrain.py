@@ -15,6 +15,7 @@ import torch
 
 import main_pretrain
 import models_mae
+import util.checkpoint as checkpoint
 import util.misc as misc
 from conftest import ROOT, pretrain_args
 from engine_pretrain import NonFiniteLossError
@@ -54,14 +55,14 @@ def test_resume_continues_at_next_epoch_with_same_optimizer_state(synthetic_data
     data = small_manifest(synthetic_data, tmp_path)
     out = tmp_path / 'run'
     main_pretrain.main(pretrain_args(data, out, epochs=1, batch_size=8))
-    saved = misc.load_checkpoint(out / 'checkpoint-last.pth')
+    saved = checkpoint.load(out / 'checkpoint-last.pth')
     assert saved['epoch'] == 0
 
     # the state a resumed run starts from is exactly the saved one
     args = pretrain_args(data, out, epochs=2, batch_size=8)
     model = main_pretrain.build_model(args)
     opt = misc.make_adamw(misc.param_groups_weight_decay(model, 0.05), 1e-4, (0.9, 0.95), torch.device('cpu'))
-    misc.resume_training(args, model, opt)
+    checkpoint.resume_training(args, model, opt)
     assert args.start_epoch == 1
     for k, v in saved['optimizer']['state'].items():
         for name, t in v.items():
@@ -72,12 +73,12 @@ def test_resume_continues_at_next_epoch_with_same_optimizer_state(synthetic_data
     (out / 'log.txt').unlink()                   # as if interrupted between checkpoint and log line
     main_pretrain.main(pretrain_args(data, out, epochs=2, batch_size=8))      # auto-resume
     assert [e['epoch'] for e in read_log(out)] == [0, 1]
-    resumed = misc.load_checkpoint(out / 'checkpoint-last.pth')
+    resumed = checkpoint.load(out / 'checkpoint-last.pth')
     assert resumed['epoch'] == 1
 
     # the random streams (shuffle, crops, flips, masks) continue too: the same weights as a run never stopped
     main_pretrain.main(pretrain_args(data, tmp_path / 'straight', epochs=2, batch_size=8))
-    straight = misc.load_checkpoint(tmp_path / 'straight' / 'checkpoint-last.pth')
+    straight = checkpoint.load(tmp_path / 'straight' / 'checkpoint-last.pth')
     for k, v in straight['model'].items():
         assert torch.equal(resumed['model'][k], v), k
 
@@ -151,7 +152,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(synthetic_data, tmp_pat
     main_pretrain.main(pretrain_args(data, out, epochs=1, batch_size=8))
     digest = hashlib.sha256((out / 'checkpoint-last.pth').read_bytes()).hexdigest()
     with pytest.raises(NonFiniteLossError, match=r'non-finite loss at step 2 \(epoch 1, iteration 0\)'):
-        main_pretrain.main(pretrain_args(data, out, epochs=2, batch_size=8, lamda=float('nan')))
+        main_pretrain.main(pretrain_args(data, out, epochs=2, batch_size=8, lamda=float('nan'),
+                                         allow_changed_flags=True))     # a changed method flag, on purpose
     assert hashlib.sha256((out / 'checkpoint-last.pth').read_bytes()).hexdigest() == digest
 
 
@@ -290,18 +292,18 @@ def test_bad_paths_and_resume_mismatch_are_one_line(synthetic_data, tmp_path):
 
 def test_checkpoint_writes_are_atomic_and_clean_up(tmp_path):
     path = tmp_path / 'checkpoint-last.pth'
-    misc.atomic_torch_save({'epoch': 1}, path)
-    (tmp_path / '.checkpoint-last.pth.tmp999').write_bytes(b'left by a killed save')
-    misc.atomic_torch_save({'epoch': 2}, path)
+    checkpoint.save({'epoch': 1}, path)
+    (tmp_path / '.checkpoint-last.pth.tmp99999999').write_bytes(b'left by a killed save')
+    checkpoint.save({'epoch': 2}, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint-last.pth']
 
     class Unpicklable:
         def __reduce__(self):
             raise RuntimeError('cannot pickle')
     with pytest.raises(RuntimeError):
-        misc.atomic_torch_save({'epoch': 3, 'x': Unpicklable()}, path)
+        checkpoint.save({'epoch': 3, 'x': Unpicklable()}, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint-last.pth']
-    assert misc.load_checkpoint(path)['epoch'] == 2                     # the old file is untouched
+    assert checkpoint.load(path)['epoch'] == 2                     # the old file is untouched
 
 
 def test_resume_trims_the_log_and_prefers_the_newer_last_checkpoint(tmp_path, capsys):
@@ -311,18 +313,18 @@ def test_resume_trims_the_log_and_prefers_the_newer_last_checkpoint(tmp_path, ca
     opt = torch.optim.AdamW(model.parameters())
     args = argparse_namespace(output_dir=str(out), resume='', auto_resume=True, start_epoch=0)
     for epoch in range(4):
-        misc.save_checkpoint(out, 'checkpoint-last.pth', model, opt, epoch, args, log_stats={'epoch': epoch})
+        checkpoint.save_checkpoint(out, 'checkpoint-last.pth', model, opt, epoch, args, log_stats={'epoch': epoch})
         if epoch == 1:
-            misc.save_checkpoint(out, 'checkpoint-1.pth', model, opt, epoch, args, log_stats={'epoch': epoch})
+            checkpoint.save_checkpoint(out, 'checkpoint-1.pth', model, opt, epoch, args, log_stats={'epoch': epoch})
         misc.append_log(out, {'epoch': epoch})
     with open(out / 'log.txt', 'a') as f:
         f.write('{"epoch": 4, "loss"')                                   # cut short by a crash
     args.resume = str(out / 'checkpoint-1.pth')
-    assert misc.find_resume_checkpoint(args) == str(out / 'checkpoint-last.pth')   # epoch 3 beats epoch 1
+    assert checkpoint.find_resume_checkpoint(args) == str(out / 'checkpoint-last.pth')   # epoch 3 beats epoch 1
     assert 'is newer than --resume' in capsys.readouterr().out
     assert args.resume == str(out / 'checkpoint-last.pth')              # later calls agree without re-reading
     args.resume, args.auto_resume = str(out / 'checkpoint-1.pth'), False   # the explicit choice: back to epoch 1
-    misc.resume_training(args, model, opt)
+    checkpoint.resume_training(args, model, opt)
     assert args.start_epoch == 2
     assert [e['epoch'] for e in read_log(out)] == [0, 1]               # later epochs and the broken line gone
 

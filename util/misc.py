@@ -1,7 +1,9 @@
-"""Run plumbing shared by both stages: distributed set-up, mixed precision, checkpoints, logging."""
-import argparse
+"""Run plumbing shared by both stages: flags, one-line errors, distributed set-up, mixed precision, logging.
+
+Checkpoints and resuming: util/checkpoint.py."""
 import datetime
 import json
+import math
 import os
 import random
 from contextlib import nullcontext
@@ -10,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from util.fileio import output_dir_problem
 
 
 # ---------------------------------------------------------------------- flags shared by both entry points
@@ -27,6 +31,11 @@ def add_run_args(parser, output_help, resume_help):
     g.add_argument('--auto_resume', action='store_true', default=True,
                    help='resume from output_dir/checkpoint-last.pth when it exists (default)')
     g.add_argument('--no_auto_resume', action='store_false', dest='auto_resume')
+    g.add_argument('--overwrite', action='store_true',
+                   help='start afresh in an --output_dir that holds another run: its files are moved aside '
+                        '(into replaced-<date-time>/), never deleted')
+    g.add_argument('--allow_changed_flags', action='store_true',
+                   help='resume although method flags differ from the checkpoint\'s (noted in log.txt)')
     g.add_argument('--start_epoch', default=0, type=int, metavar='N')
     g.add_argument('--amp', default='auto', choices=['auto', 'bf16', 'fp16', 'none'],
                    help='autocast precision (auto: bf16 on CUDA, fp32 on CPU)')
@@ -43,6 +52,72 @@ def add_run_args(parser, output_help, resume_help):
     d.add_argument('--dist_url', default='env://', help='rendezvous for init_process_group')
     d.add_argument('--dist_timeout', default=600, type=int, help='seconds to wait for the other processes')
     return g
+
+
+# ---------------------------------------------------------------------- one-line errors and start-up checks
+def usage_error(script, msg):
+    """The one-line exit of an entry point: `error = partial(usage_error, 'x.py')`, then `raise error('...')`."""
+    return SystemExit(f'{script}: error: {msg}')
+
+
+def device_problem(name):
+    """Why --device `name` cannot be used here, or None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        return f'--device {name}: {e}'
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        return f'--device {name}: no CUDA GPU is available here (use --device cpu)'
+    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
+        return f'--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here'
+    return None
+
+
+def number_problem(args, non_negative=(), unit_interval=()):
+    """The first flag of `non_negative` (finite, >= 0) or `unit_interval` ([0, 1]) whose value breaks its
+    rule (nan included), as one line; None when all hold. Flags left at None are not checked."""
+    for flag in non_negative:
+        v = getattr(args, flag)
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            return f'--{flag} {v} must be a finite number >= 0'
+    for flag in unit_interval:
+        v = getattr(args, flag)
+        if v is not None and not 0 <= v <= 1:
+            return f'--{flag} {v} must lie in [0, 1]'
+    return None
+
+
+def run_problem(args):
+    """The first problem with the run flags both training stages share, as one line, or None: the device,
+    --output_dir (a folder this run can write; '' would train and save nothing), --start_epoch, and the
+    optimizer's numbers."""
+    problem = device_problem(args.device)
+    if problem:
+        return problem
+    if not args.output_dir:
+        return "--output_dir '' would train and save nothing: name a folder for the checkpoints and log.txt"
+    problem = output_dir_problem(args.output_dir)
+    if problem:
+        return f'--output_dir {args.output_dir}: {problem}'
+    if not 0 <= args.start_epoch < args.epochs:
+        return (f'--start_epoch {args.start_epoch} is not in [0, --epochs {args.epochs}): nothing would train '
+                f'(resuming sets the start epoch by itself)')
+    problem = number_problem(args, ('lr', 'blr', 'min_lr', 'weight_decay', 'warmup_epochs'))
+    if problem:
+        return problem
+    if args.clip_grad is not None and not args.clip_grad > 0:
+        return f'--clip_grad {args.clip_grad} must be > 0 (leave it out for no clipping)'
+    return None
+
+
+def accum_problem(args, loader):
+    """Why --accum_iter cannot work with this training loader (more steps accumulated than an epoch has: the
+    effective batch and the lr scaled from it would never happen), or None."""
+    if args.accum_iter <= len(loader):
+        return None
+    return (f'--accum_iter {args.accum_iter} exceeds the {len(loader)} steps of an epoch ({len(loader.dataset)} '
+            f'images / {args.batch_size} x {get_world_size()} processes): the effective batch would never happen; '
+            f'use at most {len(loader)}')
 
 
 # ---------------------------------------------------------------------- distributed
@@ -267,151 +342,7 @@ class LossMeter:
         return dict(zip(self.names, all_reduce_mean(self.epoch_sums / max(self.n_epoch, 1)).tolist()))
 
 
-# ---------------------------------------------------------------------- checkpoints and logs
-def atomic_torch_save(obj, path):
-    """torch.save through a temporary file, fsync and a rename: a crash never leaves a half-written file.
-
-    A temporary file left by a killed earlier save of the same name (e.g. a pre-empted job) is removed.
-    """
-    path = Path(path)
-    for stale in path.parent.glob(f'.{path.name}.tmp*'):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def save_checkpoint(output_dir, name, model_without_ddp, optimizer, epoch, args, scaler=None, **extra):
-    """Write `output_dir/name` atomically (rank 0 writes; every rank calls it, for the random states)."""
-    rng = rng_states()
-    if not is_main_process():
-        return None
-    state = dict(model=model_without_ddp.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-                 scaler=scaler.state_dict() if scaler is not None else None, args=vars(args), rng=rng, **extra)
-    path = Path(output_dir) / name
-    atomic_torch_save(state, path)
-    return path
-
-
-def load_checkpoint(path, mmap=False):
-    """Load a checkpoint file on the CPU with a one-line error when it is missing or unreadable.
-    mmap: map the tensors instead of reading them (cheap when only the metadata is wanted)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'{path}: checkpoint not found')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=False, mmap=mmap)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})') from e
-
-
-def checkpoint_args(ckpt):
-    """The training arguments a checkpoint records, as a dict: MIFAE and this code save vars(args), the
-    original MAE the argparse.Namespace itself. {} when it records none."""
-    args = ckpt.get('args') if isinstance(ckpt, dict) else None
-    args = vars(args) if isinstance(args, argparse.Namespace) else args
-    return args if isinstance(args, dict) else {}
-
-
-def checkpoint_epoch(path):
-    """The epoch stored in a checkpoint, read without loading its tensors; None if unreadable."""
-    try:
-        return load_checkpoint(path, mmap=True).get('epoch')
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def find_resume_checkpoint(args):
-    """--resume PATH, or with --auto_resume the output folder's checkpoint-last.pth when it exists.
-
-    With both, checkpoint-last.pth wins when it holds a later epoch than PATH: re-running the same command
-    after an interruption continues instead of going back to PATH (args.resume then names it, so later
-    calls agree without reading the checkpoints again).
-    """
-    last = Path(args.output_dir) / 'checkpoint-last.pth' if args.output_dir else None
-    auto = getattr(args, 'auto_resume', False) and last is not None and last.is_file()
-    if args.resume and auto and Path(args.resume).resolve() != last.resolve() and Path(args.resume).is_file():
-        given, newer = checkpoint_epoch(args.resume), checkpoint_epoch(last)
-        if given is not None and newer is not None and newer > given:
-            print(f'{last} (epoch {newer}) is newer than --resume {args.resume} (epoch {given}): continuing from '
-                  f'it (--no_auto_resume to start from {args.resume})', flush=True)
-            args.resume = str(last)
-    if args.resume:
-        return args.resume
-    return str(last) if auto else None
-
-
-def resume_training(args, model_without_ddp, optimizer, scaler=None, must_match=()):
-    """Restore model, optimizer, scaler and epoch; training continues at the next epoch.
-
-    must_match: flags whose value must equal the checkpoint's (a one-line error names those that differ).
-    """
-    path = find_resume_checkpoint(args)
-    if not path:
-        return None
-    ckpt = load_checkpoint(path)
-    saved = checkpoint_args(ckpt)
-    differ = [f'--{k} {getattr(args, k)} (checkpoint: {saved[k]})' for k in must_match
-              if k in saved and saved[k] != getattr(args, k)]
-    if differ:
-        raise SystemExit(f'{path}: cannot resume with {", ".join(differ)}; use the checkpoint\'s values, '
-                         f'another --output_dir, or --no_auto_resume')
-    try:
-        model_without_ddp.load_state_dict(ckpt['model'])
-    except (KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SystemExit(f'{path}: does not fit this model ({first[:200]}); is it a checkpoint of this run?') from e
-    if 'optimizer' in ckpt and 'epoch' in ckpt and not getattr(args, 'eval', False):
-        optimizer.load_state_dict(ckpt['optimizer'])
-        args.start_epoch = ckpt['epoch'] + 1
-        if scaler is not None and ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
-        if ckpt.get('rng'):         # a resumed run draws the same shuffles, crops and masks as one never stopped
-            restore_rng_states(ckpt['rng'], path)
-    print(f'Resumed from {path} (epoch {ckpt.get("epoch")}); continuing at epoch {args.start_epoch}', flush=True)
-    if ckpt.get('log_stats') and args.output_dir:
-        complete_log(args.output_dir, ckpt['log_stats'])
-    return ckpt
-
-
-def complete_log(output_dir, stats):
-    """Make log.txt end at the resumed checkpoint's epoch.
-
-    Appends the checkpoint's epoch line if an interruption came between the two writes; drops lines of
-    later epochs (a resume from an older checkpoint repeats them) and lines that do not parse (a line cut
-    short by a crash). Rewritten atomically, rank 0 only.
-    """
-    log = Path(output_dir) / 'log.txt'
-    if not is_main_process():
-        return
-    lines, changed = [], False
-    for line in (log.read_text().splitlines() if log.is_file() else []):
-        try:
-            entry = json.loads(line)
-            epoch = entry.get('epoch')
-        except (json.JSONDecodeError, AttributeError):
-            changed = True
-            continue
-        if isinstance(epoch, int) and epoch > stats.get('epoch', epoch):
-            changed = True
-            continue
-        lines.append((epoch, line))
-    if stats.get('epoch') not in [e for e, _ in lines]:
-        lines.append((stats.get('epoch'), json.dumps(stats)))
-        changed = True
-    if changed:
-        tmp = log.with_name(f'.log.txt.tmp{os.getpid()}')
-        tmp.write_text(''.join(line + '\n' for _, line in lines))
-        os.replace(tmp, log)
-
-
+# ---------------------------------------------------------------------- logs
 def append_log(output_dir, stats):
     """One JSON line per epoch in output_dir/log.txt (rank 0 only)."""
     if output_dir and is_main_process():

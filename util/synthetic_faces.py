@@ -45,14 +45,13 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from util.fileio import atomic_write
 from util.landmarks import (INNER_FACE, INNER_LIPS, JAW, LEFT_BROW, LEFT_EYE, NOSE_BRIDGE, NOSTRILS,
                             OUTER_LIPS, RIGHT_BROW, RIGHT_EYE)
 
@@ -683,17 +682,11 @@ def make_fake(target: dict, source: dict, rng: np.random.Generator, size: int = 
 # Dataset writer
 # ---------------------------------------------------------------------------
 def _write_csv_atomic(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    def fill(f):
+        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write(path, fill)
 
 
 def _save_frame(img: np.ndarray, lm: np.ndarray, png: Path) -> None:
