@@ -42,8 +42,9 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from util import faces as F
+from util import formats
 
-MANIFEST_COLUMNS = ['path', 'landmarks', 'label', 'video', 'dataset',
+MANIFEST_COLUMNS = [*formats.MANIFEST_COLUMNS,        # the columns every stage reads, then this tool's
                     'method', 'split', 'compression', 'frame', 'source']
 PRESETS = ('folder', 'vggface2', 'ffpp', 'celebdf', 'dfdc', 'wilddeepfake', 'deepfakebench')
 FFPP_METHODS = ('Deepfakes', 'Face2Face', 'FaceSwap', 'NeuralTextures', 'FaceShifter')
@@ -378,7 +379,7 @@ def list_dfdc(args):
         entries = []    # (filename, label, split)
         if 'labels.csv' in filenames:
             found = True
-            with open(os.path.join(dirpath, 'labels.csv'), newline='') as f:
+            with open(os.path.join(dirpath, 'labels.csv'), newline='', encoding=formats.MANIFEST_ENCODING) as f:
                 reader = csv.DictReader(f)
                 if not reader.fieldnames or not {'filename', 'label'} <= set(reader.fieldnames):
                     raise LayoutError(f'{os.path.join(dirpath, "labels.csv")}: expected columns filename,label')
@@ -1077,4 +1078,10 @@ if __name__ == '__main__':
     except (ValueError, RuntimeError) as e:    # LayoutError, WeightsNotFoundError, bad options
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
-    sys.exit(130 if summary['interrupted'] else 0)
+    if summary['interrupted']:
+        sys.exit(130)
+    if summary['faces'] == 0:                   # every input failed: nothing for the next stage
+        print(f'error: no input of {args.input} gave a face ({summary["videos"]} videos, {summary["images"]} '
+              f'photos); the reasons are in {os.path.join(args.output, "failures.csv")}', file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)
