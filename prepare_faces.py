@@ -695,7 +695,8 @@ def _process_images(item, opts, landmarker, result):
             try:
                 img = _pad(F.load_image_rgb(e['path']), item.get('pad', 0.0))
             except ValueError as err:
-                result['failures'].append((e['path'], f'unreadable image ({err})'))
+                why = str(err).removeprefix(f'{e["path"]}: ')                # the row names the file already
+                result['failures'].append((e['path'], f'unreadable image ({why})'))
                 stats['frames_unreadable'] += 1
                 continue
             stats['images' if item['kind'] == 'images' else 'frames'] += 1
@@ -726,7 +727,8 @@ def _process_dfb(item, opts, landmarker, result):
         try:
             F.load_image_rgb(img_path)      # unreadable frames are failures, as elsewhere
         except ValueError as err:
-            result['failures'].append((img_path, f'unreadable image ({err})'))
+            why = str(err).removeprefix(f'{img_path}: ')                 # the row names the file already
+            result['failures'].append((img_path, f'unreadable image ({why})'))
             stats['frames_unreadable'] += 1
             continue
         stats['frames'] += 1

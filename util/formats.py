@@ -46,12 +46,16 @@ def read_image_rgb(path):
         raise ValueError(f'{path}: cannot read image file ({e.strerror or e})') from None
     if data.size == 0:
         raise ValueError(f'{path}: zero-byte image file')
+    level = cv2.utils.logging.getLogLevel()        # OpenCV's warnings do not name the file: this error does
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB)
     except cv2.error as e:
         if 'CV_IO_MAX_IMAGE_PIXELS' in str(e):
             raise ValueError(f'{path}: image larger than the decoder\'s limit of 2^30 pixels') from None
         raise ValueError(f'{path}: cannot decode image ({str(e).strip().splitlines()[-1]})') from None
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if img is None or img.size == 0:
         raise ValueError(f'{path}: cannot decode image (truncated, corrupt or not an image)')
     return img
