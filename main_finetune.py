@@ -24,7 +24,7 @@ import models_vit
 import util.misc as misc
 from engine_finetune import (BalancedSampler, ShardSampler, ce_criterion, evaluate_samples, train_one_epoch,
                              uses_recon, write_eval_report)
-from util.datasets import FaceDataset, FaceTransform, NO_LABEL, Sample, drop_duplicates, read_manifest
+from util.datasets import ExitOnDataError, FaceDataset, FaceTransform, NO_LABEL, Sample, drop_duplicates, read_manifest
 from util.lr_decay import param_groups_lrd
 
 
@@ -218,9 +218,10 @@ def eval_loader(samples, input_size, mean, std, args):
     ds = FaceDataset(samples, FaceTransform(input_size, train=False, mean=mean, std=std, normalize=False),
                      strict=args.strict_data, require_label=True, drop_unusable=True)   # uint8; normalised on the device
     sampler = ShardSampler(len(ds), misc.get_rank(), misc.get_world_size())
-    return DataLoader(ds, sampler=sampler, batch_size=args.eval_batch_size or 2 * args.batch_size,
-                      num_workers=args.num_workers, pin_memory=args.pin_mem and str(args.device).startswith('cuda'),
-                      drop_last=False)
+    return ExitOnDataError(DataLoader(ds, sampler=sampler, batch_size=args.eval_batch_size or 2 * args.batch_size,
+                                      num_workers=args.num_workers, drop_last=False,
+                                      pin_memory=args.pin_mem and str(args.device).startswith('cuda')),
+                           'main_finetune.py')
 
 
 def train_loader(samples, args):
@@ -228,8 +229,7 @@ def train_loader(samples, args):
         ds = FaceDataset(samples, FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0),
                                                 normalize=False), strict=args.strict_data, require_label=True)
     except ValueError as e:
-        raise SystemExit(f'main_finetune.py: error: --train_manifest {args.train_manifest}: {e}'
-                         f'{" (--strict_data)" if args.strict_data else ""}') from None
+        raise SystemExit(f'main_finetune.py: error: --train_manifest {args.train_manifest}: {e}') from None
     world = misc.get_world_size()
     if len(ds) < args.batch_size * world:
         raise SystemExit(f'main_finetune.py: error: --train_manifest {args.train_manifest}: {len(ds)} images are '
@@ -240,9 +240,10 @@ def train_loader(samples, args):
         sampler = DistributedSampler(ds, num_replicas=world, rank=misc.get_rank(), shuffle=True, seed=args.seed)
     else:
         sampler = RandomSampler(ds)
-    return sampler, DataLoader(ds, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
-                               pin_memory=args.pin_mem and str(args.device).startswith('cuda'), drop_last=True,
-                               persistent_workers=args.num_workers > 0)
+    return sampler, ExitOnDataError(DataLoader(ds, sampler=sampler, batch_size=args.batch_size,
+                                               num_workers=args.num_workers, drop_last=True,
+                                               pin_memory=args.pin_mem and str(args.device).startswith('cuda'),
+                                               persistent_workers=args.num_workers > 0), 'main_finetune.py')
 
 
 # ---------------------------------------------------------------------- model

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 import models_mae
 import util.misc as misc
 from engine_pretrain import train_one_epoch
-from util.datasets import FaceDataset, FaceTransform, drop_duplicates, load_samples
+from util.datasets import ExitOnDataError, FaceDataset, FaceTransform, drop_duplicates, load_samples
 from util.freq import max_radius
 from util.masking import num_masked
 
@@ -164,8 +164,7 @@ def build_loader(args, samples):
                               mask_strategy=args.mask_strategy, patch_size=patch_size_of(args.model),
                               mask_ratio=args.mask_ratio, num_regions=args.num_mask_regions, strict=args.strict_data)
     except ValueError as e:
-        raise SystemExit(f'main_pretrain.py: error: --data_path {args.data_path}: {e}'
-                         f'{" (--strict_data)" if args.strict_data else ""}') from None
+        raise SystemExit(f'main_pretrain.py: error: --data_path {args.data_path}: {e}') from None
     if len(dataset) < args.batch_size * misc.get_world_size():
         raise SystemExit(f'--data_path {args.data_path}: {len(dataset)} images are fewer than one batch '
                          f'({args.batch_size} x {misc.get_world_size()} processes)')
@@ -177,7 +176,7 @@ def build_loader(args, samples):
     loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
                         pin_memory=args.pin_mem and str(args.device).startswith('cuda'), drop_last=True,
                         persistent_workers=args.num_workers > 0)
-    return dataset, sampler, loader
+    return dataset, sampler, ExitOnDataError(loader, 'main_pretrain.py')
 
 
 def main(args):

@@ -156,6 +156,20 @@ def test_mostly_unusable_data_is_one_line_with_counts(corpus, tmp_path):
     assert str(corpus.root / 'cases') in msg
 
 
+def test_unusable_draws_in_a_row_end_in_one_line_from_a_worker(corpus):
+    from torch.utils.data import DataLoader
+
+    from util.datasets import ExitOnDataError
+    bad = [s for s in read_manifest(corpus.manifest) if s.path in corpus.bad_images]
+    ds = FaceDataset(bad, FaceTransform(32, normalize=False), probe=0)       # not checked when built
+    loader = ExitOnDataError(DataLoader(ds, batch_size=2, num_workers=1), 'main_pretrain.py')
+    with pytest.raises(SystemExit) as err:
+        next(iter(loader))
+    msg = str(err.value.code)
+    assert msg.startswith('main_pretrain.py: error: 51 unusable samples drawn in a row, the last ')
+    assert msg.endswith('most of the data set is unusable') and '\n' not in msg
+
+
 # ---------------------------------------------------------------------- fine-tuning and evaluation
 @pytest.fixture(scope='module')
 def finetuned(corpus, pretrained, tmp_path_factory):
@@ -258,3 +272,16 @@ def test_prepare_faces_exits_nonzero_when_every_input_failed(corpus, tmp_path):
     assert last.startswith(f'error: no input of {inp} gave a face (0 videos, 0 photos); the reasons are in ')
     with open(tmp_path / 'out' / 'failures.csv', newline='') as f:
         assert [r['reason'].split(' (')[0] for r in csv.DictReader(f)] == ['unreadable image'] * 3
+
+
+def test_eval_strict_data_is_one_line_naming_the_file(corpus, finetuned, tmp_path):
+    manifest = corpus.root / 'strict.csv'                        # paths are relative to the manifest
+    write_manifest(manifest, [r for r in corpus.rows if 'absent' not in r['path']])
+    argv = ['--eval', '--resume', str(finetuned[0] / 'checkpoint-best.pth'), '--test_manifests', str(manifest),
+            '--output_dir', str(tmp_path / 'eval'), '--strict_data', '--num_workers', '1', '--device', 'cpu',
+            '--quiet']
+    with pytest.raises(SystemExit) as err:                       # raised in a worker process, one line here
+        main_finetune.main(main_finetune.get_args_parser().parse_args(argv))
+    msg = str(err.value.code)
+    assert msg.startswith('main_finetune.py: error: ') and msg.endswith(' (--strict_data)') and '\n' not in msg
+    assert any(msg.startswith(f'main_finetune.py: error: {p}: ') for p in corpus.bad_images)

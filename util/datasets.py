@@ -198,14 +198,35 @@ def denormalize(x, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 
 
 # ---------------------------------------------------------------------- dataset
-class UnusableDataError(ValueError):
-    """Most of a data set is unusable. One line: raised again in the main process by a DataLoader, the
-    message it is rebuilt from (which carries the worker's traceback) is cut back to the original line."""
+class DataError(ValueError):
+    """Data that must stop the run: most of a data set unusable, or with `strict` one unusable sample.
+    One line: raised again in the main process by a DataLoader, the message it is rebuilt from (which carries
+    the worker's traceback) is cut back to the original line."""
 
     def __init__(self, msg):
         if 'Traceback' in msg:
             msg = msg.rstrip().splitlines()[-1].split(f'{type(self).__name__}: ', 1)[-1]
         super().__init__(msg)
+
+
+class ExitOnDataError:
+    """A DataLoader whose DataError (from any worker) ends the program with one line `<prog>: error: <msg>`
+    instead of a stack trace; everything else is the loader's."""
+
+    def __init__(self, loader, prog):
+        self.loader, self.prog = loader, prog
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        try:
+            yield from self.loader
+        except DataError as e:
+            raise SystemExit(f'{self.prog}: error: {e}') from None
 
 
 class FaceDataset(Dataset):
@@ -218,10 +239,11 @@ class FaceDataset(Dataset):
     reported once (naming the file) and, for training, replaced by another sample and counted. With
     `drop_unusable` (evaluation) it is never replaced: its item keeps its index, holds a black image and
     `unusable` True, for the caller to drop and count (every item then has `unusable`). With `strict`
-    an unusable sample is an error naming the file. Landmarks mostly outside their image are read as none
+    an unusable sample is a DataError naming the file. Landmarks mostly outside their image are read as none
     (random masking; counted by has_landmarks False, like a sample without landmarks).
-    A training set (not `drop_unusable`) is probed when built: UnusableDataError, one line with the counts and
-    the first few files, when at least half of `probe` evenly spaced samples are unusable.
+    A training set (not `drop_unusable`) is probed when built: DataError, one line with the counts and the
+    first few files, when at least half of `probe` evenly spaced samples are unusable. Every DataError is one
+    line; ExitOnDataError makes a loader end the program with it.
     """
 
     def __init__(self, samples, transform, mask_strategy=None, patch_size=16, mask_ratio=0.75,
@@ -241,7 +263,8 @@ class FaceDataset(Dataset):
             self.check_usable(probe)
 
     def check_usable(self, num):
-        """Read `num` evenly spaced samples; UnusableDataError when at least half of them are unusable."""
+        """Read `num` evenly spaced samples; DataError when at least half of them are unusable (with `strict`,
+        when one is)."""
         picks = sorted(set(np.linspace(0, len(self.samples) - 1, min(num, len(self.samples))).round().astype(int)))
         bad = []
         for i in picks:
@@ -249,10 +272,10 @@ class FaceDataset(Dataset):
                 self._read(self.samples[i])
             except ValueError as e:
                 if self.strict:
-                    raise
+                    raise DataError(f'{e} (--strict_data)') from None
                 bad.append(str(e))
         if bad and 2 * len(bad) >= len(picks):
-            raise UnusableDataError(f'{len(bad)} of {len(picks)} samples checked (evenly spaced over '
+            raise DataError(f'{len(bad)} of {len(picks)} samples checked (evenly spaced over '
                                     f'{len(self.samples)}) are unusable, e.g. {"; ".join(bad[:3])}')
 
     def __len__(self):
@@ -281,14 +304,14 @@ class FaceDataset(Dataset):
                 break
             except ValueError as e:
                 if self.strict:
-                    raise
+                    raise DataError(f'{e} (--strict_data)') from None
                 self._report_once(str(e))
                 if self.drop_unusable:
                     unusable, lm = True, None
                     break
                 replaced += 1
                 if replaced > 50:
-                    raise UnusableDataError(f'{replaced} unusable samples drawn in a row, the last {e}: most of '
+                    raise DataError(f'{replaced} unusable samples drawn in a row, the last {e}: most of '
                                             f'the data set is unusable') from None
                 idx = int(torch.randint(len(self.samples), (1,)).item())
         if unusable:
