@@ -7,7 +7,7 @@ preparation, pre-training, fine-tuning, evaluation, prediction and the figures c
 The file's bytes are decoded from memory (cv2.imdecode). That is what makes truncation visible: reading a
 file by name, libjpeg pads a stream that ends early with grey and only prints "Premature end of JPEG file"
 (without the path), whereas the memory decoder fails on a JPEG or PNG stream that ends before its end
-marker. It is also faster than imread + cvtColor (the decoder writes RGB directly). Corruption that keeps
+marker. It costs no more than imread + cvtColor (the decoder writes RGB directly). Corruption that keeps
 the stream's length and structure (flipped bits inside the entropy-coded data) is not detectable without a
 second decoder and is read as the decoder renders it.
 """
