@@ -220,6 +220,8 @@ class ExitOnDataError:
         return len(self.loader)
 
     def __getattr__(self, name):
+        if name == 'loader':                   # not yet set (unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
     def __iter__(self):
@@ -242,7 +244,7 @@ class FaceDataset(Dataset):
     an unusable sample is a DataError naming the file. Landmarks mostly outside their image are read as none
     (random masking; counted by has_landmarks False, like a sample without landmarks).
     A training set (not `drop_unusable`) is probed when built: DataError, one line with the counts and the
-    first few files, when at least half of `probe` evenly spaced samples are unusable. Every DataError is one
+    first few files, when more than half of `probe` evenly spaced samples are unusable. Every DataError is one
     line; ExitOnDataError makes a loader end the program with it.
     """
 
@@ -263,7 +265,7 @@ class FaceDataset(Dataset):
             self.check_usable(probe)
 
     def check_usable(self, num):
-        """Read `num` evenly spaced samples; DataError when at least half of them are unusable (with `strict`,
+        """Read `num` evenly spaced samples; DataError when more than half of them are unusable (with `strict`,
         when one is)."""
         picks = sorted(set(np.linspace(0, len(self.samples) - 1, min(num, len(self.samples))).round().astype(int)))
         bad = []
@@ -274,7 +276,7 @@ class FaceDataset(Dataset):
                 if self.strict:
                     raise DataError(f'{e} (--strict_data)') from None
                 bad.append(str(e))
-        if bad and 2 * len(bad) >= len(picks):
+        if 2 * len(bad) > len(picks):
             raise DataError(f'{len(bad)} of {len(picks)} samples checked (evenly spaced over '
                                     f'{len(self.samples)}) are unusable, e.g. {"; ".join(bad[:3])}')
 
