@@ -26,7 +26,8 @@ import util.checkpoint as checkpoint
 import util.misc as misc
 from engine_finetune import (BalancedSampler, ShardSampler, ce_criterion, evaluate_samples, format_table,
                              train_one_epoch, uses_recon, write_eval_report)
-from util.datasets import FaceDataset, FaceTransform, NO_LABEL, Sample, read_manifest
+from util.datasets import (ExitOnDataError, FaceDataset, FaceTransform, NO_LABEL, Sample, drop_duplicates,
+                           read_manifest)
 from util.fileio import WriteError, output_dir_problem
 from util.lr_decay import param_groups_lrd
 
@@ -211,11 +212,19 @@ def read_labelled(manifest, videos=False):
     return samples
 
 
-def load_labelled(manifest, strict=False, videos=False):
+def load_labelled(manifest, strict=False, videos=False, keep_repeats=False):
     """read_labelled's samples with image files that exist; landmarks are not needed in stage 2.
 
+    Rows that repeat an earlier row exactly are left out and counted (each image is scored once), or with
+    `keep_repeats` (training) kept and counted.
     Missing files: counted and listed (first few) and skipped, or an error with `strict`. -> (samples, missing)"""
     samples = read_labelled(manifest, videos)
+    unique, repeats = drop_duplicates(samples)
+    if repeats:
+        if misc.is_main_process():
+            print(f'[data] {manifest}: {repeats} rows repeat an earlier row exactly; '
+                  f'{"kept" if keep_repeats else "left out: each image is scored once"}', flush=True)
+        samples = samples if keep_repeats else unique
     missing = [s.path for s in samples if not Path(s.path).is_file()]
     if missing:
         msg = (f'{manifest}: {len(missing)} of {len(samples)} image file(s) missing, e.g. '
@@ -237,14 +246,18 @@ def eval_loader(samples, input_size, mean, std, args):
     ds = FaceDataset(samples, FaceTransform(input_size, train=False, mean=mean, std=std, normalize=False),
                      strict=args.strict_data, require_label=True, drop_unusable=True)   # uint8; normalised on the device
     sampler = ShardSampler(len(ds), misc.get_rank(), misc.get_world_size())
-    return DataLoader(ds, sampler=sampler, batch_size=args.eval_batch_size or 2 * args.batch_size,
-                      num_workers=args.num_workers, pin_memory=args.pin_mem and str(args.device).startswith('cuda'),
-                      drop_last=False)
+    return ExitOnDataError(DataLoader(ds, sampler=sampler, batch_size=args.eval_batch_size or 2 * args.batch_size,
+                                      num_workers=args.num_workers, drop_last=False,
+                                      pin_memory=args.pin_mem and str(args.device).startswith('cuda')),
+                           'main_finetune.py')
 
 
 def train_loader(samples, args):
-    ds = FaceDataset(samples, FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0),
-                                            normalize=False), strict=args.strict_data, require_label=True)
+    try:        # a mostly unusable set, or with --strict_data an unusable sample: one line naming files
+        ds = FaceDataset(samples, FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0),
+                                                normalize=False), strict=args.strict_data, require_label=True)
+    except ValueError as e:
+        raise error(f'--train_manifest {args.train_manifest}: {e}') from None
     world = misc.get_world_size()
     if len(ds) < args.batch_size * world:
         raise error(f'--train_manifest {args.train_manifest}: {len(ds)} images are '
@@ -255,9 +268,10 @@ def train_loader(samples, args):
         sampler = DistributedSampler(ds, num_replicas=world, rank=misc.get_rank(), shuffle=True, seed=args.seed)
     else:
         sampler = RandomSampler(ds)
-    return sampler, DataLoader(ds, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
-                               pin_memory=args.pin_mem and str(args.device).startswith('cuda'), drop_last=True,
-                               persistent_workers=args.num_workers > 0)
+    return sampler, ExitOnDataError(DataLoader(ds, sampler=sampler, batch_size=args.batch_size,
+                                               num_workers=args.num_workers, drop_last=True,
+                                               pin_memory=args.pin_mem and str(args.device).startswith('cuda'),
+                                               persistent_workers=args.num_workers > 0), 'main_finetune.py')
 
 
 # ---------------------------------------------------------------------- checkpoints: what a resumed run may change
@@ -445,7 +459,7 @@ def main(args):
             torch.distributed.destroy_process_group()
         return dict(test=results)
 
-    train_samples, _ = load_labelled(args.train_manifest, args.strict_data)
+    train_samples, _ = load_labelled(args.train_manifest, args.strict_data, keep_repeats=True)
     classes = {s.label for s in train_samples}
     if len(classes) < 2:
         only = f'--train_manifest {args.train_manifest} holds {"fake" if 1 in classes else "real"} faces only'

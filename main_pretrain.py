@@ -20,7 +20,7 @@ import models_mae
 import util.checkpoint as checkpoint
 import util.misc as misc
 from engine_pretrain import train_one_epoch
-from util.datasets import FaceDataset, FaceTransform, load_samples
+from util.datasets import ExitOnDataError, FaceDataset, FaceTransform, drop_duplicates, load_samples
 from util.fileio import WriteError
 from util.freq import max_radius
 from util.masking import num_masked
@@ -172,14 +172,21 @@ def real_samples(args):
                   f'--include_fakes keeps them), {len(samples)} remain')
         if not samples:
             raise error(f'--data_path {args.data_path} holds only faces labelled fake')
+    repeats = drop_duplicates(samples)[1]
+    if repeats and misc.is_main_process():
+        print(f'{args.data_path}: {repeats} rows repeat an earlier row exactly; kept (each is drawn as often as '
+              f'it is listed)')
     return samples
 
 
 def build_loader(args, samples):
     transform = FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0), normalize=False)
-    dataset = FaceDataset(samples, transform,
-                          mask_strategy=args.mask_strategy, patch_size=patch_size_of(args.model),
-                          mask_ratio=args.mask_ratio, num_regions=args.num_mask_regions, strict=args.strict_data)
+    try:        # a mostly unusable set, or with --strict_data an unusable sample: one line naming files
+        dataset = FaceDataset(samples, transform,
+                              mask_strategy=args.mask_strategy, patch_size=patch_size_of(args.model),
+                              mask_ratio=args.mask_ratio, num_regions=args.num_mask_regions, strict=args.strict_data)
+    except ValueError as e:
+        raise error(f'--data_path {args.data_path}: {e}') from None
     if len(dataset) < args.batch_size * misc.get_world_size():
         raise error(f'--data_path {args.data_path}: {len(dataset)} images are fewer than one batch '
                     f'({args.batch_size} x {misc.get_world_size()} processes)')
@@ -193,7 +200,7 @@ def build_loader(args, samples):
                         persistent_workers=args.num_workers > 0)
     if problem := misc.accum_problem(args, loader):
         raise error(problem)
-    return dataset, sampler, loader
+    return dataset, sampler, ExitOnDataError(loader, 'main_pretrain.py')
 
 
 def main(args):

@@ -21,6 +21,7 @@ import util.checkpoint as checkpoint
 from models_mae import ARCHS, _factory
 from models_mae import MaskedImageFrequencyAutoencoder as _MIFAE
 from util.datasets import IMAGENET_MEAN, IMAGENET_STD, denormalize
+from util.losses import denormalize_patches, normalize_patches
 from util.pos_embed import resize_pos_embed, sincos_pos_embed_2d
 
 DECODER_PREFIXES = ('decoder_embed.', 'decoder_blocks.', 'decoder_norm.', 'decoder_pred.')
@@ -166,19 +167,14 @@ class MIFAEDetector(nn.Module):
     def recon_target(self, imgs):
         """What the decoder's output is compared with: the input's patches (per-patch normalised with norm_pix)."""
         target = self.patchify(imgs.float())
-        if self.norm_pix:
-            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.e-6) ** .5
-        return target
+        return normalize_patches(target) if self.norm_pix else target
 
     def recon_images(self, imgs, pred):
         """Decoder output as an image in the input's normalised space ([N, C, H, W]); with norm_pix each
         patch is de-normalised with the input patch's own mean and variance."""
         pred = pred.float()
         if self.norm_pix:
-            target = self.patchify(imgs.float())
-            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-            pred = pred * (var + 1.e-6) ** .5 + mean
+            pred = denormalize_patches(pred, self.patchify(imgs.float()))
         return self.unpatchify(pred)
 
 

@@ -41,9 +41,10 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from util import faces as F
+from util import formats
 from util.fileio import atomic_write
 
-MANIFEST_COLUMNS = ['path', 'landmarks', 'label', 'video', 'dataset',
+MANIFEST_COLUMNS = [*formats.MANIFEST_COLUMNS,        # the columns every stage reads, then this tool's
                     'method', 'split', 'compression', 'frame', 'source']
 PRESETS = ('folder', 'vggface2', 'ffpp', 'celebdf', 'dfdc', 'wilddeepfake', 'deepfakebench')
 FFPP_METHODS = ('Deepfakes', 'Face2Face', 'FaceSwap', 'NeuralTextures', 'FaceShifter')
@@ -378,7 +379,7 @@ def list_dfdc(args):
         entries = []    # (filename, label, split)
         if 'labels.csv' in filenames:
             found = True
-            with open(os.path.join(dirpath, 'labels.csv'), newline='') as f:
+            with open(os.path.join(dirpath, 'labels.csv'), newline='', encoding=formats.MANIFEST_ENCODING) as f:
                 reader = csv.DictReader(f)
                 if not reader.fieldnames or not {'filename', 'label'} <= set(reader.fieldnames):
                     raise LayoutError(f'{os.path.join(dirpath, "labels.csv")}: expected columns filename,label')
@@ -694,7 +695,8 @@ def _process_images(item, opts, landmarker, result):
             try:
                 img = _pad(F.load_image_rgb(e['path']), item.get('pad', 0.0))
             except ValueError as err:
-                result['failures'].append((e['path'], f'unreadable image ({err})'))
+                why = str(err).removeprefix(f'{e["path"]}: ')                # the row names the file already
+                result['failures'].append((e['path'], f'unreadable image ({why})'))
                 stats['frames_unreadable'] += 1
                 continue
             stats['images' if item['kind'] == 'images' else 'frames'] += 1
@@ -725,7 +727,8 @@ def _process_dfb(item, opts, landmarker, result):
         try:
             F.load_image_rgb(img_path)      # unreadable frames are failures, as elsewhere
         except ValueError as err:
-            result['failures'].append((img_path, f'unreadable image ({err})'))
+            why = str(err).removeprefix(f'{img_path}: ')                 # the row names the file already
+            result['failures'].append((img_path, f'unreadable image ({why})'))
             stats['frames_unreadable'] += 1
             continue
         stats['frames'] += 1
@@ -1066,4 +1069,10 @@ if __name__ == '__main__':
     except (ValueError, RuntimeError) as e:    # LayoutError, WeightsNotFoundError, bad options
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
-    sys.exit(130 if summary['interrupted'] else 0)
+    if summary['interrupted']:
+        sys.exit(130)
+    if summary['faces'] == 0:                   # every input failed: nothing for the next stage
+        print(f'error: no input of {args.input} gave a face ({summary["videos"]} videos, {summary["images"]} '
+              f'photos); the reasons are in {os.path.join(args.output, "failures.csv")}', file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)

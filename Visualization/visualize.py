@@ -40,7 +40,7 @@ from util.datasets import (IMAGENET_MEAN, IMAGENET_STD, NO_LABEL, FaceTransform,
 from util.fileio import WriteError, atomic_write                    # noqa: E402
 from util.freq import filter_spectrum, log_magnitude_spectrum      # noqa: E402
 from util.landmarks import load_landmarks                          # noqa: E402
-from util.losses import to_gray                                    # noqa: E402
+from util.losses import denormalize_patches, to_gray                # noqa: E402
 from util.masking import REGION_NAMES, facial_region_mask, random_mask  # noqa: E402
 
 error = partial(misc.usage_error, 'visualize.py')      # raise error('--flag ...: what to do')
@@ -248,10 +248,7 @@ def unnormalize_pred(model, imgs, pred):
     own mean and variance back (the statistics masked_patch_mse normalised the target with)."""
     if not model.norm_pix_loss:
         return pred
-    target = model.patchify(imgs)                                       # [N, L, p*p*C]
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    return pred * (var + 1.e-6) ** .5 + mean
+    return denormalize_patches(pred, model.patchify(imgs))             # [N, L, p*p*C]
 
 
 @torch.no_grad()

@@ -122,9 +122,10 @@ def test_corrupt_image_is_replaced_and_counted_strict_is_error(synthetic_data, t
     stats = main_pretrain.main(pretrain_args(folder, tmp_path / 'o', epochs=1, batch_size=14))
     assert stats['unreadable_images'] >= 1
     assert stats['images_without_landmarks'] >= 1
-    assert 'corrupt.png: unreadable image' in capsys.readouterr().out
+    assert 'corrupt.png: cannot decode image' in capsys.readouterr().out
 
-    with pytest.raises(ValueError, match='corrupt.png: unreadable image'):
+    with pytest.raises(SystemExit, match=r'^main_pretrain.py: error: --data_path .*corrupt.png: cannot decode image '
+                                         r'.*\(--strict_data\)$'):
         main_pretrain.main(pretrain_args(folder, tmp_path / 'o2', epochs=1, batch_size=14, strict_data=True))
 
 
@@ -132,7 +133,8 @@ def test_corrupt_image_is_replaced_and_counted_strict_is_error(synthetic_data, t
 def test_bad_landmark_file_is_an_error_naming_it_when_strict(synthetic_data, tmp_path, bad):
     folder = folder_with_bad_files(tmp_path, synthetic_data)
     np.save(folder / '003.npy', bad)
-    ds = FaceDataset(main_pretrain.load_samples(folder), FaceTransform(64), mask_strategy='facial', strict=True)
+    ds = FaceDataset(main_pretrain.load_samples(folder), FaceTransform(64), mask_strategy='facial', strict=True,
+                     probe=0)                                    # the sample itself, not the check when built
     idx = [i for i, s in enumerate(ds.samples) if s.path.endswith('003.png')][0]
     with pytest.raises(ValueError, match=r'003\.npy'):
         ds[idx]

@@ -1,10 +1,11 @@
 """Face data: manifests and folders of face crops with landmarks, augmentation that moves the landmarks,
 and per-sample facial-region masks made in the DataLoader workers.
 
-A manifest is a CSV whose header starts `path,landmarks,label,video,dataset` (more columns allowed);
-paths are relative to the CSV; `landmarks` names a float32 [68, 2] .npy (empty = none); label 1 = fake,
-0 = real, empty = unknown. A folder is scanned recursively for images, each with an optional sidecar
-`<same stem>.npy` of landmarks.
+A manifest is a CSV whose header starts `path,landmarks,label,video,dataset` (util/formats.py: more columns
+allowed; a byte-order mark is read); paths are relative to the CSV; `landmarks` names a float32 [68, 2] .npy
+(empty = none); label 1 = fake, 0 = real, empty = unknown. A folder is scanned recursively for images, each
+with an optional sidecar `<same stem>.npy` of landmarks. Pixels are read by util/formats.read_image_rgb, the
+reader of every stage.
 """
 import csv
 import functools
@@ -18,11 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from util.landmarks import crop_resize_landmarks, hflip_landmarks, load_landmarks
+from util.formats import IMAGE_EXTENSIONS, MANIFEST_COLUMNS, MANIFEST_ENCODING, read_image_rgb  # noqa: F401
+from util.landmarks import NUM_LANDMARKS, crop_resize_landmarks, hflip_landmarks, load_landmarks
 from util.masking import facial_region_mask, random_mask
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
-MANIFEST_COLUMNS = ('path', 'landmarks', 'label', 'video', 'dataset')
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NO_LABEL = -1
@@ -47,22 +47,31 @@ def read_manifest(csv_path):
         raise FileNotFoundError(f'{csv_path}: manifest not found')
     root = csv_path.parent
     samples = []
-    with open(csv_path, newline='') as f:
+    with open(csv_path, newline='', encoding=MANIFEST_ENCODING) as f:
         reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        try:
+            fieldnames, rows = reader.fieldnames or [], list(reader)
+        except UnicodeDecodeError as e:
+            raise ValueError(f'{csv_path}: manifest is not UTF-8 text ({e.reason} at byte {e.start}); '
+                             f'save it as UTF-8') from None
+        except csv.Error as e:
+            raise ValueError(f'{csv_path}:{reader.line_num}: not a readable CSV file ({e})') from None
+        missing = [c for c in MANIFEST_COLUMNS if c not in fieldnames]
         if missing:
             raise ValueError(f'{csv_path}: manifest header lacks column(s) {", ".join(missing)}'
                              f' (expected {",".join(MANIFEST_COLUMNS)},...)')
-        for line, row in enumerate(reader, start=2):
+        for line, row in enumerate(rows, start=2):
             label = (row['label'] or '').strip()
             if label not in ('', '0', '1'):
                 raise ValueError(f'{csv_path}:{line}: label must be 0 (real), 1 (fake) or empty, got {label!r}')
-            lm = (row['landmarks'] or '').strip()
+            lm, path = (row['landmarks'] or '').strip(), (row['path'] or '').strip()
+            if not path:
+                raise ValueError(f'{csv_path}:{line}: the row has no path')
             samples.append(Sample(
-                path=str(root / row['path']),
+                path=str(root / path),
                 landmarks=str(root / lm) if lm else None,
                 label=int(label) if label else NO_LABEL,
-                video=row['video'] or row['path'],
+                video=row['video'] or path,
                 dataset=row['dataset'] or csv_path.stem))
     if not samples:
         raise ValueError(f'{csv_path}: manifest has no rows')
@@ -93,12 +102,19 @@ def load_samples(data_path):
     return read_manifest(data_path) if str(data_path).lower().endswith('.csv') else scan_folder(data_path)
 
 
-def read_image_rgb(path):
-    """uint8 RGB [H, W, 3]; grayscale, RGBA and 16-bit images are converted. ValueError when unreadable."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f'{path}: unreadable image')
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+def drop_duplicates(samples):
+    """Samples without exact repeats (same image, landmarks, label, video and dataset), first occurrence kept,
+    order unchanged. -> (samples, number of repeats left out)"""
+    unique = list(dict.fromkeys((s.path, s.landmarks, s.label, s.video, s.dataset) for s in samples))
+    return [Sample(*u) for u in unique], len(samples) - len(unique)
+
+
+def landmarks_in_image(landmarks, h, w):
+    """Whether at least half of the points lie inside the h x w image. Landmarks that do not (all at -1000,
+    or given in the pixels of another image) cannot guide masking and count as absent."""
+    x, y = landmarks[:, 0], landmarks[:, 1]
+    inside = (x > -0.5) & (x < w - 0.5) & (y > -0.5) & (y < h - 0.5)
+    return 2 * int(inside.sum()) >= NUM_LANDMARKS
 
 
 def hwc_to_chw(img):
@@ -182,6 +198,39 @@ def denormalize(x, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 
 
 # ---------------------------------------------------------------------- dataset
+class DataError(ValueError):
+    """Data that must stop the run: most of a data set unusable, or with `strict` one unusable sample.
+    One line: raised again in the main process by a DataLoader, the message it is rebuilt from (which carries
+    the worker's traceback) is cut back to the original line."""
+
+    def __init__(self, msg):
+        if 'Traceback' in msg:
+            msg = msg.rstrip().splitlines()[-1].split(f'{type(self).__name__}: ', 1)[-1]
+        super().__init__(msg)
+
+
+class ExitOnDataError:
+    """A DataLoader whose DataError (from any worker) ends the program with one line `<prog>: error: <msg>`
+    instead of a stack trace; everything else is the loader's."""
+
+    def __init__(self, loader, prog):
+        self.loader, self.prog = loader, prog
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        if name == 'loader':                   # not yet set (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        try:
+            yield from self.loader
+        except DataError as e:
+            raise SystemExit(f'{self.prog}: error: {e}') from None
+
+
 class FaceDataset(Dataset):
     """Face crops with landmarks, labels and (optionally) per-sample patch masks.
 
@@ -192,11 +241,15 @@ class FaceDataset(Dataset):
     reported once (naming the file) and, for training, replaced by another sample and counted. With
     `drop_unusable` (evaluation) it is never replaced: its item keeps its index, holds a black image and
     `unusable` True, for the caller to drop and count (every item then has `unusable`). With `strict`
-    an unusable sample is an error naming the file.
+    an unusable sample is a DataError naming the file. Landmarks mostly outside their image are read as none
+    (random masking; counted by has_landmarks False, like a sample without landmarks).
+    A training set (not `drop_unusable`) is probed when built: DataError, one line with the counts and the
+    first few files, when more than half of `probe` evenly spaced samples are unusable. Every DataError is one
+    line; ExitOnDataError makes a loader end the program with it.
     """
 
     def __init__(self, samples, transform, mask_strategy=None, patch_size=16, mask_ratio=0.75,
-                 num_regions=1, strict=False, require_label=False, drop_unusable=False):
+                 num_regions=1, strict=False, require_label=False, drop_unusable=False, probe=64):
         if mask_strategy not in (None, 'facial', 'random'):
             raise ValueError(f'unknown mask strategy {mask_strategy!r} (facial | random)')
         if require_label:
@@ -208,6 +261,24 @@ class FaceDataset(Dataset):
         self.mask_ratio, self.num_regions, self.strict = mask_ratio, num_regions, strict
         self.drop_unusable = drop_unusable
         self._reported = set()
+        if not drop_unusable and probe:
+            self.check_usable(probe)
+
+    def check_usable(self, num):
+        """Read `num` evenly spaced samples; DataError when more than half of them are unusable (with `strict`,
+        when one is)."""
+        picks = sorted(set(np.linspace(0, len(self.samples) - 1, min(num, len(self.samples))).round().astype(int)))
+        bad = []
+        for i in picks:
+            try:
+                self._read(self.samples[i])
+            except ValueError as e:
+                if self.strict:
+                    raise DataError(f'{e} (--strict_data)') from None
+                bad.append(str(e))
+        if 2 * len(bad) > len(picks):
+            raise DataError(f'{len(bad)} of {len(picks)} samples checked (evenly spaced over '
+                                    f'{len(self.samples)}) are unusable, e.g. {"; ".join(bad[:3])}')
 
     def __len__(self):
         return len(self.samples)
@@ -221,8 +292,10 @@ class FaceDataset(Dataset):
         """(RGB image, landmarks [68, 2] or None); ValueError naming the file when either is unusable.
         Landmarks are read only for masks (stage 1): a detector's frames never fail over their sidecar."""
         img = read_image_rgb(sample.path)
-        use_lm = sample.landmarks and self.mask_strategy is not None
-        return img, load_landmarks(sample.landmarks) if use_lm else None
+        if not (sample.landmarks and self.mask_strategy is not None):
+            return img, None
+        lm = load_landmarks(sample.landmarks)
+        return img, lm if landmarks_in_image(lm, *img.shape[:2]) else None
 
     def __getitem__(self, index):
         replaced, idx, unusable = 0, index, False
@@ -233,14 +306,15 @@ class FaceDataset(Dataset):
                 break
             except ValueError as e:
                 if self.strict:
-                    raise
+                    raise DataError(f'{e} (--strict_data)') from None
                 self._report_once(str(e))
                 if self.drop_unusable:
                     unusable, lm = True, None
                     break
                 replaced += 1
                 if replaced > 50:
-                    raise RuntimeError(f'more than 50 unusable samples in a row (last: {sample.path})') from e
+                    raise DataError(f'{replaced} unusable samples drawn in a row, the last {e}: most of '
+                                            f'the data set is unusable') from None
                 idx = int(torch.randint(len(self.samples), (1,)).item())
         if unusable:
             size = self.transform.size

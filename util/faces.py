@@ -33,9 +33,10 @@ import os
 import cv2
 import numpy as np
 
-NUM_LANDMARKS = 68
+from util.formats import IMAGE_EXTENSIONS, is_image_file  # noqa: F401 - the shared facts, defined once
+from util.formats import read_image_rgb as load_image_rgb  # noqa: F401 - the one image reader of every stage
+from util.landmarks import NUM_LANDMARKS  # noqa: F401
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv', '.flv')
 
 # Reasons why a frame/image yields no face (used in failures.csv).
@@ -48,10 +49,6 @@ DEFAULT_DET_MAX_SIDE = 640   # detection runs on a copy downscaled to this longe
 # one are not faces to choose from: dlib reports weak false positives (score ~0.03 beside a face
 # at ~1.5) that can be larger than the face. S3FD's scores (above its threshold 0.5) all pass.
 MIN_SCORE_FRACTION = 0.5
-
-
-def is_image_file(path):
-    return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
 def is_video_file(path):
@@ -78,25 +75,6 @@ def to_rgb_uint8(img):
     if img.shape[2] == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)   # alpha is dropped
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def load_image_rgb(path):
-    """Read an image file as RGB uint8 [H, W, 3].
-
-    Grayscale, RGBA (alpha dropped) and 16-bit images are converted; the EXIF
-    orientation is applied. Raises ``ValueError`` naming the file when it is
-    missing, empty (zero bytes) or cannot be decoded.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f'{path}: image file not found')
-    if os.path.getsize(path) == 0:
-        raise ValueError(f'{path}: zero-byte image file')
-    data = np.fromfile(path, dtype=np.uint8)   # also works for non-ASCII paths
-    img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    if img is None or img.size == 0:
-        raise ValueError(f'{path}: cannot decode image (corrupt, truncated or unsupported format)')
-    return to_rgb_uint8(img)
 
 
 def evenly_spaced_indices(total, num):

@@ -83,6 +83,8 @@ def load_landmarks(path):
             data = f.read(_LANDMARK_FILE_SIZE + 1)
         if len(data) == _LANDMARK_FILE_SIZE and data.startswith(_LANDMARK_HEADER):
             arr = np.frombuffer(bytearray(data), '<f4', offset=len(_LANDMARK_HEADER)).reshape(NUM_LANDMARKS, 2)
+        elif not data.startswith(b'\x93NUMPY'):
+            raise ValueError('empty file' if not data else 'not a .npy file')
         else:
             arr = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - any read failure is reported with the file name

@@ -10,6 +10,24 @@ def to_gray(imgs):
     return imgs[:, 0] * _GRAY[0] + imgs[:, 1] * _GRAY[1] + imgs[:, 2] * _GRAY[2]
 
 
+def patch_stats(patches):
+    """Per-patch mean and standard deviation of [..., p*p*C] patches -> (mean, std), each [..., 1].
+    std = sqrt(unbiased variance + 1e-6), MAE's norm_pix_loss: a flat patch is not divided by zero."""
+    return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + 1.e-6) ** .5
+
+
+def normalize_patches(patches):
+    """Each patch [..., p*p*C] by its own mean and std (patch_stats): the norm_pix_loss target."""
+    mean, std = patch_stats(patches)
+    return (patches - mean) / std
+
+
+def denormalize_patches(pred, patches):
+    """Predictions of normalize_patches(patches) back to the pixel space of `patches` (both [..., p*p*C])."""
+    mean, std = patch_stats(patches)
+    return pred * std + mean
+
+
 def masked_patch_mse(pred, target, mask, norm_pix_loss=False):
     """MAE reconstruction loss: per-patch mean squared error, averaged over the removed patches.
 
@@ -17,9 +35,7 @@ def masked_patch_mse(pred, target, mask, norm_pix_loss=False):
     With norm_pix_loss the target patches are normalised by their own mean and variance.
     """
     if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1.e-6) ** .5
+        target = normalize_patches(target)
     per_patch = ((pred.float() - target.float()) ** 2).mean(dim=-1)     # [N, L]
     m = mask.to(per_patch.dtype)
     return (per_patch * m).sum() / m.sum()

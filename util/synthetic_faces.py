@@ -51,11 +51,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from util import formats
 from util.fileio import atomic_write
 from util.landmarks import (INNER_FACE, INNER_LIPS, JAW, LEFT_BROW, LEFT_EYE, NOSE_BRIDGE, NOSTRILS,
                             OUTER_LIPS, RIGHT_BROW, RIGHT_EYE)
 
-MANIFEST_COLUMNS = ["path", "landmarks", "label", "video", "dataset", "identity", "split", "method"]
+MANIFEST_COLUMNS = [*formats.MANIFEST_COLUMNS, "identity", "split", "method"]   # the shared ones, then ours
 
 _SHIFT = 4                 # sub-pixel bits for cv2 drawing
 _ONE = float(1 << _SHIFT)
