@@ -19,6 +19,7 @@ import util.misc as misc
 from engine_pretrain import train_one_epoch
 from util.datasets import FaceDataset, FaceTransform, load_samples
 from util.freq import max_radius
+from util.losses import FREQ_LOSSES
 from util.masking import num_masked
 
 
@@ -41,7 +42,11 @@ def get_args_parser():
     g.add_argument('--mask_radius', '--radius', dest='mask_radius', default=None, type=float,
                    help='low-frequency disc radius in frequency bins (default 16 at 224 px, scaled with input_size)')
     g.add_argument('--lamda', default=1.0, type=float, help='weight of the frequency loss')
-    g.add_argument('--ffl_alpha', default=1.0, type=float, help='focal frequency loss exponent (0 = plain mean distance)')
+    g.add_argument('--freq_loss', default='reference', choices=list(FREQ_LOSSES),
+                   help="reference: the reference code's loss, mean of sqrt(|F(pred[c]) - F(grey)|^2 + 1e-7) over the "
+                        "masked bins and the RGB channels; ffl: Jiang et al.'s focal frequency loss of the grey prediction")
+    g.add_argument('--ffl_alpha', default=1.0, type=float,
+                   help='focal frequency loss exponent of --freq_loss ffl (0 = plain mean squared distance)')
 
     g = parser.add_argument_group('optimizer')
     g.add_argument('--weight_decay', type=float, default=0.05)
@@ -111,6 +116,7 @@ def check_args(args):
 def build_model(args):
     return models_mae.MODELS[args.model](img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
                                          mask_ratio=args.mask_ratio, mask_radius=args.mask_radius,
+                                         freq_loss=getattr(args, 'freq_loss', 'ffl'),   # runs before the flag: ffl
                                          ffl_alpha=args.ffl_alpha, lamda=args.lamda)
 
 

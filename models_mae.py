@@ -4,7 +4,8 @@ Spatial branch (facial-region-guided masking): the encoder sees the visible 25% 
 spatial decoder (MAE's, 8 x 512 for ViT-B) predicts the removed ones; MSE on removed patches.
 Frequency branch (high-frequency masking): the encoder -- same blocks, own cls token -- sees all
 patches of the low-pass image; a light frequency decoder predicts an image whose spectrum must match
-the original's in the masked high-frequency bins; focal frequency loss.
+the grey original's in the masked high-frequency bins (the reference code's loss, or Jiang et al.'s
+focal frequency loss with --freq_loss ffl).
 loss = spatial + lamda * frequency.
 
 Shapes are static throughout: a mask removes a fixed number of patches, visible tokens are picked with
@@ -18,7 +19,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from util.freq import filter_spectrum, low_pass_mask, max_radius
-from util.losses import focal_frequency_loss, masked_patch_mse, to_gray
+from util.losses import FREQ_LOSSES, masked_patch_mse, to_gray
 from util.masking import num_masked
 from util.pos_embed import sincos_pos_embed_2d
 
@@ -33,7 +34,8 @@ class MaskedImageFrequencyAutoencoder(nn.Module):
                  embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
                  mlp_ratio=4., norm_layer=partial(nn.LayerNorm, eps=1e-6),
-                 norm_pix_loss=False, mask_ratio=0.75, mask_radius=None, ffl_alpha=1.0, lamda=1.0):
+                 norm_pix_loss=False, mask_ratio=0.75, mask_radius=None, freq_loss='reference', ffl_alpha=1.0,
+                 lamda=1.0):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f'img_size {img_size} is not divisible by the patch size {patch_size}')
@@ -43,7 +45,9 @@ class MaskedImageFrequencyAutoencoder(nn.Module):
         if not 0 < self.mask_radius <= max_radius(img_size, img_size):
             raise ValueError(f'mask_radius {self.mask_radius} must lie in (0, {max_radius(img_size, img_size):.1f}]'
                              f' for a {img_size}x{img_size} spectrum')
-        self.ffl_alpha, self.lamda = ffl_alpha, lamda
+        if freq_loss not in FREQ_LOSSES:
+            raise ValueError(f'freq_loss {freq_loss!r} is unknown; choose one of {", ".join(FREQ_LOSSES)}')
+        self.freq_loss_name, self.ffl_alpha, self.lamda = freq_loss, ffl_alpha, lamda
 
         # ---- shared encoder
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -178,8 +182,9 @@ class MaskedImageFrequencyAutoencoder(nn.Module):
         return self.unpatchify(x)
 
     def frequency_loss(self, imgs, freq_pred):
-        """Focal frequency loss between grayscale spectra, over the masked (high-frequency) bins only."""
-        return focal_frequency_loss(to_gray(freq_pred), to_gray(imgs), self.freq_scored, self.ffl_alpha)
+        """The --freq_loss distance between the prediction's spectrum and the grey input's, over the masked
+        (high-frequency) bins only (util.losses.FREQ_LOSSES)."""
+        return FREQ_LOSSES[self.freq_loss_name](freq_pred, to_gray(imgs), self.freq_scored, self.ffl_alpha)
 
     # ------------------------------------------------------------------ both
     def forward(self, imgs, mask=None):

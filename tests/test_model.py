@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 import models_mae
+from util.losses import reference_frequency_loss, to_gray
 
 
 @pytest.mark.parametrize('name', ['mae_vit_tiny_patch16', 'mae_vit_small_patch16', 'mae_vit_base_patch16'])
@@ -93,9 +94,28 @@ def test_loss_is_zero_when_prediction_equals_target():
     model = models_mae.mae_vit_tiny_patch16(img_size=64)
     x = torch.randn(2, 3, 64, 64)
     model.forward_decoder = lambda latent, ids_restore=None: model.patchify(x)
-    model.forward_freq_decoder = lambda latent: x
-    loss, out = model(x, model.random_masks(2, 'cpu'))
-    assert float(out['spat_loss']) == 0.0 and float(out['freq_loss']) == 0.0 and float(loss) == 0.0
+    model.forward_freq_decoder = lambda latent: to_gray(x)[:, None].expand(-1, 3, -1, -1)
+    loss, out = model(x, model.random_masks(2, 'cpu'))     # the reference's loss: each channel against grey
+    assert float(out['spat_loss']) == 0.0 and float(out['freq_loss']) < 1e-3 and float(loss) < 1e-3
+    ffl = models_mae.mae_vit_tiny_patch16(img_size=64, freq_loss='ffl')
+    ffl.forward_decoder, ffl.forward_freq_decoder = model.forward_decoder, lambda latent: x
+    loss, out = ffl(x, model.random_masks(2, 'cpu'))
+    assert float(out['freq_loss']) == 0.0 and float(loss) == 0.0
+
+
+def test_default_objective_is_the_reference_codes():
+    """No method flag: the reference's frequency loss with lamda 1, mask ratio 0.75, radius 16 at 224 px."""
+    import main_pretrain
+    args = main_pretrain.get_args_parser().parse_args([])
+    assert (args.freq_loss, args.lamda, args.mask_ratio, args.input_size) == ('reference', 1.0, 0.75, 224)
+    model = models_mae.mae_vit_tiny_patch16(img_size=32)
+    assert model.freq_loss_name == 'reference'
+    torch.manual_seed(0)
+    x, pred = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    got = model.frequency_loss(x, pred)
+    torch.testing.assert_close(got, reference_frequency_loss(pred, to_gray(x), model.freq_scored))
+    with pytest.raises(ValueError, match='freq_loss'):
+        models_mae.mae_vit_tiny_patch16(img_size=32, freq_loss='l2')
 
 
 def test_norm_pix_loss_and_lamda():
