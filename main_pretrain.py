@@ -128,6 +128,9 @@ def init_from_checkpoint(model, path):
         raise SystemExit(f'main_pretrain.py: error: --init_from {e}') from e
     state = ckpt.get('model', ckpt)
     own = model.state_dict()
+    note = models_mae.old_freq_decoder_note(state)
+    if note:
+        print(f'{path}: {note}: the frequency decoder starts fresh')
     # fixed sin-cos embeddings: the file's (the positions its weights learnt with), rebuilt for another grid
     fixed = {k for k in ('pos_embed', 'decoder_pos_embed') if k in state and state[k].shape != own[k].shape}
     mismatched = [f'{k}: {tuple(v.shape)} in file, {tuple(own[k].shape)} here' for k, v in state.items()
@@ -140,6 +143,15 @@ def init_from_checkpoint(model, path):
     model.load_state_dict(state, strict=False)
     fresh = sorted({k.split('.')[0] for k in missing})
     print(f'Initialised from {path}: {len(state)} tensors loaded; freshly initialised: {", ".join(fresh) or "none"}')
+
+
+def refuse_old_freq_decoder(args):
+    """After a failed resume: a one-line reason when the checkpoint has the older frequency decoder."""
+    path = misc.find_resume_checkpoint(args)
+    note = path and models_mae.old_freq_decoder_note(misc.load_checkpoint(path).get('model', {}))
+    if note:
+        raise SystemExit(f'main_pretrain.py: error: cannot resume from {path}: {note}; pass it as --init_from '
+                         f'(its encoder and spatial decoder load, the frequency decoder starts fresh)')
 
 
 def real_samples(args):
@@ -200,6 +212,9 @@ def main(args):
         misc.resume_training(args, model_without_ddp, optimizer, scaler, must_match=('model', 'input_size'))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f'main_pretrain.py: error: cannot resume: {e}') from e
+    except SystemExit:
+        refuse_old_freq_decoder(args)
+        raise
 
     if args.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == 'cuda' else None)

@@ -3,7 +3,7 @@
 Spatial branch (facial-region-guided masking): the encoder sees the visible 25% of the patches, the
 spatial decoder (MAE's, 8 x 512 for ViT-B) predicts the removed ones; MSE on removed patches.
 Frequency branch (high-frequency masking): the encoder -- same blocks, own cls token -- sees all
-patches of the low-pass image; a light frequency decoder predicts an image whose spectrum must match
+patches of the low-pass image; a light frequency decoder (on the spatial decoder's decoder_embed) predicts an image whose spectrum must match
 the grey original's in the masked high-frequency bins (the reference code's loss, or Jiang et al.'s
 focal frequency loss with --freq_loss ffl).
 loss = spatial + lamda * frequency.
@@ -72,9 +72,9 @@ class MaskedImageFrequencyAutoencoder(nn.Module):
         self.decoder_norm = norm_layer(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
 
-        # ---- light frequency decoder: embed -> Linear -> LayerNorm -> Linear to pixels
-        self.freq_decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
-        self.freq_decoder_fc = nn.Linear(decoder_embed_dim, decoder_embed_dim)
+        # ---- light frequency decoder (the reference's): the spatial decoder's own decoder_embed (shared, so it
+        # learns from both branches) -> Linear without bias -> LayerNorm -> Linear to pixels
+        self.freq_decoder = nn.Linear(decoder_embed_dim, decoder_embed_dim, bias=False)
         self.freq_decoder_norm = norm_layer(decoder_embed_dim)
         self.freq_decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
 
@@ -177,8 +177,8 @@ class MaskedImageFrequencyAutoencoder(nn.Module):
 
     def forward_freq_decoder(self, latent):
         """Predict the full image from the patch tokens. -> [N, C, H, W]"""
-        x = self.freq_decoder_embed(latent[:, 1:])
-        x = self.freq_decoder_pred(self.freq_decoder_norm(self.freq_decoder_fc(x)))
+        x = self.decoder_embed(latent[:, 1:])                               # shared with the spatial decoder
+        x = self.freq_decoder_pred(self.freq_decoder_norm(self.freq_decoder(x)))
         return self.unpatchify(x)
 
     def frequency_loss(self, imgs, freq_pred):
@@ -206,6 +206,19 @@ class MaskedImageFrequencyAutoencoder(nn.Module):
         loss = spat_loss + self.lamda * freq_loss
         return loss, dict(spat_loss=spat_loss, freq_loss=freq_loss, pred=pred, mask=mask, low=low,
                           freq_pred=freq_pred)
+
+
+# The frequency decoder of checkpoints written before it shared decoder_embed (own embedding, biased Linear):
+# they cannot continue training, and their frequency decoder is not used elsewhere.
+OLD_FREQ_DECODER_KEYS = ('freq_decoder_embed.', 'freq_decoder_fc.')
+
+
+def old_freq_decoder_note(state):
+    """A one-line note when `state` holds the older frequency decoder, else None."""
+    if any(k.startswith(OLD_FREQ_DECODER_KEYS) for k in state):
+        return ('its frequency decoder has the older layout (own freq_decoder_embed, biased freq_decoder_fc), '
+                'not the reference\'s (shared decoder_embed, bias-free freq_decoder)')
+    return None
 
 
 # ---------------------------------------------------------------------- factories (looked up by --model)

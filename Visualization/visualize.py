@@ -32,6 +32,7 @@ import torch
 if __package__ in (None, ''):                      # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import models_mae                                                      # noqa: E402
 import util.misc as misc                                              # noqa: E402
 from util.datasets import (IMAGENET_MEAN, IMAGENET_STD, NO_LABEL, FaceTransform, Sample,  # noqa: E402
                            load_samples, read_image_rgb)
@@ -138,7 +139,9 @@ def load_pretrained(path, device='cpu'):
     own = model.state_dict()
     wrong = [f'{k}: {tuple(v.shape)} in file, {tuple(own[k].shape)} in {args.model}' for k, v in state.items()
              if k in own and v.shape != own[k].shape]
-    missing = sorted(set(own) - set(state))
+    model.old_freq_decoder = models_mae.old_freq_decoder_note(state)     # figures 1-2 only (see main)
+    missing = sorted(set(own) - set(state) - ({k for k in own if k.startswith('freq_decoder')}
+                                              if model.old_freq_decoder else set()))
     if wrong or missing:
         raise SystemExit(f'{path}: does not match {args.model} at input {args.input_size}: '
                          + (f'{len(wrong)} shape(s) differ, e.g. {wrong[0]}' if wrong else
@@ -474,6 +477,9 @@ def main(args):
     written = {}
     if any(f in args.figures for f in (1, 2, 3)):
         model = load_pretrained(args.checkpoint, args.device)
+        if 3 in args.figures and model.old_freq_decoder:
+            raise SystemExit(f'visualize.py: error: --checkpoint {args.checkpoint}: {model.old_freq_decoder}; '
+                             f'figure 3 needs a checkpoint trained with it (figures 1, 2 and 4 still work)')
         written.update(write_pretrain_figures(model, samples, args.out, args.figures, args.num_images,
                                               args.num_freq_images, args.seed, args.num_regions, args.display))
     if 4 in args.figures:

@@ -154,3 +154,27 @@ def test_sincos_position_embedding_has_mae_channel_layout():
             expected = np.concatenate([np.sin(col * omega), np.cos(col * omega),
                                        np.sin(row * omega), np.cos(row * omega)])
             np.testing.assert_allclose(emb[1 + row * grid + col], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['mae_vit_micro_patch8', 'mae_vit_base_patch16'])
+def test_frequency_decoder_is_the_references(name):
+    """Frequency tokens go through the spatial decoder's own decoder_embed, then Linear(Dd, Dd, bias=False)
+    -> LayerNorm -> Linear(Dd, p*p*3); Dd is the model's decoder width (512 for ViT-B)."""
+    with torch.device('meta'):
+        big = models_mae.MODELS[name]()
+    dd, p = models_mae.ARCHS[name[4:]]['decoder_embed_dim'], models_mae.ARCHS[name[4:]]['patch_size']
+    assert big.freq_decoder.bias is None and tuple(big.freq_decoder.weight.shape) == (dd, dd)
+    assert isinstance(big.freq_decoder_norm, nn.LayerNorm) and big.freq_decoder_norm.normalized_shape == (dd,)
+    assert tuple(big.freq_decoder_pred.weight.shape) == (p * p * 3, dd) and big.freq_decoder_pred.bias is not None
+    assert not [k for k in big.state_dict() if k.startswith(('freq_decoder_embed', 'freq_decoder_fc'))]
+    if name != 'mae_vit_micro_patch8':
+        return
+    torch.manual_seed(0)
+    model = models_mae.MODELS[name](img_size=32)
+    latent = torch.randn(2, 1 + 16, 128)
+    embedded = latent[:, 1:] @ model.decoder_embed.weight.T + model.decoder_embed.bias
+    expected = model.freq_decoder_pred(model.freq_decoder_norm(embedded @ model.freq_decoder.weight.T))
+    torch.testing.assert_close(model.forward_freq_decoder(latent), model.unpatchify(expected))
+    _, out = model(torch.randn(2, 3, 32, 32))
+    g = torch.autograd.grad(out['freq_loss'], model.decoder_embed.weight)[0]
+    assert g.abs().sum() > 0                              # the shared embedding learns from the frequency branch too

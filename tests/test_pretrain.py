@@ -287,6 +287,22 @@ def test_bad_paths_and_resume_mismatch_are_one_line(synthetic_data, tmp_path):
     msg = one_line(pretrain_args(data, out, epochs=2, batch_size=8, input_size=32))   # auto-resume, other size
     assert '--input_size 32 (checkpoint: 112)' in msg
 
+    # a checkpoint with the older frequency decoder (own embedding, biased Linear) is refused for resuming
+    # and accepted by --init_from, with its frequency decoder fresh
+    ckpt = torch.load(out / 'checkpoint-last.pth', weights_only=False)
+    state = ckpt['model']
+    state['freq_decoder_embed.weight'] = state['decoder_embed.weight'].clone()
+    state['freq_decoder_embed.bias'] = state['decoder_embed.bias'].clone()
+    state['freq_decoder_fc.weight'] = state.pop('freq_decoder.weight')
+    state['freq_decoder_fc.bias'] = torch.zeros(state['freq_decoder_fc.weight'].shape[0])
+    old = tmp_path / 'old.pth'
+    torch.save(ckpt, old)
+    msg = one_line(pretrain_args(data, tmp_path / 'o2', epochs=2, batch_size=8, resume=str(old)))
+    assert 'older layout' in msg and '--init_from' in msg
+    model = main_pretrain.build_model(pretrain_args(data, tmp_path / 'o3'))
+    main_pretrain.init_from_checkpoint(model, old)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, state['blocks.0.attn.qkv.weight'])
+
 
 def test_checkpoint_writes_are_atomic_and_clean_up(tmp_path):
     path = tmp_path / 'checkpoint-last.pth'
