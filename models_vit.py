@@ -31,13 +31,16 @@ class MIFAEDetector(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.,
                  norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=2, global_pool=False,
-                 drop_rate=0., drop_path_rate=0., norm_pix=False, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 drop_rate=0., drop_path_rate=0., norm_pix=False, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 crop_pct=None, head_init_std=2e-5):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f'img_size {img_size} is not divisible by the patch size {patch_size}')
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.num_classes, self.global_pool, self.norm_pix = num_classes, global_pool, norm_pix
         self.mean, self.std = tuple(mean), tuple(std)
+        self.crop_pct = crop_pct                               # evaluation centre crop (None: whole image)
+        self.head_init_std = head_init_std
         grid = img_size // patch_size
 
         # ---- encoder (models_mae names)
@@ -73,7 +76,7 @@ class MIFAEDetector(nn.Module):
         torch.nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
         torch.nn.init.normal_(self.cls_token, std=.02)
         self.apply(_MIFAE._init_weights)
-        trunc_normal_(self.head.weight, std=.02)
+        trunc_normal_(self.head.weight, std=self.head_init_std)
 
     # ------------------------------------------------------------------ what trains
     def freeze(self, trainable_blocks=1, full=False):
@@ -301,14 +304,16 @@ def detector_meta(model, model_name, **extra):
     """What a fine-tuning checkpoint carries so that predict.py can rebuild the model with no flags."""
     meta = dict(kind='mifae_detector', model=resolve_model_name(model_name), input_size=model.img_size,
                 patch_size=model.patch_size, global_pool=model.global_pool, num_classes=model.num_classes,
-                norm_pix=bool(model.norm_pix), mean=list(model.mean), std=list(model.std))
+                norm_pix=bool(model.norm_pix), mean=list(model.mean), std=list(model.std),
+                eval_crop_pct=model.crop_pct)
     meta.update(extra)
     return meta
 
 
 def build_detector(meta, **overrides):
     kw = dict(img_size=meta['input_size'], global_pool=meta['global_pool'], num_classes=meta['num_classes'],
-              norm_pix=meta['norm_pix'], mean=meta['mean'], std=meta['std'])
+              norm_pix=meta['norm_pix'], mean=meta['mean'], std=meta['std'],
+              crop_pct=meta.get('eval_crop_pct'))          # older checkpoints: the whole image
     kw.update(overrides)
     return MODELS[resolve_model_name(meta['model'])](**kw)
 
@@ -358,6 +363,6 @@ def reconstruction_discrepancy(model, imgs):
 def load_images_for(model, paths):
     """Read face-crop files and normalise them as the model expects. -> [N, 3, S, S]"""
     from util.datasets import FaceTransform, read_image_rgb
-    tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std)
+    tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std, crop_pct=model.crop_pct)
     return torch.stack([tf(read_image_rgb(Path(p)))[0] for p in paths])
 

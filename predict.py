@@ -82,7 +82,8 @@ class Predictor:
                  heatmap_max=0.25):
         self.device = torch.device(device)
         self.model, self.meta = models_vit.load_detector(checkpoint, self.device)
-        self.tf = FaceTransform(self.meta['input_size'], train=False, mean=self.meta['mean'], std=self.meta['std'])
+        self.tf = FaceTransform(self.meta['input_size'], train=False, mean=self.meta['mean'], std=self.meta['std'],
+                                crop_pct=self.meta.get('eval_crop_pct'))
         self.amp_dtype = torch.bfloat16 if self.device.type == 'cuda' else None
         self.landmarker_name, self.weights_dir = landmarker, weights_dir
         self.margin, self.batch_size, self.heatmap_max = margin, max(1, batch_size), heatmap_max

@@ -406,7 +406,7 @@ def write_discrepancy_figure(detector, samples, out_dir, groups=None, seed=0, di
         picked = [(Path(s.path).stem, i) for i, s in enumerate(samples[:max_columns])]
     else:
         picked = pick_per_group(groups, per_group, seed)[:max_columns]
-    tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std)
+    tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std, crop_pct=model.crop_pct)
     imgs = torch.stack([tf(read_image_rgb(samples[i].path))[0] for _, i in picked])
     result = models_vit.reconstruction_discrepancy(model, imgs.to(device))
     g, _ = figure_discrepancy(result, [name for name, _ in picked], display)

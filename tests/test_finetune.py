@@ -562,3 +562,47 @@ def test_detector_compiles_into_one_graph_and_matches_eager():
     c_logits, c_pred = torch.compile(m)(x, return_recon=True)
     torch.testing.assert_close(c_logits, logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(c_pred, pred, rtol=1e-4, atol=1e-5)
+
+
+# the reference's stage-2 values, read from its files: partial_finetuning_with_reconstruction.py (flags,
+# trunc_normal_(model.head.weight, std=2e-5), RandomSampler = natural class ratio), util/datasets.py
+# (build_transform: timm create_transform; eval Resize(int(224 / (224 / 256))) + CenterCrop(224)) and
+# Recon_Loss.py (DualReconLoss lambda_fake=1.0)
+REFERENCE_STAGE2 = dict(
+    epochs=100, batch_size=64, accum_iter=1, blr=5e-4, layer_decay=0.65, warmup_epochs=5, min_lr=1e-6,
+    weight_decay=0.05, clip_grad=None, drop_path=0.1, smoothing=0.1, mixup=0.8, cutmix=1.0, cutmix_minmax=None,
+    mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode='batch', aa='rand-m9-mstd0.5-inc1', reprob=0.25,
+    remode='pixel', recount=1, min_crop_scale=0.08, eval_crop_pct=0.875, balance=False, head_init_std=2e-5,
+    recon_weight=0.5, recon_lambda=1.0, trainable_blocks=1, full_finetune=False, global_pool=False)
+
+
+def test_recipe_reference_reproduces_every_reference_value_and_explicit_flags_win():
+    args = main_finetune.parse_args(['--recipe', 'light', '--epochs', '100', '--no_balance'])
+    effective = main_finetune.apply_recipe(args, set(args.given))
+    assert effective['epochs'] == 100 and effective['balance'] is False       # explicit, equal to the default
+    assert effective['mixup'] == 0 and effective['aa'] == 'none' and effective['blr'] == 1e-3
+    for argv in ([], ['--recipe', 'reference'], ['--recipe', 'light', '--recipe', 'reference']):
+        args = main_finetune.parse_args(argv)
+        effective = main_finetune.apply_recipe(args, set(args.given))
+        assert effective == REFERENCE_STAGE2, argv
+    # the light recipe changes flags left at their defaults, and only those (args built in code)
+    args = ft_args(['--recipe', 'light', '--epochs', '3'])
+    effective = main_finetune.apply_recipe(args)
+    assert effective['epochs'] == 3 and effective['layer_decay'] == 0.75 and effective['balance'] is True
+
+
+def test_reference_training_transform_and_erasing_and_centre_crop():
+    from util.augment import TimmTrainTransform, device_random_erasing
+    img = (np.random.default_rng(0).random((80, 96, 3)) * 255).astype(np.uint8)
+    x, lm = TimmTrainTransform(64, (0.08, 1.0), 'rand-m9-mstd0.5-inc1')(img)
+    assert x.dtype == torch.uint8 and x.shape == (3, 64, 64) and lm is None
+    eraser = device_random_erasing(1.0, 'pixel', 1, 'cpu')
+    batch = torch.zeros(4, 3, 32, 32)
+    out = eraser(batch.clone())
+    assert all((out[i] != 0).any() for i in range(4))                   # every image got a noise box
+    assert device_random_erasing(0.0) is None
+    # evaluation: the centre 224 of a 256 resize (shorter side), as the reference's Resize + CenterCrop
+    tf = FaceTransform(224, train=False, crop_pct=224 / 256)
+    assert tf.eval_box(256, 256) == (16, 16, 224, 224)
+    assert tf.eval_box(512, 640) == (96, 32, 448, 448)
+    assert FaceTransform(224, train=False).eval_box(256, 300) == (0, 0, 300, 256)

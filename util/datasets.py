@@ -113,12 +113,16 @@ def hwc_to_chw(img):
 class FaceTransform:
     """RandomResizedCrop + horizontal flip (train) or a plain resize (eval), landmarks moved along.
 
+    Eval with `crop_pct` (e.g. 224/256): the central square that a resize of the shorter side to
+    int(S / crop_pct) followed by an S x S centre crop keeps (timm's / MAE's evaluation), resized to S.
+
     Returns (normalised float tensor [3, S, S], landmarks [68, 2] in pixels of the S x S output or None).
     """
 
     def __init__(self, input_size, train=True, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, normalize=True):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, normalize=True, crop_pct=None):
         self.size, self.train, self.scale, self.ratio, self.hflip = input_size, train, scale, ratio, hflip
+        self.crop_pct = crop_pct
         self.normalize = normalize          # False: uint8 [3, S, S], normalised on the GPU (normalize_batch)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
@@ -137,9 +141,17 @@ class FaceTransform:
         side = min(h, w)                                  # fallback: central square
         return (w - side) // 2, (h - side) // 2, side, side
 
+    def eval_box(self, h, w):
+        """The whole image, or with crop_pct the centre crop's box in source pixels (x0, y0, cw, ch)."""
+        if not self.crop_pct:
+            return 0, 0, w, h
+        scale = int(self.size / self.crop_pct) / min(h, w)                  # the resize of the shorter side
+        cw, ch = min(w, int(round(self.size / scale))), min(h, int(round(self.size / scale)))
+        return (w - cw) // 2, (h - ch) // 2, cw, ch
+
     def __call__(self, img, landmarks=None, generator=None):
         h, w = img.shape[:2]
-        box = self.crop_box(h, w, generator) if self.train else (0, 0, w, h)
+        box = self.crop_box(h, w, generator) if self.train else self.eval_box(h, w)
         x0, y0, cw, ch = box
         crop = img[y0:y0 + ch, x0:x0 + cw]
         # area averaging only where it matters against aliasing (shrinking by more than 1.5x)
