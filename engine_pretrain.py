@@ -30,7 +30,7 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
     optimizer.zero_grad(set_to_none=True)
 
     meter = misc.LossMeter(LOSS_NAMES, epoch, steps, device)     # read back every print_freq steps only
-    replaced, no_landmarks, start = 0, 0, time.time()
+    replaced, no_landmarks, fallbacks, start = 0, 0, 0, time.time()
     lr = optimizer.param_groups[0]['lr']
 
     bar = tqdm(data_loader, desc=f'epoch {epoch}', disable=not misc.is_main_process() or args.quiet,
@@ -44,6 +44,7 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
         mask = batch['mask'].to(device, non_blocking=True)
         replaced += int(batch['replaced'].sum())
         no_landmarks += int((~batch['has_landmarks']).sum())
+        fallbacks += int(batch['mask_fallback'].sum())
 
         update = (it + 1) % accum_iter == 0 or it + 1 == steps
         sync_ctx = model.no_sync() if (args.distributed and not update) else nullcontext()
@@ -58,11 +59,12 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
             mean = meter.flush(log_writer, it, lr)
             bar.set_postfix(loss=f'{mean[0]:.4f}', spat=f'{mean[1]:.4f}', freq=f'{mean[2]:.4f}', lr=f'{lr:.2e}')
 
-    counts = torch.tensor([replaced, no_landmarks], dtype=torch.float64)
+    counts = torch.tensor([replaced, no_landmarks, fallbacks], dtype=torch.float64)
     if misc.is_dist():
         counts = counts.to(device)
         torch.distributed.all_reduce(counts)
     stats = meter.epoch_mean()
     stats.update(lr=lr, unreadable_images=int(counts[0]), images_without_landmarks=int(counts[1]),
+                 facial_regions_cropped_out=int(counts[2]),
                  epoch_time_s=round(time.time() - start, 2))
     return stats

@@ -20,7 +20,7 @@ from engine_pretrain import train_one_epoch
 from util.datasets import FaceDataset, FaceTransform, load_samples
 from util.freq import max_radius
 from util.losses import FREQ_LOSSES
-from util.masking import num_masked
+from util.masking import MASK_STRATEGIES, num_masked
 
 
 def get_args_parser():
@@ -34,7 +34,7 @@ def get_args_parser():
                    help=f'one of: {", ".join(models_mae.MODELS)}')
     g.add_argument('--input_size', default=224, type=int, help='image size')
     g.add_argument('--mask_ratio', default=0.75, type=float, help='fraction of patches removed')
-    g.add_argument('--mask_strategy', default='facial', choices=['facial', 'random'],
+    g.add_argument('--mask_strategy', default='facial', choices=list(MASK_STRATEGIES),
                    help='facial: facial-region-guided masking; random: vanilla MAE masking')
     g.add_argument('--num_mask_regions', default=1, type=int, help='facial regions hidden per image (1-4)')
     g.add_argument('--norm_pix_loss', action='store_true', help='spatial loss on per-patch normalised pixels')

@@ -39,7 +39,7 @@ from util.datasets import (IMAGENET_MEAN, IMAGENET_STD, NO_LABEL, FaceTransform,
 from util.freq import filter_spectrum, log_magnitude_spectrum      # noqa: E402
 from util.landmarks import load_landmarks                          # noqa: E402
 from util.losses import to_gray                                    # noqa: E402
-from util.masking import REGION_NAMES, facial_region_mask, random_mask  # noqa: E402
+from util.masking import MASK_STRATEGIES, REGION_NAMES, visible_regions  # noqa: E402
 
 FIGURE_FILES = {1: 'fig1_spatial_facial.png', 2: 'fig2_spatial_random.png', 3: 'fig3_frequency.png',
                 4: 'fig4_discrepancy.png'}
@@ -207,10 +207,13 @@ def mask_generator(seed, index):
     return torch.Generator().manual_seed(int(seed) + int(index))
 
 
-def chosen_regions(seed, index, num_regions=1):
-    """Names of the facial regions facial_region_mask hides for image `index` (it draws them first)."""
-    order = torch.randperm(len(REGION_NAMES), generator=mask_generator(seed, index))[:num_regions]
-    return [REGION_NAMES[i] for i in order.tolist()]
+def chosen_regions(seed, index, num_regions=1, landmarks=None, img_size=None):
+    """Names of the facial regions facial_region_mask hides for image `index` (it draws them first, among
+    the regions visible in the img_size image; all four when no landmarks are given)."""
+    visible = (visible_regions(np.asarray(landmarks), img_size) if landmarks is not None
+               else list(range(len(REGION_NAMES))))
+    order = torch.randperm(len(visible), generator=mask_generator(seed, index))[:num_regions]
+    return [REGION_NAMES[visible[i]] for i in order.tolist()]
 
 
 def make_masks(landmarks, img_size, patch_size, mask_ratio, strategy='facial', seed=0, num_regions=1):
@@ -218,16 +221,10 @@ def make_masks(landmarks, img_size, patch_size, mask_ratio, strategy='facial', s
 
     -> [N, L] bool, True = removed.
     """
-    masks = []
-    for i, lm in enumerate(landmarks):
-        g = mask_generator(seed, i)
-        if strategy == 'facial':
-            masks.append(facial_region_mask(lm, img_size, patch_size, mask_ratio, num_regions, generator=g))
-        elif strategy == 'random':
-            masks.append(random_mask((img_size // patch_size) ** 2, mask_ratio, generator=g))
-        else:
-            raise ValueError(f'unknown mask strategy {strategy!r} (facial | random)')
-    return torch.stack(masks)
+    if strategy not in MASK_STRATEGIES:
+        raise ValueError(f'unknown mask strategy {strategy!r} ({" | ".join(MASK_STRATEGIES)})')
+    return torch.stack([MASK_STRATEGIES[strategy](lm, img_size, patch_size, mask_ratio, num_regions,
+                                                  mask_generator(seed, i))[0] for i, lm in enumerate(landmarks)])
 
 
 # ---------------------------------------------------------------------- reconstructions
@@ -308,7 +305,8 @@ def figure_spatial(model, imgs, landmarks, strategy='facial', seed=0, num_region
         elif landmarks[i] is None:
             how = 'random: no landmarks'
         else:
-            how = ' + '.join(chosen_regions(seed, i, num_regions)).replace('_', ' ')
+            how = (' + '.join(chosen_regions(seed, i, num_regions, landmarks[i], size)).replace('_', ' ')
+                   or 'random: regions cropped out')
         g.panel(i, 0, hwc(out['original'][i]), 'original')
         g.panel(i, 1, hwc(out['masked'][i]), f'masked ({how})')
         g.panel(i, 2, hwc(out['pred'][i]), 'prediction')

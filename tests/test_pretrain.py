@@ -43,6 +43,7 @@ def read_log(folder):
 def test_both_losses_fall(pretrained_tiny):
     log = read_log(pretrained_tiny)
     assert [e['epoch'] for e in log] == list(range(4))
+    assert all(e['facial_regions_cropped_out'] >= 0 and e['images_without_landmarks'] >= 0 for e in log)
     assert log[-1]['spat_loss'] < 0.8 * log[0]['spat_loss']
     assert log[-1]['freq_loss'] < 0.8 * log[0]['freq_loss']
     assert (pretrained_tiny / 'checkpoint-last.pth').is_file() and (pretrained_tiny / 'checkpoint-3.pth').is_file()
@@ -143,6 +144,19 @@ def test_image_without_landmarks_gets_random_mask(synthetic_data, tmp_path):
     idx = [i for i, s in enumerate(ds.samples) if s.path.endswith('nolm.png')][0]
     item = ds[idx]
     assert not item['has_landmarks'] and int(item['mask'].sum()) == 12
+    assert not item['mask_fallback']                          # counted as an image without landmarks instead
+
+
+def test_face_cropped_out_falls_back_to_random_and_is_counted(synthetic_data, tmp_path):
+    """Landmarks outside the image (no facial region visible): random mask, flagged; the epoch's log line
+    counts such images (facial_regions_cropped_out) next to images_without_landmarks."""
+    from util.datasets import Sample
+    s = read_manifest(synthetic_data['pretrain'])[0]
+    far = tmp_path / 'far.npy'
+    np.save(far, np.load(s.landmarks) + 5000)
+    ds = FaceDataset([Sample(s.path, str(far), s.label, s.video, s.dataset)], FaceTransform(64), mask_strategy='facial')
+    item = ds[0]
+    assert item['has_landmarks'] and item['mask_fallback'] and int(item['mask'].sum()) == 12
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(synthetic_data, tmp_path):

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from util.landmarks import crop_resize_landmarks, hflip_landmarks, load_landmarks
-from util.masking import facial_region_mask, random_mask
+from util.masking import MASK_STRATEGIES
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
 MANIFEST_COLUMNS = ('path', 'landmarks', 'label', 'video', 'dataset')
@@ -199,7 +199,8 @@ class FaceDataset(Dataset):
 
     Each item is a dict: img [3, S, S], label (NO_LABEL when unknown), index, has_landmarks,
     replaced (how many unusable samples were skipped to produce it) and, when `mask_strategy` is set,
-    mask [L] bool (True = removed) built from the augmented landmarks.
+    mask [L] bool (True = removed) built from the augmented landmarks, and mask_fallback (a facial mask made
+    random because no facial region survived the crop).
     An unusable sample (unreadable image; landmark file unreadable, of the wrong shape or with NaNs) is
     reported once (naming the file) and, for training, replaced by another sample and counted. With
     `drop_unusable` (evaluation) it is never replaced: its item keeps its index, holds a black image and
@@ -209,8 +210,8 @@ class FaceDataset(Dataset):
 
     def __init__(self, samples, transform, mask_strategy=None, patch_size=16, mask_ratio=0.75,
                  num_regions=1, strict=False, require_label=False, drop_unusable=False):
-        if mask_strategy not in (None, 'facial', 'random'):
-            raise ValueError(f'unknown mask strategy {mask_strategy!r} (facial | random)')
+        if mask_strategy is not None and mask_strategy not in MASK_STRATEGIES:
+            raise ValueError(f'unknown mask strategy {mask_strategy!r} ({" | ".join(MASK_STRATEGIES)})')
         if require_label:
             unlabelled = [s.path for s in samples if s.label == NO_LABEL]
             if unlabelled:
@@ -264,8 +265,6 @@ class FaceDataset(Dataset):
             item['unusable'] = unusable
         if self.mask_strategy is not None:
             size = x.shape[-1]
-            if self.mask_strategy == 'facial':
-                item['mask'] = facial_region_mask(lm, size, self.patch_size, self.mask_ratio, self.num_regions)
-            else:
-                item['mask'] = random_mask((size // self.patch_size) ** 2, self.mask_ratio)
+            item['mask'], item['mask_fallback'] = MASK_STRATEGIES[self.mask_strategy](
+                lm, size, self.patch_size, self.mask_ratio, self.num_regions)
         return item
