@@ -1,4 +1,5 @@
-"""One epoch of MIFAE pre-training.
+"""One epoch of MIFAE pre-training: the loss the model returns is the step's; every pretext loss the model
+names (outputs['losses']) is logged to log.txt and TensorBoard and shown in the progress bar.
 
 The step never waits for the GPU: losses are summed on the device and read back only every
 `--print_freq` iterations (and at the end of the epoch), which is also when a non-finite loss is caught,
@@ -16,9 +17,6 @@ import util.misc as misc
 from util.datasets import normalize_batch
 from util.masking import check_mask_count
 
-LOSS_NAMES = ('train_loss', 'spat_loss', 'freq_loss')
-
-
 NonFiniteLossError = misc.NonFiniteLossError
 
 
@@ -29,7 +27,7 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
     steps = len(data_loader)
     optimizer.zero_grad(set_to_none=True)
 
-    meter = misc.LossMeter(LOSS_NAMES, epoch, steps, device)     # read back every print_freq steps only
+    meter = None            # read back every print_freq steps only; names: the total, then the model's losses
     replaced, no_landmarks, fallbacks, start = 0, 0, 0, time.time()
     lr = optimizer.param_groups[0]['lr']
 
@@ -54,10 +52,13 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
             misc.backward_and_step(loss / accum_iter, optimizer, scaler, update=update,
                                    clip_grad=args.clip_grad, parameters=model.parameters())
 
-        meter.add(it, (loss, out['spat_loss'], out['freq_loss']))
+        if meter is None:
+            meter = misc.LossMeter(('train_loss', *out['losses']), epoch, steps, device)
+        meter.add(it, (loss, *out['losses'].values()))
         if (it + 1) % args.print_freq == 0 or it + 1 == steps:   # the only host synchronisation
             mean = meter.flush(log_writer, it, lr)
-            bar.set_postfix(loss=f'{mean[0]:.4f}', spat=f'{mean[1]:.4f}', freq=f'{mean[2]:.4f}', lr=f'{lr:.2e}')
+            bar.set_postfix({name.removesuffix('_loss'): f'{v:.4f}' for name, v in zip(meter.names, mean)},
+                            lr=f'{lr:.2e}')
 
     counts = torch.tensor([replaced, no_landmarks, fallbacks], dtype=torch.float64)
     if misc.is_dist():

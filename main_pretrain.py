@@ -7,7 +7,6 @@ Slurm:            python submitit_pretrain.py --nodes 8 ...   (same flags)
 import argparse
 import datetime
 import json
-import re
 import time
 from pathlib import Path
 
@@ -74,18 +73,13 @@ def get_args_parser():
     return parser
 
 
-def patch_size_of(model_name):
-    m = re.search(r'patch(\d+)', model_name)
-    return int(m.group(1)) if m else 16
-
-
 def check_args(args):
     """Reject contradictory flags at start with a one-line reason."""
     def fail(msg):
         raise SystemExit(f'main_pretrain.py: error: {msg}')
     if args.model not in models_mae.MODELS:
         fail(f'--model {args.model} is unknown; choose one of {", ".join(models_mae.MODELS)}')
-    p = patch_size_of(args.model)
+    p = models_mae.arch_of(args.model)['patch_size']
     if args.input_size % p:
         fail(f'--input_size {args.input_size} is not divisible by the patch size {p} of {args.model}')
     num_patches = (args.input_size // p) ** 2
@@ -174,7 +168,7 @@ def real_samples(args):
 def build_loader(args, samples):
     transform = FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0), normalize=False)
     dataset = FaceDataset(samples, transform,
-                          mask_strategy=args.mask_strategy, patch_size=patch_size_of(args.model),
+                          mask_strategy=args.mask_strategy, patch_size=models_mae.arch_of(args.model)['patch_size'],
                           mask_ratio=args.mask_ratio, num_regions=args.num_mask_regions, strict=args.strict_data)
     if len(dataset) < args.batch_size * misc.get_world_size():
         raise SystemExit(f'--data_path {args.data_path}: {len(dataset)} images are fewer than one batch '

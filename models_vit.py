@@ -5,7 +5,7 @@ The encoder's names match models_mae's (patch_embed, cls_token, pos_embed, block
 pre-training checkpoint (MIFAE or original MAE) loads directly; pos_embed is learnable here, initialised
 from the checkpoint's and resized when the input size differs. The decoder (decoder_embed,
 decoder_pos_embed, decoder_blocks, decoder_norm, decoder_pred) is the pre-training spatial decoder and
-runs models_mae's own `forward_decoder` on cls + all L tokens. It is always frozen; by default only the
+is models_mae's SpatialDecoder, run on cls + all L tokens. It is always frozen; by default only the
 last block, the final norm and the head train, and the frozen prefix runs without autograd and stays
 in eval mode (no drop-path), so its weights and its outputs never change.
 """
@@ -18,7 +18,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
 import util.misc as misc
-from models_mae import ARCHS, _factory
+from models_mae import ARCHS, SpatialDecoder, _factory, arch_of
 from models_mae import MaskedImageFrequencyAutoencoder as _MIFAE
 from util.datasets import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from util.pos_embed import resize_pos_embed, sincos_pos_embed_2d
@@ -27,7 +27,7 @@ DECODER_PREFIXES = ('decoder_embed.', 'decoder_blocks.', 'decoder_norm.', 'decod
 HEAD_PREFIXES = ('head.', 'fc_norm.')
 
 
-class MIFAEDetector(nn.Module):
+class MIFAEDetector(SpatialDecoder):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.,
                  norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=2, global_pool=False,
@@ -57,15 +57,9 @@ class MIFAEDetector(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes)
 
-        # ---- frozen spatial decoder (models_mae names; no mask token: every patch has its token)
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
-        self.register_buffer('decoder_pos_embed',
-                             torch.from_numpy(sincos_pos_embed_2d(decoder_embed_dim, grid, True))[None])
-        self.decoder_blocks = nn.ModuleList([
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(decoder_depth)])
-        self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
+        # ---- frozen spatial decoder (models_mae's; no mask token: every patch has its token)
+        self.build_spatial_decoder(embed_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio,
+                                   norm_layer, patch_size, in_chans, grid)
 
         self.first_trainable = 0                               # blocks before it are frozen (see freeze)
         self.initialize_weights()
@@ -149,7 +143,9 @@ class MIFAEDetector(nn.Module):
         return self.head(self.head_drop(x))
 
     # ------------------------------------------------------------------ frozen decoder (models_mae's)
-    forward_decoder = _MIFAE.forward_decoder   # (tokens [N, 1+L, D], ids_restore=None) -> [N, L, p*p*C]
+    def forward_decoder(self, tokens):
+        """The classifier's tokens, cls + all L in patch order [N, 1+L, D] -> every patch's pixels [N, L, p*p*C]."""
+        return self.decode_tokens(self.decoder_embed(tokens))
 
     # ------------------------------------------------------------------ both
     def forward(self, x, return_recon=False):
@@ -207,7 +203,7 @@ def resolve_model_name(name):
 
 def patch_size_of(name):
     """16 for 'vit_base_patch16' (no model is built)."""
-    return int(resolve_model_name(name).rsplit('patch', 1)[1])
+    return arch_of(resolve_model_name(name))['patch_size']
 
 
 def depth_of(name):

@@ -360,3 +360,33 @@ def test_resume_trims_the_log_and_prefers_the_newer_last_checkpoint(tmp_path, ca
 def argparse_namespace(**kw):
     import argparse
     return argparse.Namespace(**kw)
+
+
+class ThirdTaskMIFAE(models_mae.MaskedImageFrequencyAutoencoder):
+    """A third pretext task added by touching the model alone: its loss and its weight."""
+
+    def pretext_losses(self, imgs, mask):
+        losses, out = super().pretext_losses(imgs, mask)
+        losses['dummy_loss'] = out['freq_pred'].float().square().mean()
+        return losses, out
+
+    @property
+    def loss_weights(self):
+        return dict(super().loss_weights, dummy_loss=0.25)
+
+
+def test_a_third_pretext_loss_is_summed_logged_and_shown(synthetic_data, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    name = pretrain_args("x", "y").model
+    monkeypatch.setitem(models_mae.MODELS, name, models_mae._factory(ThirdTaskMIFAE, name[len('mae_'):], name))
+    torch.manual_seed(0)
+    model = models_mae.MODELS[name](img_size=32)
+    loss, out = model(torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(loss, out['spat_loss'] + out['freq_loss'] + 0.25 * out['dummy_loss'])
+    data = small_manifest(synthetic_data, tmp_path, n=16)
+    out_dir = tmp_path / 'third'
+    main_pretrain.main(pretrain_args(data, out_dir, epochs=1, batch_size=8, print_freq=1))
+    log = read_log(out_dir)
+    assert log[0]['dummy_loss'] > 0 and {'train_loss', 'spat_loss', 'freq_loss'} <= set(log[0])
+    events = EventAccumulator(str(out_dir)).Reload()
+    assert 'dummy_loss' in events.Tags()['scalars']
