@@ -362,3 +362,37 @@ def load_images_for(model, paths):
     tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std, crop_pct=model.crop_pct)
     return torch.stack([tf(read_image_rgb(Path(p)))[0] for p in paths])
 
+
+
+def grad_cam(model, imgs, target_class=1):
+    """Grad-CAM (pytorch-grad-cam) of the `target_class` logit (1 = fake) at the last block's first norm,
+    the patch tokens reshaped to the patch grid (cls token dropped). imgs: normalised [N, 3, H, W] on the
+    model's device. -> [N, H, W] float32 in [0, 1] on the CPU (each map scaled to its own maximum).
+
+    Gradients must reach the last block whatever is frozen: the frozen prefix, which normally runs without
+    autograd, runs with it here (on an input that requires grad); nothing is updated."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    grid = model.img_size // model.patch_size
+
+    def tokens_to_grid(t):                                              # [N, 1+L, D] -> [N, D, g, g]
+        return t[:, 1:].reshape(t.shape[0], grid, grid, t.shape[-1]).permute(0, 3, 1, 2)
+
+    was_training, first_trainable = model.training, model.first_trainable
+    model.first_trainable = 0
+    try:
+        with torch.enable_grad(), GradCAM(model, [model.blocks[-1].norm1], reshape_transform=tokens_to_grid) as cam:
+            maps = cam(input_tensor=imgs.float().detach().requires_grad_(True),
+                       targets=[ClassifierOutputTarget(target_class)] * imgs.shape[0])
+    finally:
+        model.first_trainable = first_trainable
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)                               # the CAM's backward leaves nothing behind
+    return torch.from_numpy(maps).float()
+
+
+def cam_overlay(img, cam, weight=0.5):
+    """[3, H, W] image in [0, 1] and its [H, W] Grad-CAM -> uint8 RGB [H, W, 3] (JET colours blended in)."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    return show_cam_on_image(img.permute(1, 2, 0).float().clamp(0, 1).numpy(), cam.numpy(), use_rgb=True,
+                             image_weight=1 - weight)

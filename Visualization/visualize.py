@@ -362,13 +362,16 @@ def pick_per_group(groups, per_group=1, seed=0):
 
 def figure_discrepancy(result, column_titles, display=None):
     """Figure 4 from the detector's outputs (models_vit.reconstruction_discrepancy): one column per dataset or
-    manipulation; rows: input, reconstruction, |difference| heat map (one colour scale for the whole figure).
+    manipulation; rows: input, reconstruction, |difference| heat map (one colour scale for the whole figure) and,
+    when `result` has 'cam', the Grad-CAM of the fake logit over the input (as the reference's figure).
 
-    result: dict(input, recon [G, 3, H, W] in [0, 1], diff [G, H, W], prob [G]). -> (GridFigure, result)
+    result: dict(input, recon [G, 3, H, W] in [0, 1], diff [G, H, W], prob [G], cam [G, H, W] optional).
+    -> (GridFigure, result)
     """
     x, r, diff, prob = (result[k].float().cpu() for k in ('input', 'recon', 'diff', 'prob'))
     vmax = max(float(diff.max()), 1e-6)
-    layout = Layout(3, len(column_titles), display or display_size(x.shape[-1]), title_h=26)
+    cam = result.get('cam')
+    layout = Layout(3 + (cam is not None), len(column_titles), display or display_size(x.shape[-1]), title_h=26)
     g = GridFigure(layout, 'Reconstruction discrepancy: detector tokens -> frozen decoder (heat maps share '
                            f'one scale, 0 to {vmax:.2f})')
     for c, name in enumerate(column_titles):
@@ -376,6 +379,9 @@ def figure_discrepancy(result, column_titles, display=None):
         g.panel(1, c, hwc(r[c]), 'reconstruction')
         g.panel(2, c, diff[c].numpy(), f'|difference|, mean {float(diff[c].mean()):.3f}',
                 cmap=HEAT_CMAP, vmin=0, vmax=vmax)
+        if cam is not None:
+            import models_vit
+            g.panel(3, c, models_vit.cam_overlay(x[c], cam[c].float()), 'Grad-CAM (fake)')
     return g, result
 
 
@@ -407,6 +413,7 @@ def write_discrepancy_figure(detector, samples, out_dir, groups=None, seed=0, di
     tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std, crop_pct=model.crop_pct)
     imgs = torch.stack([tf(read_image_rgb(samples[i].path))[0] for _, i in picked])
     result = models_vit.reconstruction_discrepancy(model, imgs.to(device))
+    result['cam'] = models_vit.grad_cam(model, imgs.to(device))
     g, _ = figure_discrepancy(result, [name for name, _ in picked], display)
     return g.save(Path(out_dir) / FIGURE_FILES[4])
 
