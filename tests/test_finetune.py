@@ -65,11 +65,14 @@ def test_forward_shapes_and_global_pool():
         assert m.forward_tokens(x).shape == (3, 5, 192)
         p = m.fake_prob(logits)
         assert ((p >= 0) & (p <= 1)).all()
-    # the decoder is models_mae's own: same weights give the same reconstruction from the same tokens
+    # the decoder is models_mae's own (SpatialDecoder): same weights give the same reconstruction from the same
+    # tokens as the autoencoder's with every patch visible, in patch order
     mae = models_mae.mae_vit_tiny_patch16(img_size=32, mask_radius=4)
     mae.load_state_dict({**mae.state_dict(), **{k: v for k, v in m.state_dict().items() if k in mae.state_dict()}})
+    assert isinstance(m, models_mae.SpatialDecoder) and isinstance(mae, models_mae.SpatialDecoder)
     tokens = m.forward_tokens(x)
-    assert torch.allclose(mae.forward_decoder(tokens), m.forward_decoder(tokens))
+    identity = torch.arange(4).expand(3, -1)
+    assert torch.allclose(mae.forward_decoder(tokens, identity), m.forward_decoder(tokens))
 
 
 def test_freeze_and_frozen_modules_stay_in_eval_mode():
