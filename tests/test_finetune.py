@@ -505,7 +505,7 @@ def test_more_bad_input_fails_in_one_line(finetune_tiny, pretrained_tiny, synthe
         with pytest.raises(SystemExit, match='--trainable_blocks 99 exceeds the 12 blocks of vit_tiny_patch16'):
             main_finetune.main(argv('--trainable_blocks', 99, *extra))
     with pytest.raises(SystemExit, match='only_fakes.csv holds fake faces only: --balance needs both classes'):
-        main_finetune.main(argv(train=fakes))
+        main_finetune.main(argv('--balance', train=fakes))
     with pytest.raises(SystemExit, match='--test_manifests need an --output_dir'):
         main_finetune.main(argv('--test_manifests', finetune_tiny['test'], out=''))
     capsys.readouterr()
@@ -523,10 +523,10 @@ def test_more_bad_input_fails_in_one_line(finetune_tiny, pretrained_tiny, synthe
 def test_eval_notes_the_flags_it_ignores(finetune_tiny, tmp_path, capsys):
     argv = ['--eval', '--resume', finetune_tiny['out'] / 'checkpoint-best.pth', '--test_manifests', finetune_tiny['test'],
             '--output_dir', tmp_path, '--device', 'cpu', '--num_workers', 0, '--quiet', '--input_size', 128,
-            '--global_pool', '--epochs', 3, '--no_balance', '--batch_size', 32]
+            '--global_pool', '--epochs', 3, '--balance', '--batch_size', 32]
     main_finetune.main(ft_args(argv))
     notes = [line for line in capsys.readouterr().out.splitlines() if 'note:' in line]
-    assert len(notes) == 1 and notes[0].endswith('ignoring --input_size 128, --global_pool, --epochs 3, --no_balance')
+    assert len(notes) == 1 and notes[0].endswith('ignoring --input_size 128, --global_pool, --epochs 3, --balance')
 
 
 def test_unreadable_validation_set_trains_and_tests_the_last_checkpoint(finetune_tiny, pretrained_tiny, tmp_path,
