@@ -161,10 +161,12 @@ def pretrain_argv(args, data_csv, out_dir):
 
 
 def finetune_argv(args, pretrained, train_csv, val_csv, test_csv, out_dir):
+    # the demo's own CPU recipe, explicit: --recipe light (no mixup, RandAugment or erasing, whole-image
+    # evaluation, balanced sampling) and the flags below; the reference recipe is main_finetune.py's default
     return ['--finetune', str(pretrained), '--train_manifest', str(train_csv), '--val_manifest', str(val_csv),
             '--test_manifests', str(test_csv), '--output_dir', str(out_dir), '--input_size', str(args.input_size),
             '--batch_size', str(args.batch_size), '--epochs', str(args.ft_epochs), '--lr', str(args.ft_lr),
-            '--warmup_epochs', '1', '--smoothing', '0', '--layer_decay', '1',
+            '--warmup_epochs', '1', '--smoothing', '0', '--layer_decay', '1', '--recipe', 'light',
             '--num_workers', str(args.num_workers), '--device', args.device, '--seed', str(args.seed),
             '--print_freq', '5', '--no_auto_resume'] \
         + (['--full_finetune'] if args.trainable_blocks is None else ['--trainable_blocks', str(args.trainable_blocks)]) \

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 import util.lr_sched as lr_sched
 import util.misc as misc
+from util.augment import device_random_erasing
 from util.datasets import normalize_batch
 from util.fileio import atomic_write, write_text
 from util.metrics import compute_metrics, roc_points
@@ -126,6 +127,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp
     replaced, start = 0, time.time()
     lr = optimizer.param_groups[0]['lr']
     zero = torch.zeros((), device=device)
+    eraser = device_random_erasing(getattr(args, 'reprob', 0), getattr(args, 'remode', 'pixel'),
+                                   getattr(args, 'recount', 1), device)
 
     bar = tqdm(data_loader, desc=f'epoch {epoch}', disable=not misc.is_main_process() or args.quiet,
                dynamic_ncols=True, mininterval=2.0, file=sys.stdout)
@@ -133,6 +136,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp
         if it % accum_iter == 0:
             lr = lr_sched.adjust_learning_rate(optimizer, it / steps + epoch, args)
         imgs = normalize_batch(batch['img'].to(device, non_blocking=True), bare.mean, bare.std)
+        if eraser is not None:                                       # timm's erasing, on the normalised batch
+            imgs = eraser(imgs)
         labels = batch['label'].to(device, non_blocking=True)
         replaced += int(batch['replaced'].sum())
         targets = labels

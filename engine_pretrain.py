@@ -1,4 +1,5 @@
-"""One epoch of MIFAE pre-training.
+"""One epoch of MIFAE pre-training: the loss the model returns is the step's; every pretext loss the model
+names (outputs['losses']) is logged to log.txt and TensorBoard and shown in the progress bar.
 
 The step never waits for the GPU: losses are summed on the device and read back only every
 `--print_freq` iterations (and at the end of the epoch), which is also when a non-finite loss is caught,
@@ -16,9 +17,6 @@ import util.misc as misc
 from util.datasets import normalize_batch
 from util.masking import check_mask_count
 
-LOSS_NAMES = ('train_loss', 'spat_loss', 'freq_loss')
-
-
 NonFiniteLossError = misc.NonFiniteLossError
 
 
@@ -29,8 +27,8 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
     steps = len(data_loader)
     optimizer.zero_grad(set_to_none=True)
 
-    meter = misc.LossMeter(LOSS_NAMES, epoch, steps, device)     # read back every print_freq steps only
-    replaced, no_landmarks, start = 0, 0, time.time()
+    meter = None            # read back every print_freq steps only; names: the total, then the model's losses
+    replaced, no_landmarks, fallbacks, start = 0, 0, 0, time.time()
     lr = optimizer.param_groups[0]['lr']
 
     bar = tqdm(data_loader, desc=f'epoch {epoch}', disable=not misc.is_main_process() or args.quiet,
@@ -44,6 +42,7 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
         mask = batch['mask'].to(device, non_blocking=True)
         replaced += int(batch['replaced'].sum())
         no_landmarks += int((~batch['has_landmarks']).sum())
+        fallbacks += int(batch['mask_fallback'].sum())
 
         update = (it + 1) % accum_iter == 0 or it + 1 == steps
         sync_ctx = model.no_sync() if (args.distributed and not update) else nullcontext()
@@ -53,16 +52,20 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch, amp_dtype=None
             misc.backward_and_step(loss / accum_iter, optimizer, scaler, update=update,
                                    clip_grad=args.clip_grad, parameters=model.parameters())
 
-        meter.add(it, (loss, out['spat_loss'], out['freq_loss']))
+        if meter is None:
+            meter = misc.LossMeter(('train_loss', *out['losses']), epoch, steps, device)
+        meter.add(it, (loss, *out['losses'].values()))
         if (it + 1) % args.print_freq == 0 or it + 1 == steps:   # the only host synchronisation
             mean = meter.flush(log_writer, it, lr)
-            bar.set_postfix(loss=f'{mean[0]:.4f}', spat=f'{mean[1]:.4f}', freq=f'{mean[2]:.4f}', lr=f'{lr:.2e}')
+            bar.set_postfix({name.removesuffix('_loss'): f'{v:.4f}' for name, v in zip(meter.names, mean)},
+                            lr=f'{lr:.2e}')
 
-    counts = torch.tensor([replaced, no_landmarks], dtype=torch.float64)
+    counts = torch.tensor([replaced, no_landmarks, fallbacks], dtype=torch.float64)
     if misc.is_dist():
         counts = counts.to(device)
         torch.distributed.all_reduce(counts)
     stats = meter.epoch_mean()
     stats.update(lr=lr, unreadable_images=int(counts[0]), images_without_landmarks=int(counts[1]),
+                 facial_regions_cropped_out=int(counts[2]),
                  epoch_time_s=round(time.time() - start, 2))
     return stats

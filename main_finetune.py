@@ -6,6 +6,8 @@ Evaluate:  python main_finetune.py --eval --resume ft/checkpoint-best.pth --test
                --output_dir ft_eval
 Several GPUs: torchrun --nproc_per_node 8 main_finetune.py ...   (same flags)
 
+Recipe: the reference code's stage-2 values by default (--recipe; explicit flags win): timm's crop, flip,
+RandAugment and random erasing, mixup/cutmix, layer decay 0.65, centre-crop evaluation, natural class ratio.
 Loss = CE (label smoothing, or timm's soft targets under mixup/cutmix) + recon_weight x reconstruction
 loss of the frozen pre-training decoder from the classifier's tokens, on real faces only (`--recon real`),
 or also pushing fakes away (`--recon dual`: L1_real - recon_lambda x L1_fake), or off (`--recon none`).
@@ -29,17 +31,76 @@ from engine_finetune import (BalancedSampler, ShardSampler, ce_criterion, evalua
 from util.datasets import (ExitOnDataError, FaceDataset, FaceTransform, NO_LABEL, Sample, drop_duplicates,
                            read_manifest)
 from util.fileio import WriteError, output_dir_problem
+from util.augment import TimmTrainTransform
 from util.lr_decay import param_groups_lrd
 
 error = partial(misc.usage_error, 'main_finetune.py')     # raise error('--flag ...: what to do')
+
+
+# ---------------------------------------------------------------------- recipes
+# The reference's stage-2 values (partial_finetuning_with_reconstruction.py's flags, util/datasets.py's
+# build_transform, the head's trunc_normal_(std=2e-5), Recon_Loss.DualReconLoss(lambda_fake=1.0)).
+REFERENCE_RECIPE = dict(
+    epochs=100, batch_size=64, accum_iter=1, blr=5e-4, layer_decay=0.65, warmup_epochs=5, min_lr=1e-6,
+    weight_decay=0.05, clip_grad=None, drop_path=0.1, smoothing=0.1,
+    mixup=0.8, cutmix=1.0, cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode='batch',
+    aa='rand-m9-mstd0.5-inc1', reprob=0.25, remode='pixel', recount=1, min_crop_scale=0.08,
+    eval_crop_pct=224 / 256, balance=False, head_init_std=2e-5, recon_weight=0.5, recon_lambda=1.0,
+    trainable_blocks=1, full_finetune=False, global_pool=False)
+RECIPES = {
+    'reference': REFERENCE_RECIPE,
+    'light': dict(REFERENCE_RECIPE, epochs=10, blr=1e-3, layer_decay=0.75, warmup_epochs=1, mixup=0, cutmix=0,
+                  aa='none', reprob=0, min_crop_scale=0.5, eval_crop_pct=0, balance=True, head_init_std=0.02,
+                  recon_lambda=0.1),
+}
+
+
+def given_flags(parser, argv):
+    """The dests that `argv` sets explicitly: parsed once more with every default suppressed."""
+    saved = [(a, a.default) for a in parser._actions]
+    saved_defaults = dict(parser._defaults)
+    try:
+        for a in parser._actions:
+            a.default = argparse.SUPPRESS
+        parser._defaults.clear()
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for a, d in saved:
+            a.default = d
+        parser._defaults.update(saved_defaults)
+
+
+def apply_recipe(args, given=None):
+    """Set the --recipe's values on every recipe flag not given explicitly. `given`: the dests named on the
+    command line (given_flags); None (args built in code): a flag counts as given when it differs from its
+    default. Returns the effective recipe {flag: value}."""
+    defaults = get_args_parser()
+    recipe = RECIPES[getattr(args, 'recipe', 'reference')]
+    for k, v in recipe.items():
+        explicit = k in given if given is not None else getattr(args, k) != defaults.get_default(k)
+        if not explicit:
+            setattr(args, k, v)
+    return {k: getattr(args, k) for k in recipe}
+
+
+def parse_args(argv=None):
+    """Command line -> args with the --recipe applied (explicit flags win)."""
+    parser = argparse.ArgumentParser('MIFAE fine-tuning (deepfake detection)', parents=[get_args_parser()])
+    args = parser.parse_args(argv)
+    args.given = sorted(given_flags(parser, argv))
+    return args
 
 
 def get_args_parser():
     parser = argparse.ArgumentParser('MIFAE fine-tuning (deepfake detection)', add_help=False)
     parser.add_argument('--batch_size', default=64, type=int, help='batch size per GPU (effective: batch_size * accum_iter * #gpus)')
     t = parser.add_argument_group('training (--eval ignores these, and the model, optimizer and mixup groups)')
-    t.add_argument('--epochs', default=10, type=int)
+    t.add_argument('--epochs', default=100, type=int)
     t.add_argument('--accum_iter', default=1, type=int, help='accumulate gradients over this many iterations')
+    t.add_argument('--recipe', default='reference', choices=list(RECIPES),
+                   help='set every recipe flag at once (flags given explicitly win): reference = the reference '
+                        'code\'s stage-2 values (the defaults); light = a short recipe without mixup, '
+                        'RandAugment or erasing (the earlier defaults)')
 
     g = parser.add_argument_group('model')
     g.add_argument('--model', default=None, type=str, metavar='MODEL',
@@ -50,6 +111,7 @@ def get_args_parser():
     g.add_argument('--global_pool', action='store_true', help='classify the mean patch token (fc_norm) instead of cls')
     g.add_argument('--drop_path', default=0.1, type=float, help='drop-path rate (trainable blocks only)')
     g.add_argument('--drop', default=0.0, type=float, help='dropout before the head')
+    g.add_argument('--head_init_std', default=2e-5, type=float, help='std of the fresh head\'s truncated normal init')
     g.add_argument('--finetune', default='', help='pre-training checkpoint (MIFAE or original MAE) to start from')
     g.add_argument('--decoder', default='', help='take the frozen spatial decoder from this checkpoint instead')
     g.add_argument('--trainable_blocks', default=1, type=int,
@@ -58,23 +120,23 @@ def get_args_parser():
     g.add_argument('--recon', default='real', choices=['real', 'dual', 'none'],
                    help='real: L1 reconstruction on real faces; dual: minus recon_lambda x L1 on fakes; none: off')
     g.add_argument('--recon_weight', default=0.5, type=float, help='weight of the reconstruction loss')
-    g.add_argument('--recon_lambda', default=0.1, type=float, help='weight of the fake term with --recon dual')
+    g.add_argument('--recon_lambda', default=1.0, type=float, help='weight of the fake term with --recon dual')
     g.add_argument('--recon_norm_pix', default='auto', choices=['auto', 'on', 'off'],
                    help='reconstruction target in per-patch normalised pixels (auto: as the pre-training run)')
 
     g = parser.add_argument_group('optimizer')
     g.add_argument('--weight_decay', type=float, default=0.05)
     g.add_argument('--lr', type=float, default=None, metavar='LR', help='absolute lr (default: blr * eff_batch / 256)')
-    g.add_argument('--blr', type=float, default=1e-3, metavar='LR', help='base lr per 256 images')
-    g.add_argument('--layer_decay', type=float, default=0.75, help='layer-wise lr decay (1 = off)')
+    g.add_argument('--blr', type=float, default=5e-4, metavar='LR', help='base lr per 256 images')
+    g.add_argument('--layer_decay', type=float, default=0.65, help='layer-wise lr decay (1 = off)')
     g.add_argument('--min_lr', type=float, default=1e-6, metavar='LR', help='floor of the cosine schedule')
-    g.add_argument('--warmup_epochs', type=float, default=1, metavar='N')
+    g.add_argument('--warmup_epochs', type=float, default=5, metavar='N')
     g.add_argument('--clip_grad', type=float, default=None, help='max gradient norm (off by default)')
     g.add_argument('--smoothing', type=float, default=0.1, help='label smoothing')
 
     g = parser.add_argument_group('mixup / cutmix (timm; off when both alphas are 0)')
-    g.add_argument('--mixup', type=float, default=0, help='mixup alpha')
-    g.add_argument('--cutmix', type=float, default=0, help='cutmix alpha')
+    g.add_argument('--mixup', type=float, default=0.8, help='mixup alpha')
+    g.add_argument('--cutmix', type=float, default=1.0, help='cutmix alpha')
     g.add_argument('--cutmix_minmax', type=float, nargs=2, default=None, help='cutmix box ratio range (overrides alpha)')
     g.add_argument('--mixup_prob', type=float, default=1.0, help='probability of mixing a batch')
     g.add_argument('--mixup_switch_prob', type=float, default=0.5, help='probability of cutmix when both are on')
@@ -84,10 +146,19 @@ def get_args_parser():
     t.add_argument('--train_manifest', default='', help='labelled manifest CSV to train on (e.g. FF++ c23 train)')
     t.add_argument('--val_manifest', default='', help='labelled manifest CSV (source domain) that picks the best checkpoint')
     g.add_argument('--test_manifests', nargs='+', default=[], help='manifest CSVs to evaluate (after training, or with --eval)')
-    t.add_argument('--balance', action='store_true', help='draw real and fake training faces equally often (default)')
+    t.add_argument('--balance', action='store_true', help='draw real and fake training faces equally often '
+                                                          '(default: the natural class ratio)')
     t.add_argument('--no_balance', action='store_false', dest='balance')
-    parser.set_defaults(balance=True)
-    t.add_argument('--min_crop_scale', default=0.5, type=float, help='RandomResizedCrop minimum area fraction')
+    parser.set_defaults(balance=False)
+    t.add_argument('--min_crop_scale', default=0.08, type=float, help='RandomResizedCrop minimum area fraction')
+    t.add_argument('--aa', default='rand-m9-mstd0.5-inc1', type=str, metavar='NAME',
+                   help="timm RandAugment policy (none: off, and the crop + flip run in OpenCV instead of timm's PIL)")
+    t.add_argument('--reprob', default=0.25, type=float, help='random erasing probability (timm; 0 = off)')
+    t.add_argument('--remode', default='pixel', choices=['pixel', 'rand', 'const'], help='random erasing fill')
+    t.add_argument('--recount', default=1, type=int, help='random erasing: at most this many boxes per image')
+    t.add_argument('--eval_crop_pct', default=224 / 256, type=float,
+                   help='evaluation: resize the shorter side to input_size / crop_pct, centre crop '
+                        '(0 = resize the whole image)')
     g.add_argument('--strict_data', action='store_true', help='missing or unreadable images are errors, not skipped')
     g.add_argument('--num_workers', default=10, type=int)
     g.add_argument('--pin_mem', action='store_true', help='pin CPU memory in DataLoader')
@@ -137,6 +208,10 @@ def check_args(args):
         fail(f'--min_crop_scale {args.min_crop_scale} must lie in (0, 1]')
     if problem := misc.number_problem(args, ('recon_weight', 'recon_lambda'), ('threshold', 'drop', 'drop_path')):
         fail(problem)
+    if not 0 <= args.reprob <= 1 or args.recount < 1:
+        fail(f'--reprob {args.reprob} must lie in [0, 1] and --recount {args.recount} be at least 1')
+    if not 0 <= args.eval_crop_pct <= 1:
+        fail(f'--eval_crop_pct {args.eval_crop_pct} must lie in [0, 1] (0: the whole image)')
     if (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax) and args.batch_size % 2:
         fail(f'--mixup/--cutmix need an even --batch_size, got {args.batch_size}')
     if args.amp == 'fp16' and not str(args.device).startswith('cuda'):
@@ -241,9 +316,10 @@ def load_labelled(manifest, strict=False, videos=False, keep_repeats=False):
     return samples, len(missing)
 
 
-def eval_loader(samples, input_size, mean, std, args):
+def eval_loader(samples, input_size, mean, std, args, crop_pct=None):
     """Every sample once, in order; an unreadable image is left out and counted, never replaced."""
-    ds = FaceDataset(samples, FaceTransform(input_size, train=False, mean=mean, std=std, normalize=False),
+    ds = FaceDataset(samples, FaceTransform(input_size, train=False, mean=mean, std=std, normalize=False,
+                                            crop_pct=crop_pct),
                      strict=args.strict_data, require_label=True, drop_unusable=True)   # uint8; normalised on the device
     sampler = ShardSampler(len(ds), misc.get_rank(), misc.get_world_size())
     return ExitOnDataError(DataLoader(ds, sampler=sampler, batch_size=args.eval_batch_size or 2 * args.batch_size,
@@ -253,9 +329,15 @@ def eval_loader(samples, input_size, mean, std, args):
 
 
 def train_loader(samples, args):
+    if args.aa != 'none':                                  # timm's crop, flip and RandAugment (PIL)
+        try:
+            transform = TimmTrainTransform(args.input_size, (args.min_crop_scale, 1.0), args.aa)
+        except (ValueError, KeyError, AssertionError) as e:
+            raise error(f'--aa {args.aa} is not a timm augmentation policy ({e})') from None
+    else:
+        transform = FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0), normalize=False)
     try:        # a mostly unusable set, or with --strict_data an unusable sample: one line naming files
-        ds = FaceDataset(samples, FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0),
-                                                normalize=False), strict=args.strict_data, require_label=True)
+        ds = FaceDataset(samples, transform, strict=args.strict_data, require_label=True)
     except ValueError as e:
         raise error(f'--train_manifest {args.train_manifest}: {e}') from None
     world = misc.get_world_size()
@@ -346,7 +428,7 @@ def build_model(args):
     check_trainable_blocks(args, name)
     make = lambda norm_pix: models_vit.MODELS[name](  # noqa: E731
         img_size=args.input_size, global_pool=args.global_pool, drop_rate=args.drop, drop_path_rate=args.drop_path,
-        norm_pix=norm_pix)
+        norm_pix=norm_pix, crop_pct=args.eval_crop_pct or None, head_init_std=args.head_init_std)
     decoder_loaded = True
     if meta is None:
         model = make(False)
@@ -382,7 +464,7 @@ def trainable_summary(model):
 
 
 # ---------------------------------------------------------------------- evaluation on test sets
-def evaluate_sets(model, manifests, input_size, mean, std, device, amp_dtype, args, ckpt_path=None):
+def evaluate_sets(model, manifests, input_size, mean, std, device, amp_dtype, args, ckpt_path=None, crop_pct=None):
     """Frame/video metrics per test manifest; table printed, eval.json / eval.md / ROC PNGs written (rank 0)."""
     results, curves, names = {}, {}, set()
     for m in manifests:
@@ -393,7 +475,7 @@ def evaluate_sets(model, manifests, input_size, mean, std, device, amp_dtype, ar
             name += '_'
         names.add(name)
         samples, missing = load_labelled(m, args.strict_data)
-        loader = eval_loader(samples, input_size, mean, std, args)
+        loader = eval_loader(samples, input_size, mean, std, args, crop_pct)
         try:
             metrics, labels, scores = evaluate_samples(model, samples, loader, device, amp_dtype, name=name,
                                                        quiet=args.quiet, threshold=args.threshold)
@@ -443,11 +525,12 @@ def run_eval(args, device, amp_dtype):
               f'{" (global pool)" if meta.get("global_pool") else ""}')
     net = misc.maybe_compile(model, device, args.compile)
     return evaluate_sets(net, args.test_manifests, meta['input_size'], meta['mean'], meta['std'], device,
-                         amp_dtype, args, ckpt_path=args.resume)
+                         amp_dtype, args, ckpt_path=args.resume, crop_pct=model.crop_pct)
 
 
 # ---------------------------------------------------------------------- main
 def main(args):
+    recipe = None if args.eval else apply_recipe(args, set(args.given) if hasattr(args, 'given') else None)
     check_args(args)
     device = misc.setup_run(args)
     if args.overwrite and not args.eval:
@@ -478,7 +561,8 @@ def main(args):
     sampler, loader = train_loader(train_samples, args)
     if problem := misc.accum_problem(args, loader):
         raise error(problem)
-    val_loader = eval_loader(val_samples, args.input_size, model.mean, model.std, args) if val_samples else None
+    val_loader = (eval_loader(val_samples, args.input_size, model.mean, model.std, args, model.crop_pct)
+                  if val_samples else None)
 
     eff_batch = args.batch_size * args.accum_iter * misc.get_world_size()
     if args.lr is None:
@@ -507,7 +591,7 @@ def main(args):
     model_net = misc.maybe_compile(model_net, device, args.compile)
     meta = models_vit.detector_meta(model_without_ddp, args.model, decoder=decoder_loaded,
                                     trainable_blocks=args.trainable_blocks, full_finetune=args.full_finetune,
-                                    recon=args.recon)
+                                    recon=args.recon, recipe=args.recipe)
 
     if misc.is_main_process():
         print(f'{args.model} at {args.input_size} px: {trainable_summary(model_without_ddp)} '
@@ -518,6 +602,7 @@ def main(args):
               f'{len(val_samples) if val_samples else 0} validation faces')
         print(f'effective batch size {eff_batch}; lr {args.lr:.3e} (blr {args.blr:.3e} x {eff_batch} / 256), '
               f'layer decay {args.layer_decay}')
+        print(f'recipe {args.recipe} (explicit flags win): ' + json.dumps(recipe, default=str))
         print(json.dumps(vars(args), default=str))
     log_writer = misc.make_log_writer(args.log_dir)
 
@@ -542,7 +627,7 @@ def main(args):
         stats.update(best_val_auc=best_auc, best_epoch=best_epoch)
         if getattr(args, 'changed_flags', None) and epoch == args.start_epoch:     # --allow_changed_flags: on record
             stats['changed_flags'] = args.changed_flags
-        save_epoch(args, model_without_ddp, optimizer, epoch, scaler, improved, detector=meta, best_val_auc=best_auc,
+        save_epoch(args, model_without_ddp, optimizer, epoch, scaler, improved, detector=meta, recipe=recipe, best_val_auc=best_auc,
                    best_epoch=best_epoch, val=val, log_stats=stats)        # log_stats: see checkpoint.complete_log
         misc.log_epoch(args.output_dir, epoch, stats)
     if log_writer is not None:
@@ -562,12 +647,12 @@ def main(args):
         if misc.is_main_process():
             print(f'Testing {best}')
         result['test'] = evaluate_sets(model_net, args.test_manifests, args.input_size, model_without_ddp.mean,
-                                       model_without_ddp.std, device, amp_dtype, args, ckpt_path=best)
+                                       model_without_ddp.std, device, amp_dtype, args, ckpt_path=best,
+                                       crop_pct=model_without_ddp.crop_pct)
     if args.distributed:
         torch.distributed.destroy_process_group()
     return result
 
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser('MIFAE fine-tuning (deepfake detection)', parents=[get_args_parser()])
-    main(parser.parse_args())
+    main(parse_args())

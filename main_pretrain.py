@@ -8,7 +8,6 @@ import argparse
 import datetime
 import json
 import math
-import re
 import time
 from functools import partial
 from pathlib import Path
@@ -23,7 +22,8 @@ from engine_pretrain import train_one_epoch
 from util.datasets import ExitOnDataError, FaceDataset, FaceTransform, drop_duplicates, load_samples
 from util.fileio import WriteError
 from util.freq import max_radius
-from util.masking import num_masked
+from util.losses import FREQ_LOSSES
+from util.masking import MASK_STRATEGIES, num_masked
 
 error = partial(misc.usage_error, 'main_pretrain.py')     # raise error('--flag ...: what to do')
 
@@ -39,7 +39,7 @@ def get_args_parser():
                    help=f'one of: {", ".join(models_mae.MODELS)}')
     g.add_argument('--input_size', default=224, type=int, help='image size')
     g.add_argument('--mask_ratio', default=0.75, type=float, help='fraction of patches removed')
-    g.add_argument('--mask_strategy', default='facial', choices=['facial', 'random'],
+    g.add_argument('--mask_strategy', default='facial', choices=list(MASK_STRATEGIES),
                    help='facial: facial-region-guided masking; random: vanilla MAE masking')
     g.add_argument('--num_mask_regions', default=1, type=int, help='facial regions hidden per image (1-4)')
     g.add_argument('--norm_pix_loss', action='store_true', help='spatial loss on per-patch normalised pixels')
@@ -47,7 +47,11 @@ def get_args_parser():
     g.add_argument('--mask_radius', '--radius', dest='mask_radius', default=None, type=float,
                    help='low-frequency disc radius in frequency bins (default 16 at 224 px, scaled with input_size)')
     g.add_argument('--lamda', default=1.0, type=float, help='weight of the frequency loss')
-    g.add_argument('--ffl_alpha', default=1.0, type=float, help='focal frequency loss exponent (0 = plain mean distance)')
+    g.add_argument('--freq_loss', default='reference', choices=list(FREQ_LOSSES),
+                   help="reference: the reference code's loss, mean of sqrt(|F(pred[c]) - F(grey)|^2 + 1e-7) over the "
+                        "masked bins and the RGB channels; ffl: Jiang et al.'s focal frequency loss of the grey prediction")
+    g.add_argument('--ffl_alpha', default=1.0, type=float,
+                   help='focal frequency loss exponent of --freq_loss ffl (0 = plain mean squared distance)')
 
     g = parser.add_argument_group('optimizer')
     g.add_argument('--weight_decay', type=float, default=0.05)
@@ -75,11 +79,6 @@ def get_args_parser():
     return parser
 
 
-def patch_size_of(model_name):
-    m = re.search(r'patch(\d+)', model_name)
-    return int(m.group(1)) if m else 16
-
-
 # flags a resumed run may change freely besides the run group's (--epochs: extending a run); --model and
 # --input_size never (tensor shapes); any other flag only with --allow_changed_flags
 RESUME_HARMLESS = ('epochs', 'num_workers', 'pin_mem', 'strict_data')
@@ -93,7 +92,7 @@ def check_args(args):
         raise error(msg)
     if args.model not in models_mae.MODELS:
         fail(f'--model {args.model} is unknown; choose one of {", ".join(models_mae.MODELS)}')
-    p = patch_size_of(args.model)
+    p = models_mae.arch_of(args.model)['patch_size']
     if args.input_size % p:
         fail(f'--input_size {args.input_size} is not divisible by the patch size {p} of {args.model}')
     num_patches = (args.input_size // p) ** 2
@@ -135,6 +134,7 @@ def check_args(args):
 def build_model(args):
     return models_mae.MODELS[args.model](img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
                                          mask_ratio=args.mask_ratio, mask_radius=args.mask_radius,
+                                         freq_loss=getattr(args, 'freq_loss', 'ffl'),   # runs before the flag: ffl
                                          ffl_alpha=args.ffl_alpha, lamda=args.lamda)
 
 
@@ -145,6 +145,9 @@ def init_from_checkpoint(model, path):
     except (FileNotFoundError, ValueError) as e:
         raise error(f'--init_from {e}' if str(path) in str(e) else f'--init_from {path}: {e}') from None
     own = model.state_dict()
+    note = models_mae.old_freq_decoder_note(state)
+    if note:
+        print(f'{path}: {note}: the frequency decoder starts fresh')
     # fixed sin-cos embeddings: the file's (the positions its weights learnt with), rebuilt for another grid
     fixed = {k for k in ('pos_embed', 'decoder_pos_embed') if k in state and state[k].shape != own[k].shape}
     mismatched = checkpoint.shape_mismatches(state, own, [k for k in state if k in own and k not in fixed],
@@ -156,6 +159,15 @@ def init_from_checkpoint(model, path):
     model.load_state_dict(state, strict=False)
     fresh = sorted({k.split('.')[0] for k in missing})
     print(f'Initialised from {path}: {len(state)} tensors loaded; freshly initialised: {", ".join(fresh) or "none"}')
+
+
+def refuse_old_freq_decoder(args):
+    """After a failed resume: a one-line reason when the checkpoint has the older frequency decoder."""
+    path = misc.find_resume_checkpoint(args)
+    note = path and models_mae.old_freq_decoder_note(misc.load_checkpoint(path).get('model', {}))
+    if note:
+        raise SystemExit(f'main_pretrain.py: error: cannot resume from {path}: {note}; pass it as --init_from '
+                         f'(its encoder and spatial decoder load, the frequency decoder starts fresh)')
 
 
 def real_samples(args):
@@ -183,7 +195,7 @@ def build_loader(args, samples):
     transform = FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0), normalize=False)
     try:        # a mostly unusable set, or with --strict_data an unusable sample: one line naming files
         dataset = FaceDataset(samples, transform,
-                              mask_strategy=args.mask_strategy, patch_size=patch_size_of(args.model),
+                              mask_strategy=args.mask_strategy, patch_size=models_mae.arch_of(args.model)['patch_size'],
                               mask_ratio=args.mask_ratio, num_regions=args.num_mask_regions, strict=args.strict_data)
     except ValueError as e:
         raise error(f'--data_path {args.data_path}: {e}') from None
@@ -227,6 +239,9 @@ def main(args):
         checkpoint.resume_training(args, model_without_ddp, optimizer, scaler)
     except (FileNotFoundError, ValueError) as e:
         raise error(f'cannot resume: {e}') from None
+    except SystemExit:
+        refuse_old_freq_decoder(args)
+        raise
 
     if args.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == 'cuda' else None)

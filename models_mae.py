@@ -3,8 +3,9 @@
 Spatial branch (facial-region-guided masking): the encoder sees the visible 25% of the patches, the
 spatial decoder (MAE's, 8 x 512 for ViT-B) predicts the removed ones; MSE on removed patches.
 Frequency branch (high-frequency masking): the encoder -- same blocks, own cls token -- sees all
-patches of the low-pass image; a light frequency decoder predicts an image whose spectrum must match
-the original's in the masked high-frequency bins; focal frequency loss.
+patches of the low-pass image; a light frequency decoder (on the spatial decoder's decoder_embed) predicts an image whose spectrum must match
+the grey original's in the masked high-frequency bins (the reference code's loss, or Jiang et al.'s
+focal frequency loss with --freq_loss ffl).
 loss = spatial + lamda * frequency.
 
 Shapes are static throughout: a mask removes a fixed number of patches, visible tokens are picked with
@@ -18,9 +19,34 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from util.freq import filter_spectrum, low_pass_mask, max_radius
-from util.losses import focal_frequency_loss, masked_patch_mse, to_gray
+from util.losses import FREQ_LOSSES, masked_patch_mse, to_gray
 from util.masking import num_masked
 from util.pos_embed import sincos_pos_embed_2d
+
+
+class SpatialDecoder(nn.Module):
+    """The spatial decoder, shared by the autoencoder (stage 1) and the detector (stage 2): decoder_embed,
+    decoder_pos_embed (fixed sin-cos), decoder_blocks, decoder_norm, decoder_pred -- MAE's names, so that the
+    checkpoints of both stages and of MAE hold the same keys. Subclasses call `build_spatial_decoder` in
+    __init__; each stage only decides which tokens reach `decode_tokens`."""
+
+    def build_spatial_decoder(self, embed_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio,
+                              norm_layer, patch_size, in_chans, grid):
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.register_buffer('decoder_pos_embed',
+                             torch.from_numpy(sincos_pos_embed_2d(decoder_embed_dim, grid, True))[None])
+        self.decoder_blocks = nn.ModuleList([
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(decoder_depth)])
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
+
+    def decode_tokens(self, x):
+        """Embedded tokens, cls + all L in patch order [N, 1+L, Dd] -> every patch's pixels [N, L, p*p*C]."""
+        x = x + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
 
 def default_mask_radius(img_size):
@@ -28,12 +54,13 @@ def default_mask_radius(img_size):
     return 16.0 * img_size / 224
 
 
-class MaskedImageFrequencyAutoencoder(nn.Module):
+class MaskedImageFrequencyAutoencoder(SpatialDecoder):
     def __init__(self, img_size=224, patch_size=16, in_chans=3,
                  embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
                  mlp_ratio=4., norm_layer=partial(nn.LayerNorm, eps=1e-6),
-                 norm_pix_loss=False, mask_ratio=0.75, mask_radius=None, ffl_alpha=1.0, lamda=1.0):
+                 norm_pix_loss=False, mask_ratio=0.75, mask_radius=None, freq_loss='reference', ffl_alpha=1.0,
+                 lamda=1.0):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f'img_size {img_size} is not divisible by the patch size {patch_size}')
@@ -43,7 +70,9 @@ class MaskedImageFrequencyAutoencoder(nn.Module):
         if not 0 < self.mask_radius <= max_radius(img_size, img_size):
             raise ValueError(f'mask_radius {self.mask_radius} must lie in (0, {max_radius(img_size, img_size):.1f}]'
                              f' for a {img_size}x{img_size} spectrum')
-        self.ffl_alpha, self.lamda = ffl_alpha, lamda
+        if freq_loss not in FREQ_LOSSES:
+            raise ValueError(f'freq_loss {freq_loss!r} is unknown; choose one of {", ".join(FREQ_LOSSES)}')
+        self.freq_loss_name, self.ffl_alpha, self.lamda = freq_loss, ffl_alpha, lamda
 
         # ---- shared encoder
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -57,20 +86,14 @@ class MaskedImageFrequencyAutoencoder(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)])
         self.norm = norm_layer(embed_dim)
 
-        # ---- spatial decoder
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        # ---- spatial decoder (shared with the detector), with the mask token of the removed patches
+        self.build_spatial_decoder(embed_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio,
+                                   norm_layer, patch_size, in_chans, grid)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.register_buffer('decoder_pos_embed',
-                             torch.from_numpy(sincos_pos_embed_2d(decoder_embed_dim, grid, True))[None])
-        self.decoder_blocks = nn.ModuleList([
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(decoder_depth)])
-        self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
 
-        # ---- light frequency decoder: embed -> Linear -> LayerNorm -> Linear to pixels
-        self.freq_decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
-        self.freq_decoder_fc = nn.Linear(decoder_embed_dim, decoder_embed_dim)
+        # ---- light frequency decoder (the reference's): the spatial decoder's own decoder_embed (shared, so it
+        # learns from both branches) -> Linear without bias -> LayerNorm -> Linear to pixels
+        self.freq_decoder = nn.Linear(decoder_embed_dim, decoder_embed_dim, bias=False)
         self.freq_decoder_norm = norm_layer(decoder_embed_dim)
         self.freq_decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
 
@@ -135,24 +158,13 @@ class MaskedImageFrequencyAutoencoder(nn.Module):
             x = blk(x)
         return self.norm(x), ids_restore
 
-    def forward_decoder(self, latent, ids_restore=None):
-        """Predict every patch's pixels from cls + K tokens. -> [N, L, p*p*C]
-
-        The K tokens are the visible ones in the order of ids_shuffle; ids_restore=None means all L
-        patches are present in patch order (stage 2 reconstructs from the classifier's full token set).
-        """
+    def forward_decoder(self, latent, ids_restore):
+        """Predict every patch's pixels from cls + the K visible tokens in the order of ids_shuffle. -> [N, L, p*p*C]"""
         x = self.decoder_embed(latent)                                      # [N, 1+K, Dd]
         n, _, d = x.shape
-        num_missing = self.num_patches + 1 - x.shape[1]
-        tokens = x[:, 1:]
-        if num_missing:
-            tokens = torch.cat([tokens, self.mask_token.expand(n, num_missing, -1)], dim=1)  # [N, L, Dd]
-        if ids_restore is not None:                                         # every token back at its patch
-            tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
-        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
-        for blk in self.decoder_blocks:
-            x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        tokens = torch.cat([x[:, 1:], self.mask_token.expand(n, self.num_patches + 1 - x.shape[1], -1)], dim=1)
+        tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))   # every token at its patch
+        return self.decode_tokens(torch.cat([x[:, :1], tokens], dim=1))
 
     def spatial_loss(self, imgs, pred, mask):
         return masked_patch_mse(pred, self.patchify(imgs), mask, self.norm_pix_loss)
@@ -173,38 +185,64 @@ class MaskedImageFrequencyAutoencoder(nn.Module):
 
     def forward_freq_decoder(self, latent):
         """Predict the full image from the patch tokens. -> [N, C, H, W]"""
-        x = self.freq_decoder_embed(latent[:, 1:])
-        x = self.freq_decoder_pred(self.freq_decoder_norm(self.freq_decoder_fc(x)))
+        x = self.decoder_embed(latent[:, 1:])                               # shared with the spatial decoder
+        x = self.freq_decoder_pred(self.freq_decoder_norm(self.freq_decoder(x)))
         return self.unpatchify(x)
 
     def frequency_loss(self, imgs, freq_pred):
-        """Focal frequency loss between grayscale spectra, over the masked (high-frequency) bins only."""
-        return focal_frequency_loss(to_gray(freq_pred), to_gray(imgs), self.freq_scored, self.ffl_alpha)
+        """The --freq_loss distance between the prediction's spectrum and the grey input's, over the masked
+        (high-frequency) bins only (util.losses.FREQ_LOSSES)."""
+        return FREQ_LOSSES[self.freq_loss_name](freq_pred, to_gray(imgs), self.freq_scored, self.ffl_alpha)
 
-    # ------------------------------------------------------------------ both
+    # ------------------------------------------------------------------ all pretext tasks
+    def pretext_losses(self, imgs, mask):
+        """Every pretext task's loss. -> (losses {name: 0-d tensor}, outputs {name: tensor}).
+
+        The one place a pretext task is added: its loss here, its weight in `loss_weights`; training sums,
+        logs (log.txt, TensorBoard) and shows every loss named here.
+        """
+        latent, ids_restore = self.forward_encoder(imgs, mask)
+        pred = self.forward_decoder(latent, ids_restore)
+        low = self.low_pass(imgs)
+        freq_pred = self.forward_freq_decoder(self.forward_freq_encoder(low))
+        losses = dict(spat_loss=self.spatial_loss(imgs, pred, mask), freq_loss=self.frequency_loss(imgs, freq_pred))
+        return losses, dict(pred=pred, mask=mask, low=low, freq_pred=freq_pred)
+
+    @property
+    def loss_weights(self):
+        """{loss name: weight in the training loss}."""
+        return dict(spat_loss=1.0, freq_loss=self.lamda)
+
     def forward(self, imgs, mask=None):
         """imgs: [N, C, H, W] normalised; mask: [N, L] bool, True = removed (None: random on the device).
 
-        Returns (loss, outputs) with outputs holding spat_loss, freq_loss, pred [N, L, p*p*C],
-        mask, low [N, C, H, W] and freq_pred [N, C, H, W].
+        Returns (loss, outputs): loss = sum of weight x loss over `pretext_losses`; outputs holds `losses`
+        (that dict), each loss under its own name too, pred [N, L, p*p*C], mask, low and freq_pred [N, C, H, W].
         """
         if mask is None:
             mask = self.random_masks(imgs.shape[0], imgs.device)
-        latent, ids_restore = self.forward_encoder(imgs, mask)
-        pred = self.forward_decoder(latent, ids_restore)
-        spat_loss = self.spatial_loss(imgs, pred, mask)
+        losses, out = self.pretext_losses(imgs, mask)
+        weights = self.loss_weights
+        loss = sum(weights[k] * v for k, v in losses.items())
+        return loss, dict(losses, losses=losses, **out)
 
-        low = self.low_pass(imgs)
-        freq_pred = self.forward_freq_decoder(self.forward_freq_encoder(low))
-        freq_loss = self.frequency_loss(imgs, freq_pred)
 
-        loss = spat_loss + self.lamda * freq_loss
-        return loss, dict(spat_loss=spat_loss, freq_loss=freq_loss, pred=pred, mask=mask, low=low,
-                          freq_pred=freq_pred)
+# The frequency decoder of checkpoints written before it shared decoder_embed (own embedding, biased Linear):
+# they cannot continue training, and their frequency decoder is not used elsewhere.
+OLD_FREQ_DECODER_KEYS = ('freq_decoder_embed.', 'freq_decoder_fc.')
+
+
+def old_freq_decoder_note(state):
+    """A one-line note when `state` holds the older frequency decoder, else None."""
+    if any(k.startswith(OLD_FREQ_DECODER_KEYS) for k in state):
+        return ('its frequency decoder has the older layout (own freq_decoder_embed, biased freq_decoder_fc), '
+                'not the reference\'s (shared decoder_embed, bias-free freq_decoder)')
+    return None
 
 
 # ---------------------------------------------------------------------- factories (looked up by --model)
 # Encoder and spatial-decoder sizes; models_vit builds its detectors from the same table.
+# The patch size of a model is ARCHS[...]['patch_size']; arch_of finds the entry from either stage's name.
 ARCHS = {
     # micro: a CPU size for the tests and the demo (64-px faces, 8x8 patches), not a published model
     'vit_micro_patch8': dict(patch_size=8, embed_dim=128, depth=6, num_heads=4,
@@ -220,6 +258,11 @@ ARCHS = {
     'vit_huge_patch14': dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16,
                              decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
 }
+
+
+def arch_of(name):
+    """The ARCHS entry of 'mae_vit_base_patch16' or 'vit_base_patch16'; KeyError for another name."""
+    return ARCHS[name[len('mae_'):] if name.startswith('mae_') else name]
 
 
 def _factory(cls, arch, name):

@@ -5,7 +5,7 @@ The encoder's names match models_mae's (patch_embed, cls_token, pos_embed, block
 pre-training checkpoint (MIFAE or original MAE) loads directly; pos_embed is learnable here, initialised
 from the checkpoint's and resized when the input size differs. The decoder (decoder_embed,
 decoder_pos_embed, decoder_blocks, decoder_norm, decoder_pred) is the pre-training spatial decoder and
-runs models_mae's own `forward_decoder` on cls + all L tokens. It is always frozen; by default only the
+is models_mae's SpatialDecoder, run on cls + all L tokens. It is always frozen; by default only the
 last block, the final norm and the head train, and the frozen prefix runs without autograd and stays
 in eval mode (no drop-path), so its weights and its outputs never change.
 """
@@ -18,7 +18,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
 import util.checkpoint as checkpoint
-from models_mae import ARCHS, _factory
+from models_mae import ARCHS, SpatialDecoder, _factory, arch_of
 from models_mae import MaskedImageFrequencyAutoencoder as _MIFAE
 from util.datasets import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from util.losses import denormalize_patches, normalize_patches
@@ -28,17 +28,20 @@ DECODER_PREFIXES = ('decoder_embed.', 'decoder_blocks.', 'decoder_norm.', 'decod
 HEAD_PREFIXES = ('head.', 'fc_norm.')
 
 
-class MIFAEDetector(nn.Module):
+class MIFAEDetector(SpatialDecoder):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.,
                  norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=2, global_pool=False,
-                 drop_rate=0., drop_path_rate=0., norm_pix=False, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 drop_rate=0., drop_path_rate=0., norm_pix=False, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 crop_pct=None, head_init_std=2e-5):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f'img_size {img_size} is not divisible by the patch size {patch_size}')
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.num_classes, self.global_pool, self.norm_pix = num_classes, global_pool, norm_pix
         self.mean, self.std = tuple(mean), tuple(std)
+        self.crop_pct = crop_pct                               # evaluation centre crop (None: whole image)
+        self.head_init_std = head_init_std
         grid = img_size // patch_size
 
         # ---- encoder (models_mae names)
@@ -55,15 +58,9 @@ class MIFAEDetector(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes)
 
-        # ---- frozen spatial decoder (models_mae names; no mask token: every patch has its token)
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
-        self.register_buffer('decoder_pos_embed',
-                             torch.from_numpy(sincos_pos_embed_2d(decoder_embed_dim, grid, True))[None])
-        self.decoder_blocks = nn.ModuleList([
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(decoder_depth)])
-        self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
+        # ---- frozen spatial decoder (models_mae's; no mask token: every patch has its token)
+        self.build_spatial_decoder(embed_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio,
+                                   norm_layer, patch_size, in_chans, grid)
 
         self.first_trainable = 0                               # blocks before it are frozen (see freeze)
         self.initialize_weights()
@@ -74,7 +71,7 @@ class MIFAEDetector(nn.Module):
         torch.nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
         torch.nn.init.normal_(self.cls_token, std=.02)
         self.apply(_MIFAE._init_weights)
-        trunc_normal_(self.head.weight, std=.02)
+        trunc_normal_(self.head.weight, std=self.head_init_std)
 
     # ------------------------------------------------------------------ what trains
     def freeze(self, trainable_blocks=1, full=False):
@@ -147,7 +144,9 @@ class MIFAEDetector(nn.Module):
         return self.head(self.head_drop(x))
 
     # ------------------------------------------------------------------ frozen decoder (models_mae's)
-    forward_decoder = _MIFAE.forward_decoder   # (tokens [N, 1+L, D], ids_restore=None) -> [N, L, p*p*C]
+    def forward_decoder(self, tokens):
+        """The classifier's tokens, cls + all L in patch order [N, 1+L, D] -> every patch's pixels [N, L, p*p*C]."""
+        return self.decode_tokens(self.decoder_embed(tokens))
 
     # ------------------------------------------------------------------ both
     def forward(self, x, return_recon=False):
@@ -200,7 +199,7 @@ def resolve_model_name(name):
 
 def patch_size_of(name):
     """16 for 'vit_base_patch16' (no model is built)."""
-    return int(resolve_model_name(name).rsplit('patch', 1)[1])
+    return arch_of(resolve_model_name(name))['patch_size']
 
 
 def depth_of(name):
@@ -274,14 +273,16 @@ def detector_meta(model, model_name, **extra):
     """What a fine-tuning checkpoint carries so that predict.py can rebuild the model with no flags."""
     meta = dict(kind='mifae_detector', model=resolve_model_name(model_name), input_size=model.img_size,
                 patch_size=model.patch_size, global_pool=model.global_pool, num_classes=model.num_classes,
-                norm_pix=bool(model.norm_pix), mean=list(model.mean), std=list(model.std))
+                norm_pix=bool(model.norm_pix), mean=list(model.mean), std=list(model.std),
+                eval_crop_pct=model.crop_pct)
     meta.update(extra)
     return meta
 
 
 def build_detector(meta, **overrides):
     kw = dict(img_size=meta['input_size'], global_pool=meta['global_pool'], num_classes=meta['num_classes'],
-              norm_pix=meta['norm_pix'], mean=meta['mean'], std=meta['std'])
+              norm_pix=meta['norm_pix'], mean=meta['mean'], std=meta['std'],
+              crop_pct=meta.get('eval_crop_pct'))          # older checkpoints: the whole image
     kw.update(overrides)
     return MODELS[resolve_model_name(meta['model'])](**kw)
 
@@ -333,6 +334,40 @@ def reconstruction_discrepancy(model, imgs):
 def load_images_for(model, paths):
     """Read face-crop files and normalise them as the model expects. -> [N, 3, S, S]"""
     from util.datasets import FaceTransform, read_image_rgb
-    tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std)
+    tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std, crop_pct=model.crop_pct)
     return torch.stack([tf(read_image_rgb(Path(p)))[0] for p in paths])
 
+
+
+def grad_cam(model, imgs, target_class=1):
+    """Grad-CAM (pytorch-grad-cam) of the `target_class` logit (1 = fake) at the last block's first norm,
+    the patch tokens reshaped to the patch grid (cls token dropped). imgs: normalised [N, 3, H, W] on the
+    model's device. -> [N, H, W] float32 in [0, 1] on the CPU (each map scaled to its own maximum).
+
+    Gradients must reach the last block whatever is frozen: the frozen prefix, which normally runs without
+    autograd, runs with it here (on an input that requires grad); nothing is updated."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    grid = model.img_size // model.patch_size
+
+    def tokens_to_grid(t):                                              # [N, 1+L, D] -> [N, D, g, g]
+        return t[:, 1:].reshape(t.shape[0], grid, grid, t.shape[-1]).permute(0, 3, 1, 2)
+
+    was_training, first_trainable = model.training, model.first_trainable
+    model.first_trainable = 0
+    try:
+        with torch.enable_grad(), GradCAM(model, [model.blocks[-1].norm1], reshape_transform=tokens_to_grid) as cam:
+            maps = cam(input_tensor=imgs.float().detach().requires_grad_(True),
+                       targets=[ClassifierOutputTarget(target_class)] * imgs.shape[0])
+    finally:
+        model.first_trainable = first_trainable
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)                               # the CAM's backward leaves nothing behind
+    return torch.from_numpy(maps).float()
+
+
+def cam_overlay(img, cam, weight=0.5):
+    """[3, H, W] image in [0, 1] and its [H, W] Grad-CAM -> uint8 RGB [H, W, 3] (JET colours blended in)."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    return show_cam_on_image(img.permute(1, 2, 0).float().clamp(0, 1).numpy(), cam.numpy(), use_rgb=True,
+                             image_weight=1 - weight)

@@ -8,7 +8,8 @@ request), the crop is resized and normalised as the checkpoint says (it records 
 and normalisation, so no model flags are needed). An image's score is its most fake-looking face (every
 face is reported); a video's score is the mean fake probability over the sampled frames that show a face
 (the largest face per frame). `--heatmap DIR` writes one PNG per face: input | reconstruction by the
-frozen decoder from the detector's tokens | |difference| (JET colours, 0 to --heatmap_max).
+frozen decoder from the detector's tokens | |difference| (JET colours, 0 to --heatmap_max) | Grad-CAM of
+the fake logit (pytorch-grad-cam, last block, over the input).
 A file without a face, an unreadable image or video: said so, and the next file is processed.
 """
 import argparse
@@ -46,7 +47,8 @@ def get_args_parser():
     p.add_argument('--batch_size', default=32, type=int, help='faces per forward pass')
     p.add_argument('--threshold', default=0.5, type=float, help='fake probability above which the verdict is FAKE')
     p.add_argument('--json', default='', help='write all results to this JSON file')
-    p.add_argument('--heatmap', default='', metavar='DIR', help='write input | reconstruction | |difference| PNGs here')
+    p.add_argument('--heatmap', default='', metavar='DIR',
+                   help='write input | reconstruction | |difference| | Grad-CAM of the fake logit PNGs here')
     p.add_argument('--heatmap_max', default=0.25, type=float, help='|difference| (pixel units, 0-1) shown as full red')
     p.add_argument('--quiet', action='store_true', help='only the per-file verdict lines')
     return p
@@ -84,7 +86,8 @@ class Predictor:
                  heatmap_max=0.25):
         self.device = torch.device(device)
         self.model, self.meta = models_vit.load_detector(checkpoint, self.device)
-        self.tf = FaceTransform(self.meta['input_size'], train=False, mean=self.meta['mean'], std=self.meta['std'])
+        self.tf = FaceTransform(self.meta['input_size'], train=False, mean=self.meta['mean'], std=self.meta['std'],
+                                crop_pct=self.meta.get('eval_crop_pct'))
         self.amp_dtype = torch.bfloat16 if self.device.type == 'cuda' else None
         self.landmarker_name, self.weights_dir = landmarker, weights_dir
         self.margin, self.batch_size, self.heatmap_max = margin, max(1, batch_size), heatmap_max
@@ -106,8 +109,9 @@ class Predictor:
             with misc.autocast(self.device, self.amp_dtype):
                 if with_heatmaps:
                     r = models_vit.reconstruction_discrepancy(self.model, x)
+                    cams = models_vit.grad_cam(self.model, x)
                     probs.append(r['prob'])
-                    panels += [heatmap_panel(r['input'][i], r['recon'][i], r['diff'][i], self.heatmap_max)
+                    panels += [heatmap_panel(r['input'][i], r['recon'][i], r['diff'][i], self.heatmap_max, cams[i])
                                for i in range(x.shape[0])]
                 else:
                     probs.append(self.model.fake_prob(self.model(x)).cpu())
@@ -171,14 +175,18 @@ def no_face(path, reasons, frames=False):
     return dict(status='face_too_small' if small == n else 'no_face', message=f'{path}: {what}')
 
 
-def heatmap_panel(inp, recon, diff, vmax=0.25):
-    """[3, H, W] input and reconstruction in [0, 1], [H, W] |difference| -> uint8 RGB [H, 3W + 8, 3]."""
+def heatmap_panel(inp, recon, diff, vmax=0.25, cam=None):
+    """[3, H, W] input and reconstruction in [0, 1], [H, W] |difference| and optionally [H, W] Grad-CAM
+    -> uint8 RGB [H, 3W + 8, 3] (with the Grad-CAM overlay: [H, 4W + 12, 3])."""
     to_u8 = lambda t: (t.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
     d = (diff.clamp(0, vmax) / vmax * 255 + 0.5).to(torch.uint8).numpy()
     heat = cv2.cvtColor(cv2.applyColorMap(d, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     h = heat.shape[0]
     gap = np.full((h, 4, 3), 255, np.uint8)
-    return np.concatenate([to_u8(inp), gap, to_u8(recon), gap, heat], axis=1)
+    parts = [to_u8(inp), gap, to_u8(recon), gap, heat]
+    if cam is not None:
+        parts += [gap, models_vit.cam_overlay(inp, cam)]
+    return np.concatenate(parts, axis=1)
 
 
 def write_heatmaps(res, out_dir, stem):

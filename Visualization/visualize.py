@@ -33,6 +33,7 @@ import torch
 if __package__ in (None, ''):                      # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import models_mae                                                      # noqa: E402
 import util.checkpoint as checkpoint                                  # noqa: E402
 import util.misc as misc                                              # noqa: E402
 from util.datasets import (IMAGENET_MEAN, IMAGENET_STD, NO_LABEL, FaceTransform, Sample,  # noqa: E402
@@ -41,7 +42,7 @@ from util.fileio import WriteError, atomic_write                    # noqa: E402
 from util.freq import filter_spectrum, log_magnitude_spectrum      # noqa: E402
 from util.landmarks import load_landmarks                          # noqa: E402
 from util.losses import denormalize_patches, to_gray                # noqa: E402
-from util.masking import REGION_NAMES, facial_region_mask, random_mask  # noqa: E402
+from util.masking import MASK_STRATEGIES, REGION_NAMES, visible_regions  # noqa: E402
 
 error = partial(misc.usage_error, 'visualize.py')      # raise error('--flag ...: what to do')
 FIGURE_FILES = {1: 'fig1_spatial_facial.png', 2: 'fig2_spatial_random.png', 3: 'fig3_frequency.png',
@@ -145,7 +146,9 @@ def load_pretrained(path, device='cpu'):
     model = main_pretrain.build_model(args)
     own = model.state_dict()
     wrong = checkpoint.shape_mismatches(state, own, target=args.model)
-    missing = sorted(set(own) - set(state))
+    model.old_freq_decoder = models_mae.old_freq_decoder_note(state)     # figures 1-2 only (see main)
+    missing = sorted(set(own) - set(state) - ({k for k in own if k.startswith('freq_decoder')}
+                                              if model.old_freq_decoder else set()))
     if wrong or missing:
         raise error(f'{path}: does not match {args.model} at input {args.input_size}: '
                     + (f'{len(wrong)} shape(s) differ, e.g. {wrong[0]}' if wrong else
@@ -211,10 +214,13 @@ def mask_generator(seed, index):
     return torch.Generator().manual_seed(int(seed) + int(index))
 
 
-def chosen_regions(seed, index, num_regions=1):
-    """Names of the facial regions facial_region_mask hides for image `index` (it draws them first)."""
-    order = torch.randperm(len(REGION_NAMES), generator=mask_generator(seed, index))[:num_regions]
-    return [REGION_NAMES[i] for i in order.tolist()]
+def chosen_regions(seed, index, num_regions=1, landmarks=None, img_size=None):
+    """Names of the facial regions facial_region_mask hides for image `index` (it draws them first, among
+    the regions visible in the img_size image; all four when no landmarks are given)."""
+    visible = (visible_regions(np.asarray(landmarks), img_size) if landmarks is not None
+               else list(range(len(REGION_NAMES))))
+    order = torch.randperm(len(visible), generator=mask_generator(seed, index))[:num_regions]
+    return [REGION_NAMES[visible[i]] for i in order.tolist()]
 
 
 def make_masks(landmarks, img_size, patch_size, mask_ratio, strategy='facial', seed=0, num_regions=1):
@@ -222,16 +228,10 @@ def make_masks(landmarks, img_size, patch_size, mask_ratio, strategy='facial', s
 
     -> [N, L] bool, True = removed.
     """
-    masks = []
-    for i, lm in enumerate(landmarks):
-        g = mask_generator(seed, i)
-        if strategy == 'facial':
-            masks.append(facial_region_mask(lm, img_size, patch_size, mask_ratio, num_regions, generator=g))
-        elif strategy == 'random':
-            masks.append(random_mask((img_size // patch_size) ** 2, mask_ratio, generator=g))
-        else:
-            raise ValueError(f'unknown mask strategy {strategy!r} (facial | random)')
-    return torch.stack(masks)
+    if strategy not in MASK_STRATEGIES:
+        raise ValueError(f'unknown mask strategy {strategy!r} ({" | ".join(MASK_STRATEGIES)})')
+    return torch.stack([MASK_STRATEGIES[strategy](lm, img_size, patch_size, mask_ratio, num_regions,
+                                                  mask_generator(seed, i))[0] for i, lm in enumerate(landmarks)])
 
 
 # ---------------------------------------------------------------------- reconstructions
@@ -309,7 +309,8 @@ def figure_spatial(model, imgs, landmarks, strategy='facial', seed=0, num_region
         elif landmarks[i] is None:
             how = 'random: no landmarks'
         else:
-            how = ' + '.join(chosen_regions(seed, i, num_regions)).replace('_', ' ')
+            how = (' + '.join(chosen_regions(seed, i, num_regions, landmarks[i], size)).replace('_', ' ')
+                   or 'random: regions cropped out')
         g.panel(i, 0, hwc(out['original'][i]), 'original')
         g.panel(i, 1, hwc(out['masked'][i]), f'masked ({how})')
         g.panel(i, 2, hwc(out['pred'][i]), 'prediction')
@@ -365,13 +366,16 @@ def pick_per_group(groups, per_group=1, seed=0):
 
 def figure_discrepancy(result, column_titles, display=None):
     """Figure 4 from the detector's outputs (models_vit.reconstruction_discrepancy): one column per dataset or
-    manipulation; rows: input, reconstruction, |difference| heat map (one colour scale for the whole figure).
+    manipulation; rows: input, reconstruction, |difference| heat map (one colour scale for the whole figure) and,
+    when `result` has 'cam', the Grad-CAM of the fake logit over the input (as the reference's figure).
 
-    result: dict(input, recon [G, 3, H, W] in [0, 1], diff [G, H, W], prob [G]). -> (GridFigure, result)
+    result: dict(input, recon [G, 3, H, W] in [0, 1], diff [G, H, W], prob [G], cam [G, H, W] optional).
+    -> (GridFigure, result)
     """
     x, r, diff, prob = (result[k].float().cpu() for k in ('input', 'recon', 'diff', 'prob'))
     vmax = max(float(diff.max()), 1e-6)
-    layout = Layout(3, len(column_titles), display or display_size(x.shape[-1]), title_h=26)
+    cam = result.get('cam')
+    layout = Layout(3 + (cam is not None), len(column_titles), display or display_size(x.shape[-1]), title_h=26)
     g = GridFigure(layout, 'Reconstruction discrepancy: detector tokens -> frozen decoder (heat maps share '
                            f'one scale, 0 to {vmax:.2f})')
     for c, name in enumerate(column_titles):
@@ -379,6 +383,9 @@ def figure_discrepancy(result, column_titles, display=None):
         g.panel(1, c, hwc(r[c]), 'reconstruction')
         g.panel(2, c, diff[c].numpy(), f'|difference|, mean {float(diff[c].mean()):.3f}',
                 cmap=HEAT_CMAP, vmin=0, vmax=vmax)
+        if cam is not None:
+            import models_vit
+            g.panel(3, c, models_vit.cam_overlay(x[c], cam[c].float()), 'Grad-CAM (fake)')
     return g, result
 
 
@@ -407,9 +414,10 @@ def write_discrepancy_figure(detector, samples, out_dir, groups=None, seed=0, di
         picked = [(Path(s.path).stem, i) for i, s in enumerate(samples[:max_columns])]
     else:
         picked = pick_per_group(groups, per_group, seed)[:max_columns]
-    tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std)
+    tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std, crop_pct=model.crop_pct)
     imgs = torch.stack([tf(read_image_rgb(samples[i].path))[0] for _, i in picked])
     result = models_vit.reconstruction_discrepancy(model, imgs.to(device))
+    result['cam'] = models_vit.grad_cam(model, imgs.to(device))
     g, _ = figure_discrepancy(result, [name for name, _ in picked], display)
     return g.save(Path(out_dir) / FIGURE_FILES[4])
 
@@ -478,6 +486,9 @@ def main(args):
     written = {}
     if any(f in args.figures for f in (1, 2, 3)):
         model = load_pretrained(args.checkpoint, args.device)
+        if 3 in args.figures and model.old_freq_decoder:
+            raise SystemExit(f'visualize.py: error: --checkpoint {args.checkpoint}: {model.old_freq_decoder}; '
+                             f'figure 3 needs a checkpoint trained with it (figures 1, 2 and 4 still work)')
         written.update(write_pretrain_figures(model, samples, args.out, args.figures, args.num_images,
                                               args.num_freq_images, args.seed, args.num_regions, args.display))
     if 4 in args.figures:

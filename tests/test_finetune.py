@@ -65,11 +65,14 @@ def test_forward_shapes_and_global_pool():
         assert m.forward_tokens(x).shape == (3, 5, 192)
         p = m.fake_prob(logits)
         assert ((p >= 0) & (p <= 1)).all()
-    # the decoder is models_mae's own: same weights give the same reconstruction from the same tokens
+    # the decoder is models_mae's own (SpatialDecoder): same weights give the same reconstruction from the same
+    # tokens as the autoencoder's with every patch visible, in patch order
     mae = models_mae.mae_vit_tiny_patch16(img_size=32, mask_radius=4)
     mae.load_state_dict({**mae.state_dict(), **{k: v for k, v in m.state_dict().items() if k in mae.state_dict()}})
+    assert isinstance(m, models_mae.SpatialDecoder) and isinstance(mae, models_mae.SpatialDecoder)
     tokens = m.forward_tokens(x)
-    assert torch.allclose(mae.forward_decoder(tokens), m.forward_decoder(tokens))
+    identity = torch.arange(4).expand(3, -1)
+    assert torch.allclose(mae.forward_decoder(tokens, identity), m.forward_decoder(tokens))
 
 
 def test_freeze_and_frozen_modules_stay_in_eval_mode():
@@ -502,7 +505,7 @@ def test_more_bad_input_fails_in_one_line(finetune_tiny, pretrained_tiny, synthe
         with pytest.raises(SystemExit, match='--trainable_blocks 99 exceeds the 12 blocks of vit_tiny_patch16'):
             main_finetune.main(argv('--trainable_blocks', 99, *extra))
     with pytest.raises(SystemExit, match='only_fakes.csv holds fake faces only: --balance needs both classes'):
-        main_finetune.main(argv(train=fakes))
+        main_finetune.main(argv('--balance', train=fakes))
     with pytest.raises(SystemExit, match='--test_manifests need an --output_dir'):
         main_finetune.main(argv('--test_manifests', finetune_tiny['test'], out=''))
     capsys.readouterr()
@@ -520,10 +523,10 @@ def test_more_bad_input_fails_in_one_line(finetune_tiny, pretrained_tiny, synthe
 def test_eval_notes_the_flags_it_ignores(finetune_tiny, tmp_path, capsys):
     argv = ['--eval', '--resume', finetune_tiny['out'] / 'checkpoint-best.pth', '--test_manifests', finetune_tiny['test'],
             '--output_dir', tmp_path, '--device', 'cpu', '--num_workers', 0, '--quiet', '--input_size', 128,
-            '--global_pool', '--epochs', 3, '--no_balance', '--batch_size', 32]
+            '--global_pool', '--epochs', 3, '--balance', '--batch_size', 32]
     main_finetune.main(ft_args(argv))
     notes = [line for line in capsys.readouterr().out.splitlines() if 'note:' in line]
-    assert len(notes) == 1 and notes[0].endswith('ignoring --epochs 3, --no_balance, --input_size 128, --global_pool')
+    assert len(notes) == 1 and notes[0].endswith('ignoring --epochs 3, --balance, --input_size 128, --global_pool')
 
 
 def test_unreadable_validation_set_trains_and_tests_the_last_checkpoint(finetune_tiny, pretrained_tiny, tmp_path,
@@ -562,3 +565,47 @@ def test_detector_compiles_into_one_graph_and_matches_eager():
     c_logits, c_pred = torch.compile(m)(x, return_recon=True)
     torch.testing.assert_close(c_logits, logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(c_pred, pred, rtol=1e-4, atol=1e-5)
+
+
+# the reference's stage-2 values, read from its files: partial_finetuning_with_reconstruction.py (flags,
+# trunc_normal_(model.head.weight, std=2e-5), RandomSampler = natural class ratio), util/datasets.py
+# (build_transform: timm create_transform; eval Resize(int(224 / (224 / 256))) + CenterCrop(224)) and
+# Recon_Loss.py (DualReconLoss lambda_fake=1.0)
+REFERENCE_STAGE2 = dict(
+    epochs=100, batch_size=64, accum_iter=1, blr=5e-4, layer_decay=0.65, warmup_epochs=5, min_lr=1e-6,
+    weight_decay=0.05, clip_grad=None, drop_path=0.1, smoothing=0.1, mixup=0.8, cutmix=1.0, cutmix_minmax=None,
+    mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode='batch', aa='rand-m9-mstd0.5-inc1', reprob=0.25,
+    remode='pixel', recount=1, min_crop_scale=0.08, eval_crop_pct=0.875, balance=False, head_init_std=2e-5,
+    recon_weight=0.5, recon_lambda=1.0, trainable_blocks=1, full_finetune=False, global_pool=False)
+
+
+def test_recipe_reference_reproduces_every_reference_value_and_explicit_flags_win():
+    args = main_finetune.parse_args(['--recipe', 'light', '--epochs', '100', '--no_balance'])
+    effective = main_finetune.apply_recipe(args, set(args.given))
+    assert effective['epochs'] == 100 and effective['balance'] is False       # explicit, equal to the default
+    assert effective['mixup'] == 0 and effective['aa'] == 'none' and effective['blr'] == 1e-3
+    for argv in ([], ['--recipe', 'reference'], ['--recipe', 'light', '--recipe', 'reference']):
+        args = main_finetune.parse_args(argv)
+        effective = main_finetune.apply_recipe(args, set(args.given))
+        assert effective == REFERENCE_STAGE2, argv
+    # the light recipe changes flags left at their defaults, and only those (args built in code)
+    args = ft_args(['--recipe', 'light', '--epochs', '3'])
+    effective = main_finetune.apply_recipe(args)
+    assert effective['epochs'] == 3 and effective['layer_decay'] == 0.75 and effective['balance'] is True
+
+
+def test_reference_training_transform_and_erasing_and_centre_crop():
+    from util.augment import TimmTrainTransform, device_random_erasing
+    img = (np.random.default_rng(0).random((80, 96, 3)) * 255).astype(np.uint8)
+    x, lm = TimmTrainTransform(64, (0.08, 1.0), 'rand-m9-mstd0.5-inc1')(img)
+    assert x.dtype == torch.uint8 and x.shape == (3, 64, 64) and lm is None
+    eraser = device_random_erasing(1.0, 'pixel', 1, 'cpu')
+    batch = torch.zeros(4, 3, 32, 32)
+    out = eraser(batch.clone())
+    assert all((out[i] != 0).any() for i in range(4))                   # every image got a noise box
+    assert device_random_erasing(0.0) is None
+    # evaluation: the centre 224 of a 256 resize (shorter side), as the reference's Resize + CenterCrop
+    tf = FaceTransform(224, train=False, crop_pct=224 / 256)
+    assert tf.eval_box(256, 256) == (16, 16, 224, 224)
+    assert tf.eval_box(512, 640) == (96, 32, 448, 448)
+    assert FaceTransform(224, train=False).eval_box(256, 300) == (0, 0, 300, 256)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from util.datasets import FaceTransform
-from util.landmarks import FLIP_PERM, hflip_landmarks
+from util.landmarks import FACIAL_REGIONS, FLIP_PERM, hflip_landmarks
 from util.masking import REGION_NAMES, facial_region_mask, num_masked, random_mask, region_patches
 
 
@@ -168,3 +168,51 @@ def test_hwc_to_chw_equals_a_permuted_copy():
         out = hwc_to_chw(view)
         assert out.dtype == torch.uint8 and out.is_contiguous()
         assert torch.equal(out, torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1))
+
+
+def test_regions_cut_by_the_crop_are_not_chosen_and_none_visible_falls_back():
+    """Only regions with at least half of their landmarks inside the image are hidden; when none is, the
+    mask is random (flagged as a fallback), still of the exact count."""
+    from util.masking import MASK_STRATEGIES, visible_regions
+    rng = np.random.default_rng(5)
+    lm = random_face_landmarks(rng, 224)
+    shifted = lm.copy()
+    shifted[:, 1] -= lm[FACIAL_REGIONS["nose"]].max(0)[1] + 1    # everything down to the nostrils leaves the image
+    vis = visible_regions(shifted, 224)
+    assert vis and REGION_NAMES.index('right_eye') not in vis and REGION_NAMES.index('mouth') in vis
+    for seed in range(20):
+        m, fell_back = MASK_STRATEGIES['facial'](shifted, 224, 16, 0.75, 1, torch.Generator().manual_seed(seed))
+        assert not fell_back and int(m.sum()) == num_masked(196, 0.75)
+        # the chosen region is one of the visible ones: all its patches are removed
+        chosen = [r for r in vis if m.numpy()[region_patches(shifted, REGION_NAMES[r], 224, 16)].all()]
+        assert chosen
+    gone = lm + 1000                                              # the face cropped out entirely
+    m, fell_back = MASK_STRATEGIES['facial'](gone, 224, 16, 0.75, 1, torch.Generator().manual_seed(0))
+    assert fell_back and int(m.sum()) == num_masked(196, 0.75)
+    torch.testing.assert_close(m, random_mask(196, 0.75, torch.Generator().manual_seed(0)))
+    m, fell_back = MASK_STRATEGIES['facial'](None, 224, 16, 0.75, 1, torch.Generator().manual_seed(0))
+    assert not fell_back                                          # no landmarks: counted apart
+    assert MASK_STRATEGIES['random'](lm, 224, 16, 0.75)[1] is False
+
+
+def test_under_strong_crops_the_hidden_region_is_inside_the_image():
+    """RandomResizedCrop at scale 0.2: whenever a region is visible the facial mask removes visible patches
+    of it, and the fallback happens exactly when no region is visible."""
+    from util.masking import MASK_STRATEGIES, visible_regions
+    rng = np.random.default_rng(6)
+    tf = FaceTransform(112, train=True, scale=(0.2, 1.0))
+    fallbacks = 0
+    for i in range(150):
+        lm = random_face_landmarks(rng, 224)
+        img = np.zeros((224, 224, 3), np.uint8)
+        g = torch.Generator().manual_seed(i)
+        _, lm2 = tf(img, lm, g)
+        m, fell_back = MASK_STRATEGIES['facial'](lm2, 112, 16, 0.75, 1, g)
+        assert fell_back == (not visible_regions(lm2, 112))
+        fallbacks += fell_back
+        if not fell_back:
+            hidden = [r for r in visible_regions(lm2, 112)
+                      if region_patches(lm2, REGION_NAMES[r], 112, 16).any()
+                      and m.numpy()[region_patches(lm2, REGION_NAMES[r], 112, 16)].all()]
+            assert hidden, i
+    assert fallbacks < 150 * 0.2

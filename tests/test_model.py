@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 import models_mae
+from util.losses import reference_frequency_loss, to_gray
 
 
 @pytest.mark.parametrize('name', ['mae_vit_tiny_patch16', 'mae_vit_small_patch16', 'mae_vit_base_patch16'])
@@ -93,9 +94,28 @@ def test_loss_is_zero_when_prediction_equals_target():
     model = models_mae.mae_vit_tiny_patch16(img_size=64)
     x = torch.randn(2, 3, 64, 64)
     model.forward_decoder = lambda latent, ids_restore=None: model.patchify(x)
-    model.forward_freq_decoder = lambda latent: x
-    loss, out = model(x, model.random_masks(2, 'cpu'))
-    assert float(out['spat_loss']) == 0.0 and float(out['freq_loss']) == 0.0 and float(loss) == 0.0
+    model.forward_freq_decoder = lambda latent: to_gray(x)[:, None].expand(-1, 3, -1, -1)
+    loss, out = model(x, model.random_masks(2, 'cpu'))     # the reference's loss: each channel against grey
+    assert float(out['spat_loss']) == 0.0 and float(out['freq_loss']) < 1e-3 and float(loss) < 1e-3
+    ffl = models_mae.mae_vit_tiny_patch16(img_size=64, freq_loss='ffl')
+    ffl.forward_decoder, ffl.forward_freq_decoder = model.forward_decoder, lambda latent: x
+    loss, out = ffl(x, model.random_masks(2, 'cpu'))
+    assert float(out['freq_loss']) == 0.0 and float(loss) == 0.0
+
+
+def test_default_objective_is_the_reference_codes():
+    """No method flag: the reference's frequency loss with lamda 1, mask ratio 0.75, radius 16 at 224 px."""
+    import main_pretrain
+    args = main_pretrain.get_args_parser().parse_args([])
+    assert (args.freq_loss, args.lamda, args.mask_ratio, args.input_size) == ('reference', 1.0, 0.75, 224)
+    model = models_mae.mae_vit_tiny_patch16(img_size=32)
+    assert model.freq_loss_name == 'reference'
+    torch.manual_seed(0)
+    x, pred = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    got = model.frequency_loss(x, pred)
+    torch.testing.assert_close(got, reference_frequency_loss(pred, to_gray(x), model.freq_scored))
+    with pytest.raises(ValueError, match='freq_loss'):
+        models_mae.mae_vit_tiny_patch16(img_size=32, freq_loss='l2')
 
 
 def test_norm_pix_loss_and_lamda():
@@ -134,3 +154,27 @@ def test_sincos_position_embedding_has_mae_channel_layout():
             expected = np.concatenate([np.sin(col * omega), np.cos(col * omega),
                                        np.sin(row * omega), np.cos(row * omega)])
             np.testing.assert_allclose(emb[1 + row * grid + col], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['mae_vit_micro_patch8', 'mae_vit_base_patch16'])
+def test_frequency_decoder_is_the_references(name):
+    """Frequency tokens go through the spatial decoder's own decoder_embed, then Linear(Dd, Dd, bias=False)
+    -> LayerNorm -> Linear(Dd, p*p*3); Dd is the model's decoder width (512 for ViT-B)."""
+    with torch.device('meta'):
+        big = models_mae.MODELS[name]()
+    dd, p = models_mae.ARCHS[name[4:]]['decoder_embed_dim'], models_mae.ARCHS[name[4:]]['patch_size']
+    assert big.freq_decoder.bias is None and tuple(big.freq_decoder.weight.shape) == (dd, dd)
+    assert isinstance(big.freq_decoder_norm, nn.LayerNorm) and big.freq_decoder_norm.normalized_shape == (dd,)
+    assert tuple(big.freq_decoder_pred.weight.shape) == (p * p * 3, dd) and big.freq_decoder_pred.bias is not None
+    assert not [k for k in big.state_dict() if k.startswith(('freq_decoder_embed', 'freq_decoder_fc'))]
+    if name != 'mae_vit_micro_patch8':
+        return
+    torch.manual_seed(0)
+    model = models_mae.MODELS[name](img_size=32)
+    latent = torch.randn(2, 1 + 16, 128)
+    embedded = latent[:, 1:] @ model.decoder_embed.weight.T + model.decoder_embed.bias
+    expected = model.freq_decoder_pred(model.freq_decoder_norm(embedded @ model.freq_decoder.weight.T))
+    torch.testing.assert_close(model.forward_freq_decoder(latent), model.unpatchify(expected))
+    _, out = model(torch.randn(2, 3, 32, 32))
+    g = torch.autograd.grad(out['freq_loss'], model.decoder_embed.weight)[0]
+    assert g.abs().sum() > 0                              # the shared embedding learns from the frequency branch too

@@ -44,6 +44,7 @@ def read_log(folder):
 def test_both_losses_fall(pretrained_tiny):
     log = read_log(pretrained_tiny)
     assert [e['epoch'] for e in log] == list(range(4))
+    assert all(e['facial_regions_cropped_out'] >= 0 and e['images_without_landmarks'] >= 0 for e in log)
     assert log[-1]['spat_loss'] < 0.8 * log[0]['spat_loss']
     assert log[-1]['freq_loss'] < 0.8 * log[0]['freq_loss']
     assert (pretrained_tiny / 'checkpoint-last.pth').is_file() and (pretrained_tiny / 'checkpoint-3.pth').is_file()
@@ -146,6 +147,19 @@ def test_image_without_landmarks_gets_random_mask(synthetic_data, tmp_path):
     idx = [i for i, s in enumerate(ds.samples) if s.path.endswith('nolm.png')][0]
     item = ds[idx]
     assert not item['has_landmarks'] and int(item['mask'].sum()) == 12
+    assert not item['mask_fallback']                          # counted as an image without landmarks instead
+
+
+def test_face_cropped_out_falls_back_to_random_and_is_counted(synthetic_data, tmp_path):
+    """Landmarks outside the image (no facial region visible): random mask, flagged; the epoch's log line
+    counts such images (facial_regions_cropped_out) next to images_without_landmarks."""
+    from util.datasets import Sample
+    s = read_manifest(synthetic_data['pretrain'])[0]
+    far = tmp_path / 'far.npy'
+    np.save(far, np.load(s.landmarks) + 5000)
+    ds = FaceDataset([Sample(s.path, str(far), s.label, s.video, s.dataset)], FaceTransform(64), mask_strategy='facial')
+    item = ds[0]
+    assert item['has_landmarks'] and item['mask_fallback'] and int(item['mask'].sum()) == 12
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(synthetic_data, tmp_path):
@@ -291,6 +305,22 @@ def test_bad_paths_and_resume_mismatch_are_one_line(synthetic_data, tmp_path):
     msg = one_line(pretrain_args(data, out, epochs=2, batch_size=8, input_size=32))   # auto-resume, other size
     assert '--input_size 32 (checkpoint: 112)' in msg
 
+    # a checkpoint with the older frequency decoder (own embedding, biased Linear) is refused for resuming
+    # and accepted by --init_from, with its frequency decoder fresh
+    ckpt = torch.load(out / 'checkpoint-last.pth', weights_only=False)
+    state = ckpt['model']
+    state['freq_decoder_embed.weight'] = state['decoder_embed.weight'].clone()
+    state['freq_decoder_embed.bias'] = state['decoder_embed.bias'].clone()
+    state['freq_decoder_fc.weight'] = state.pop('freq_decoder.weight')
+    state['freq_decoder_fc.bias'] = torch.zeros(state['freq_decoder_fc.weight'].shape[0])
+    old = tmp_path / 'old.pth'
+    torch.save(ckpt, old)
+    msg = one_line(pretrain_args(data, tmp_path / 'o2', epochs=2, batch_size=8, resume=str(old)))
+    assert 'older layout' in msg and '--init_from' in msg
+    model = main_pretrain.build_model(pretrain_args(data, tmp_path / 'o3'))
+    main_pretrain.init_from_checkpoint(model, old)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, state['blocks.0.attn.qkv.weight'])
+
 
 def test_checkpoint_writes_are_atomic_and_clean_up(tmp_path):
     path = tmp_path / 'checkpoint-last.pth'
@@ -334,3 +364,33 @@ def test_resume_trims_the_log_and_prefers_the_newer_last_checkpoint(tmp_path, ca
 def argparse_namespace(**kw):
     import argparse
     return argparse.Namespace(**kw)
+
+
+class ThirdTaskMIFAE(models_mae.MaskedImageFrequencyAutoencoder):
+    """A third pretext task added by touching the model alone: its loss and its weight."""
+
+    def pretext_losses(self, imgs, mask):
+        losses, out = super().pretext_losses(imgs, mask)
+        losses['dummy_loss'] = out['freq_pred'].float().square().mean()
+        return losses, out
+
+    @property
+    def loss_weights(self):
+        return dict(super().loss_weights, dummy_loss=0.25)
+
+
+def test_a_third_pretext_loss_is_summed_logged_and_shown(synthetic_data, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    name = pretrain_args("x", "y").model
+    monkeypatch.setitem(models_mae.MODELS, name, models_mae._factory(ThirdTaskMIFAE, name[len('mae_'):], name))
+    torch.manual_seed(0)
+    model = models_mae.MODELS[name](img_size=32)
+    loss, out = model(torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(loss, out['spat_loss'] + out['freq_loss'] + 0.25 * out['dummy_loss'])
+    data = small_manifest(synthetic_data, tmp_path, n=16)
+    out_dir = tmp_path / 'third'
+    main_pretrain.main(pretrain_args(data, out_dir, epochs=1, batch_size=8, print_freq=1))
+    log = read_log(out_dir)
+    assert log[0]['dummy_loss'] > 0 and {'train_loss', 'spat_loss', 'freq_loss'} <= set(log[0])
+    events = EventAccumulator(str(out_dir)).Reload()
+    assert 'dummy_loss' in events.Tags()['scalars']

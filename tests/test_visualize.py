@@ -150,6 +150,12 @@ def test_discrepancy_figure_grid_and_group_columns(tmp_path):
     img = png(path)
     assert img.shape[1::-1] == layout.size
     assert_not_blank(img, layout)
+    result['cam'] = torch.rand(g, 32, 32)                     # with a Grad-CAM: a fourth row
+    fig, _ = viz.figure_discrepancy(result, ['real', 'Deepfakes', 'FaceSwap'])
+    img = png(fig.save(tmp_path / 'fig4_cam.png'))
+    layout = viz.Layout(4, g, viz.display_size(32), title_h=26)
+    assert img.shape[1::-1] == layout.size
+    assert_not_blank(img, layout)
     groups = ['ff Deepfakes', 'ff real', 'cdf fake', 'ff real', 'cdf real']
     picked = viz.pick_per_group(groups, 1, seed=0)
     assert [n for n, _ in picked] == ['ff real', 'ff Deepfakes', 'cdf real', 'cdf fake']
@@ -166,7 +172,7 @@ def test_figure4_from_a_detector_checkpoint(finetune_tiny, pretrained_tiny, tmp_
                                              '--out', str(tmp_path)])
     written = viz.main(args)
     assert list(written) == [4]
-    layout = viz.Layout(3, 4, viz.display_size(finetune_tiny['input_size']), title_h=26)   # 2 real + 2 fake
+    layout = viz.Layout(4, 4, viz.display_size(finetune_tiny['input_size']), title_h=26)   # 2 real + 2 fake; + Grad-CAM row
     img = png(written[4])
     assert img.shape[1::-1] == layout.size
     assert_not_blank(img, layout)

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from util.formats import IMAGE_EXTENSIONS, MANIFEST_COLUMNS, MANIFEST_ENCODING, read_image_rgb  # noqa: F401
 from util.landmarks import NUM_LANDMARKS, crop_resize_landmarks, hflip_landmarks, load_landmarks
-from util.masking import facial_region_mask, random_mask
+from util.masking import MASK_STRATEGIES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -129,12 +129,16 @@ def hwc_to_chw(img):
 class FaceTransform:
     """RandomResizedCrop + horizontal flip (train) or a plain resize (eval), landmarks moved along.
 
+    Eval with `crop_pct` (e.g. 224/256): the central square that a resize of the shorter side to
+    int(S / crop_pct) followed by an S x S centre crop keeps (timm's / MAE's evaluation), resized to S.
+
     Returns (normalised float tensor [3, S, S], landmarks [68, 2] in pixels of the S x S output or None).
     """
 
     def __init__(self, input_size, train=True, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, normalize=True):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, normalize=True, crop_pct=None):
         self.size, self.train, self.scale, self.ratio, self.hflip = input_size, train, scale, ratio, hflip
+        self.crop_pct = crop_pct
         self.normalize = normalize          # False: uint8 [3, S, S], normalised on the GPU (normalize_batch)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
@@ -153,9 +157,17 @@ class FaceTransform:
         side = min(h, w)                                  # fallback: central square
         return (w - side) // 2, (h - side) // 2, side, side
 
+    def eval_box(self, h, w):
+        """The whole image, or with crop_pct the centre crop's box in source pixels (x0, y0, cw, ch)."""
+        if not self.crop_pct:
+            return 0, 0, w, h
+        scale = int(self.size / self.crop_pct) / min(h, w)                  # the resize of the shorter side
+        cw, ch = min(w, int(round(self.size / scale))), min(h, int(round(self.size / scale)))
+        return (w - cw) // 2, (h - ch) // 2, cw, ch
+
     def __call__(self, img, landmarks=None, generator=None):
         h, w = img.shape[:2]
-        box = self.crop_box(h, w, generator) if self.train else (0, 0, w, h)
+        box = self.crop_box(h, w, generator) if self.train else self.eval_box(h, w)
         x0, y0, cw, ch = box
         crop = img[y0:y0 + ch, x0:x0 + cw]
         # area averaging only where it matters against aliasing (shrinking by more than 1.5x)
@@ -236,7 +248,8 @@ class FaceDataset(Dataset):
 
     Each item is a dict: img [3, S, S], label (NO_LABEL when unknown), index, has_landmarks,
     replaced (how many unusable samples were skipped to produce it) and, when `mask_strategy` is set,
-    mask [L] bool (True = removed) built from the augmented landmarks.
+    mask [L] bool (True = removed) built from the augmented landmarks, and mask_fallback (a facial mask made
+    random because no facial region survived the crop).
     An unusable sample (unreadable image; landmark file unreadable, of the wrong shape or with NaNs) is
     reported once (naming the file) and, for training, replaced by another sample and counted. With
     `drop_unusable` (evaluation) it is never replaced: its item keeps its index, holds a black image and
@@ -250,8 +263,8 @@ class FaceDataset(Dataset):
 
     def __init__(self, samples, transform, mask_strategy=None, patch_size=16, mask_ratio=0.75,
                  num_regions=1, strict=False, require_label=False, drop_unusable=False, probe=64):
-        if mask_strategy not in (None, 'facial', 'random'):
-            raise ValueError(f'unknown mask strategy {mask_strategy!r} (facial | random)')
+        if mask_strategy is not None and mask_strategy not in MASK_STRATEGIES:
+            raise ValueError(f'unknown mask strategy {mask_strategy!r} ({" | ".join(MASK_STRATEGIES)})')
         if require_label:
             unlabelled = [s.path for s in samples if s.label == NO_LABEL]
             if unlabelled:
@@ -326,8 +339,6 @@ class FaceDataset(Dataset):
             item['unusable'] = unusable
         if self.mask_strategy is not None:
             size = x.shape[-1]
-            if self.mask_strategy == 'facial':
-                item['mask'] = facial_region_mask(lm, size, self.patch_size, self.mask_ratio, self.num_regions)
-            else:
-                item['mask'] = random_mask((size // self.patch_size) ** 2, self.mask_ratio)
+            item['mask'], item['mask_fallback'] = MASK_STRATEGIES[self.mask_strategy](
+                lm, size, self.patch_size, self.mask_ratio, self.num_regions)
         return item

@@ -1,4 +1,9 @@
-"""Losses of the two MIFAE pretext tasks (pure functions of tensors, shared by training and tests)."""
+"""Losses of the two MIFAE pretext tasks (pure functions of tensors, shared by training and tests).
+
+Frequency losses take the prediction [N, C, H, W], the grey target [N, H, W] and the scored bins [H, W]
+in FFT (unshifted) order; FREQ_LOSSES looks them up by the name --freq_loss gives. Every one is a mean
+over a set of bins symmetric about the zero frequency, so the spectra need no fftshift.
+"""
 import torch
 
 # ITU-R BT.601 luma weights; the frequency target is the spectrum of the grayscale image.
@@ -60,3 +65,30 @@ def focal_frequency_loss(pred, target, freq_mask, alpha=1.0):
                 weight = dist.sqrt().pow(alpha) * m
                 weight = weight / weight.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
         return (weight * dist).sum() / (m.sum() * dist.shape[0])
+
+
+def reference_frequency_loss(pred, target, freq_mask, eps=1e-7):
+    """The reference code's frequency loss (its FocalFrequencyLoss with gamma = 1: no focal weight).
+
+    pred: [N, C, H, W], each channel compared with the grey target [N, H, W]; freq_mask: [H, W] in FFT
+    (unshifted) order, 1 = scored bin. Per image and channel, the mean over the scored bins of
+    sqrt(|F(pred[n, c]) - F(target[n])|^2 + eps) of the orthonormal 2-D FFT; then the mean over channels
+    and images. A prediction whose every channel equals the grey target scores ~sqrt(eps); a perfect colour
+    prediction does not (its channels differ from their luma).
+    """
+    with torch.autocast(pred.device.type, enabled=False):
+        diff = torch.fft.fft2(pred.float() - target.float()[:, None], norm='ortho')    # [N, C, H, W], one FFT
+        dist = (torch.view_as_real(diff).square().sum(-1) + eps).sqrt()
+        m = freq_mask.to(dist.dtype)
+        return (dist * m).sum() / (m.sum() * dist.shape[0] * dist.shape[1])
+
+
+def _ffl_of_gray(pred, target, freq_mask, alpha=1.0):
+    return focal_frequency_loss(to_gray(pred), target, freq_mask, alpha)
+
+
+# --freq_loss name -> loss(pred [N, C, H, W], grey target [N, H, W], scored bins [H, W], alpha)
+FREQ_LOSSES = {
+    'reference': lambda pred, target, freq_mask, alpha: reference_frequency_loss(pred, target, freq_mask),
+    'ffl': _ffl_of_gray,            # Jiang et al.'s focal frequency loss of the grey prediction (alpha = --ffl_alpha)
+}

@@ -1,0 +1,41 @@
+"""Stage-2 training augmentation as timm builds it for ViT fine-tuning (the reference recipe), on this
+pipeline's terms: workers hand out uint8 images, the device normalises them.
+
+timm's training transform is three parts (create_transform(..., separate=True)): RandomResizedCrop
+(bicubic) + horizontal flip, RandAugment, then ToTensor / Normalize / RandomErasing. The first two run in
+the worker on a PIL image and return uint8 [3, S, S]; random erasing needs the normalised image
+(its 'pixel' mode draws N(0, 1) noise in normalised units), so it runs on the device batch right after
+normalisation, as timm's own prefetching loader does.
+"""
+import numpy as np
+import torch
+from PIL import Image
+
+from util.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+
+class TimmTrainTransform:
+    """timm's RandomResizedCrop (scale, bicubic) + flip + RandAugment `aa` ('none': off) on an RGB uint8
+    [H, W, 3] array. -> (uint8 tensor [3, S, S], None); landmarks are not moved (stage 2 needs none)."""
+
+    def __init__(self, input_size, scale=(0.08, 1.0), aa='rand-m9-mstd0.5-inc1'):
+        from timm.data import create_transform
+        primary, secondary, _ = create_transform(
+            input_size, is_training=True, scale=scale, auto_augment=None if aa in (None, 'none') else aa,
+            interpolation='bicubic', mean=IMAGENET_MEAN, std=IMAGENET_STD, separate=True)
+        self.size, self.normalize = input_size, False                        # uint8 out, as FaceTransform(normalize=False)
+        self.parts = [*primary.transforms, *secondary.transforms]
+
+    def __call__(self, img, landmarks=None, generator=None):
+        pil = Image.fromarray(np.ascontiguousarray(img))
+        for t in self.parts:
+            pil = t(pil)
+        return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous(), None
+
+
+def device_random_erasing(prob, mode='pixel', count=1, device='cpu'):
+    """timm's RandomErasing for a normalised batch [N, 3, H, W] on `device` (in place), or None when prob is 0."""
+    if prob <= 0:
+        return None
+    from timm.data.random_erasing import RandomErasing
+    return RandomErasing(prob, mode=mode, max_count=count, device=device)
