@@ -328,6 +328,9 @@ class DlibLandmarker(Landmarker):
     VERIFY_PX, VERIFY_FACE_PX = 128, 80  # the CNN finds faces from ~64 px: margin for loose HOG boxes
     VERIFY_THRESHOLD = 0.0             # CNN confidence a verified face exceeds (dlib's own threshold)
     REFINE_ROLL = 15.0                 # landmarks again on a view levelled by the eyes past this residual
+    # dlib's frontal detector holds five HOG filters: 0-2 upright faces (front, turned left, turned
+    # right), 3 and 4 faces rolled one way and the other (they fire on the astronaut rolled 20-35 deg)
+    FILTER_ROLL = {3: 25.0, 4: -25.0}
 
     def __init__(self, det_max_side=DEFAULT_DET_MAX_SIDE, model_path=None, detector=DEFAULT_DETECTOR,
                  cnn_model_path=None):
@@ -356,18 +359,18 @@ class DlibLandmarker(Landmarker):
             h, w = img.shape[:2]
             img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
                              interpolation=cv2.INTER_AREA)
-        rects, scores, _ = self.detector.run(np.ascontiguousarray(img), upsample, 0.0)
+        rects, scores, filters = self.detector.run(np.ascontiguousarray(img), upsample, 0.0)
         return ([tuple(float(v) / scale for v in (r.left(), r.top(), r.right(), r.bottom())) for r in rects],
-                [float(x) for x in scores])
+                [float(x) for x in scores], [self.FILTER_ROLL.get(int(k), 0.0) for k in filters])
 
-    def _detect_hog(self, img_rgb, scale):
+    def _detect_hog(self, img_rgb, scale, with_rolls=False):
         img_rgb = self._gray(img_rgb)
-        boxes, scores = self._run(img_rgb, scale)
-        if not boxes and scale < 1.0:
-            boxes, scores = self._run(img_rgb, 1.0)
-        elif not boxes and max(img_rgb.shape[:2]) <= self.det_max_side:
-            boxes, scores = self._run(img_rgb, 1.0, upsample=1)
-        return boxes, scores
+        found = self._run(img_rgb, scale)
+        if not found[0] and scale < 1.0:
+            found = self._run(img_rgb, 1.0)
+        elif not found[0] and max(img_rgb.shape[:2]) <= self.det_max_side:
+            found = self._run(img_rgb, 1.0, upsample=1)
+        return found if with_rolls else found[:2]
 
     # -- hybrid: rolled HOG proposals, each verified by the CNN on its crop ----------------
     def _rolled_proposals(self, gray, scale, upsample=0):
@@ -379,11 +382,12 @@ class DlibLandmarker(Landmarker):
         out = []
         for roll in self.ROLLS:
             view, m = _rolled(small, roll)
-            rects, scores, _ = self.detector.run(view, upsample, 0.0)
+            rects, scores, filters = self.detector.run(view, upsample, 0.0)
             inv = cv2.invertAffineTransform(m)
-            for r, sc in zip(rects, scores):
+            for r, sc, k in zip(rects, scores, filters):
                 c = _apply(inv, [((r.left() + r.right()) / 2.0, (r.top() + r.bottom()) / 2.0)])[0] / scale
-                out.append((c, max(r.right() - r.left(), r.bottom() - r.top()) / scale, -float(roll), float(sc)))
+                out.append((c, max(r.right() - r.left(), r.bottom() - r.top()) / scale,
+                            self.FILTER_ROLL.get(int(k), 0.0) - roll, float(sc)))
         return out
 
     def _verify(self, img_rgb, center, side, roll):
@@ -394,9 +398,8 @@ class DlibLandmarker(Landmarker):
 
     def _detect_hybrid(self, img_rgb, scale):
         gray = self._gray(img_rgb)
-        boxes, scores = self._detect_hog(img_rgb, scale)
-        cands = [(np.array([(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0]), max(b[2] - b[0], b[3] - b[1]), 0.0, s, b)
-                 for b, s in zip(boxes, scores)]
+        cands = [(np.array([(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0]), max(b[2] - b[0], b[3] - b[1]), roll, s, b)
+                 for b, s, roll in zip(*self._detect_hog(img_rgb, scale, with_rolls=True))]
         cands += [(c, side, roll, s, None) for c, side, roll, s in self._rolled_proposals(gray, scale, 0)]
         faces, rejected = self._verified(img_rgb, cands)
         if not faces and self.ROLLED_UPSCALE:
