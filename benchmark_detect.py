@@ -8,7 +8,8 @@ The scenes are built here from ``skimage.data`` (no download):
   always where a detector looks first. The truth is her face centre and size in the frame.
 * the negatives, photos without a face, each fitted into 640 x 480: ``coffee``, ``chelsea`` (a
   cat), ``rocket``, ``hubble_deep_field`` and the astronaut's suit below her chin with the
-  mission patch (``suit``), which dlib's HOG detector takes for a face once rolled.
+  mission patch (``suit``), and that photo rolled by -20 deg (``suit_rolled``), where dlib's HOG
+  detector takes the patch for a face.
 
 A grid scene counts as found when a reported face's centre lies within half the true face
 size of the true centre and its size is within a factor 2 of it; every other reported face
@@ -31,8 +32,9 @@ import numpy as np
 
 FRAME = (640, 480)                                 # width, height of every scene
 ASTRONAUT_FACE = (179.0, 83.0, 266.0, 170.0)       # dlib's box on the 512 x 512 astronaut
-SUIT = (300, 512, 120, 512)                        # rows, cols of the astronaut's suit: patch, no face
-NEGATIVES = ('coffee', 'chelsea', 'rocket', 'hubble_deep_field', 'suit')
+SUIT = (280, 512, 20, 380)                         # rows, cols of the astronaut's suit: patch, no face
+NEGATIVES = ('coffee', 'chelsea', 'rocket', 'hubble_deep_field', 'suit', 'suit_rolled')
+SUIT_ROLL = -20                                    # suit_rolled: where HOG takes the mission patch for a face
 ANGLES = (0, 20, 35, 50)
 SIZES = (64, 96, 160, 300)
 
@@ -85,6 +87,9 @@ def fit_frame(img, frame=FRAME):
 def negative_scene(name, frame=FRAME):
     """A photo from skimage.data without a human face, fitted into the frame (RGB uint8)."""
     from skimage import data
+    if name == 'suit_rolled':
+        m = cv2.getRotationMatrix2D(((frame[0] - 1) / 2.0, (frame[1] - 1) / 2.0), SUIT_ROLL, 1.0)
+        return cv2.warpAffine(negative_scene('suit', frame), m, frame, borderValue=(60, 60, 60))
     if name == 'suit':
         (r0, r1), (c0, c1) = SUIT[:2], SUIT[2:]
         img = _astronaut()[r0:r1, c0:c1]
