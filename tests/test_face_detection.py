@@ -98,3 +98,14 @@ def test_tracks_keep_each_person_when_the_largest_alternates():
     # a face far from every track, or after a long gap, starts a new one
     assert len(track_faces([[(0, 0, 50, 50)], [(300, 300, 350, 350)]])) == 2
     assert len(track_faces([[(0, 0, 50, 50)], [], [], [], [], [(0, 0, 50, 50)]], max_gap=3)) == 2
+
+
+def test_benchmark_prints_one_line_per_detector(capsys, tmp_path):
+    import json
+    args = B.get_args_parser().parse_args(['--detector', 'hog', '--angles', '0', '--sizes', '96',
+                                           '--json', str(tmp_path / 'r.json')])
+    [res] = B.main(args)
+    assert (res['found'], res['grid'], res['false_faces']) == (1, 1, 1)     # HOG's false face: the rolled suit
+    assert res['cpu_ms_per_frame'] > 0 and len(res['scenes']) == 1 + len(B.NEGATIVES)
+    assert capsys.readouterr().out.splitlines()[-1].split()[:3] == ['hog', '1/1', '1']
+    assert json.loads((tmp_path / 'r.json').read_text())[0]['detector'] == 'hog'

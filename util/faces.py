@@ -307,13 +307,14 @@ class DlibLandmarker(Landmarker):
     face found in the previous frame to about ``FACE_PX`` pixels. A frame where that finds
     nothing is retried at full resolution (small images: with one 2x upsampling).
 
-    ``hybrid`` (the default): the same upright pass, then HOG on copies rolled by
-    ``ROLLS`` (each covers about +-20 deg more) and, when no face is verified, the rolled
-    passes again on a copy upsampled 2x (faces down to 40 px). Proposals found at several
-    rolls are one candidate (centres within half a box); each candidate is verified by the CNN
-    detector on a ``VERIFY_PX`` view of it only, upright and its box scaled to ``VERIFY_FACE_PX``
-    (the CNN on a 100 px view costs ~0.1 s, on a whole 640 x 480 frame seconds). The upright
-    pass's box is kept where it has one, so frontal faces get today's box and landmarks.
+    ``hybrid`` (the default): the same upright pass, then HOG on copies rolled by ``ROLLS``
+    (the upright filters reach ~35 deg, so +-40 covers +-75) and, when no face is verified, the
+    rolled passes again on a copy enlarged ``ROLLED_UPSCALE`` times (faces down to 40 px).
+    Proposals found at several rolls are one candidate (centres within half a box); each
+    candidate is verified by the CNN detector on a ``VERIFY_PX`` view of it only, upright and its
+    box scaled to ``VERIFY_FACE_PX`` (the CNN on that view costs ~0.09 s of CPU, on a whole
+    640 x 480 frame seconds). The upright pass's box is kept where it has one, so frontal faces
+    get the same box and landmarks as with ``hog``. docs/face_detection.md has the measurements.
 
     ``cnn``: the CNN detector on the whole (downscaled) image, upsampled once.
 
