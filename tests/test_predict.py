@@ -182,7 +182,9 @@ def two_people(tmp_path_factory):
     for i in range(6):
         frame = np.full((240, 480, 3), 90, np.uint8)
         for person, x, size in ((people[0], 10 + 3 * i, 200 if i % 2 else 150), (people[1], 260 - 3 * i, 180)):
-            face, _ = S.render_face(person, rng, size=size)
+            pose = S.sample_pose(rng)
+            pose.update(yaw=pose['yaw'] / 3, pitch=pose['pitch'] / 3)        # turned little: dlib finds them
+            face, _ = S.render_face(person, rng, size=size, pose=pose)
             y = (240 - size) // 2
             frame[y:y + size, x:x + size] = face
         vw.write(np.ascontiguousarray(frame[:, :, ::-1]))

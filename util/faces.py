@@ -303,8 +303,8 @@ class DlibLandmarker(Landmarker):
 
     ``hog``: the HOG frontal detector finds upright faces of about 80 px and more, and its
     cost grows with the image area, so detection runs on a downscaled copy: at most
-    ``det_max_side`` px, or, within a batch (frames of one video), the scale that brings the
-    face found in the previous frame to about ``FACE_PX`` pixels. A frame where that finds
+    ``det_max_side`` px, or (``hog`` only), within a batch (frames of one video), the scale that
+    brings the smallest face found in the previous frame to about ``FACE_PX`` pixels. A frame where that finds
     nothing is retried at full resolution (small images: with one 2x upsampling).
 
     ``hybrid`` (the default): the same upright pass, then HOG on copies rolled by ``ROLLS``
@@ -463,11 +463,11 @@ class DlibLandmarker(Landmarker):
         out, hint = [], None
         for img in images:
             scale = min(1.0, self.det_max_side / float(max(img.shape[:2])))
-            if hint is not None and hint[0] == img.shape:
-                scale = hint[1]
+            if hint is not None and hint[0] == img.shape and self.detector_name == 'hog':
+                scale = hint[1]      # hog only: a face the previous frame lacked may be too small then
             found = self._detect(img, scale)
-            if found[0]:
-                side = max(max(b[2] - b[0], b[3] - b[1]) for b in found[0])
+            if found[0]:      # the smallest face of this frame, at ~FACE_PX in the next
+                side = min(max(b[2] - b[0], b[3] - b[1]) for b in found[0])
                 hint = (img.shape, min(1.0, self.FACE_PX / max(side, 1.0)))
             out.append(found)
         return out
