@@ -10,9 +10,10 @@ Only faces the detector verified are scored: the candidates it dropped are count
 and never decide a verdict. An image's score is its most fake-looking face (every face is reported).
 In a video the faces of the sampled frames are joined into tracks by box overlap (util.face_tracks), one
 per person; a track's score is the mean fake probability over its frames, and the video's score is its
-most fake-looking track among those seen in at least a quarter of the frames that show a face (every
-track is listed). `--heatmap DIR` writes one PNG per face: input | reconstruction by the frozen decoder
-from the detector's tokens | |difference| (JET colours, 0 to --heatmap_max).
+most fake-looking track among those seen in at least a quarter of the frames that show a face (or the
+longest, when none is; every track is listed). `--heatmap DIR` writes one PNG per face: input |
+reconstruction by the frozen decoder from the detector's tokens | |difference| (JET colours, 0 to
+--heatmap_max).
 A file without a face, an unreadable image or video: said so, and the next file is processed.
 """
 import argparse
@@ -164,13 +165,14 @@ class Predictor:
         offset = np.cumsum([0] + [len(fs) for fs, _, _ in found])       # (frame position, face) -> row of `faces`
         frames_with_face = sum(1 for fs, _, _ in found if fs)
         rows, listed = [None] * len(faces), []
+        longest = max(len(t) for t in tracks)     # decides even when every track is brief (faces never matched)
         for k, track in enumerate(tracks):
             idx = [int(offset[t] + i) for t, i in track]
             for j in idx:
                 rows[j] = k
             p = probs[idx]
             listed.append(dict(track=k, frames=len(idx), prob=float(p.mean()), min=float(p.min()), max=float(p.max()),
-                               decides=len(idx) >= MIN_TRACK_SHARE * frames_with_face))
+                               decides=len(idx) >= min(longest, MIN_TRACK_SHARE * frames_with_face)))
         verdict = max((t for t in listed if t['decides']), key=lambda t: t['prob'])
         res.update(status='ok', prob=verdict['prob'], track=verdict['track'], frames_with_face=frames_with_face,
                    tracks=listed, frames=[dict(frame=int(idx), track=rows[j], box=[round(v, 1) for v in f['box']],
