@@ -1,15 +1,19 @@
 """Real or fake? Verdicts for images, videos and folders with a fine-tuned MIFAE detector.
 
     python predict.py --checkpoint ft/checkpoint-best.pth photo.jpg clip.mp4 folder/ [--json out.json]
-        [--heatmap heatmaps/] [--frames 16] [--landmarker dlib|face_alignment] [--device cpu]
+        [--heatmap heatmaps/] [--frames 16] [--landmarker dlib|face_alignment] [--detector hybrid] [--device cpu]
 
-Faces are found and cropped as in data preparation (util.faces: dlib by default, offline; face_alignment on
-request), the crop is resized and normalised as the checkpoint says (it records architecture, input size
-and normalisation, so no model flags are needed). An image's score is its most fake-looking face (every
-face is reported); a video's score is the mean fake probability over the sampled frames that show a face
-(the largest face per frame). `--heatmap DIR` writes one PNG per face: input | reconstruction by the
-frozen decoder from the detector's tokens | |difference| (JET colours, 0 to --heatmap_max) | Grad-CAM of
-the fake logit (pytorch-grad-cam, last block, over the input).
+Faces are found and cropped as in data preparation (util.faces: dlib by default, offline, its candidates
+verified by dlib's CNN detector; face_alignment on request), the crop is resized and normalised as the
+checkpoint says (it records architecture, input size and normalisation, so no model flags are needed).
+Only faces the detector verified are scored: the candidates it dropped are counted (`candidates_dropped`)
+and never decide a verdict. An image's score is its most fake-looking face (every face is reported).
+In a video the faces of the sampled frames are joined into tracks by box overlap (util.face_tracks), one
+per person; a track's score is the mean fake probability over its frames, and the video's score is its
+most fake-looking track among those seen in at least a quarter of the frames that show a face (or the
+longest, when none is; every track is listed). `--heatmap DIR` writes one PNG per face: input |
+reconstruction by the frozen decoder from the detector's tokens | |difference| (JET colours, 0 to
+--heatmap_max) | Grad-CAM of the fake logit (pytorch-grad-cam, last block, over the input).
 A file without a face, an unreadable image or video: said so, and the next file is processed.
 """
 import argparse
@@ -26,11 +30,13 @@ import torch
 import models_vit
 import util.misc as misc
 from util import faces as face_utils
+from util.face_tracks import track_faces
 from util.datasets import FaceTransform
 from util.fileio import WriteError, output_dir_problem, write_text
 
 error = partial(misc.usage_error, 'predict.py')      # raise error('--flag ...: what to do')
 CROP_SIZE = 256          # faces are cropped at prepare_faces.py's default size, then resized like training data
+MIN_TRACK_SHARE = 0.25   # a video's track decides its verdict when seen in this share of the frames with a face
 
 
 def get_args_parser():
@@ -40,6 +46,9 @@ def get_args_parser():
     p.add_argument('--frames', default=16, type=int, help='frames sampled evenly over each video (0 = all)')
     p.add_argument('--landmarker', default='dlib', choices=['dlib', 'face_alignment'],
                    help='face detector + 68 landmarks (dlib works offline; face_alignment downloads weights once)')
+    p.add_argument('--detector', default=face_utils.DEFAULT_DETECTOR, choices=list(face_utils.DETECTORS),
+                   help='dlib: face detector (hybrid: rolled HOG proposals verified by the CNN; see '
+                        'docs/face_detection.md); face_alignment uses its own S3FD')
     p.add_argument('--weights_dir', default=None, help='folder with the face_alignment weight files')
     p.add_argument('--margin', default=1.3, type=float, help='face crop side / landmark box side (as in prepare_faces.py)')
     p.add_argument('--largest_face_only', action='store_true', help='images: score only the largest face')
@@ -83,21 +92,22 @@ class Predictor:
     """Detector + face finder; scores face crops in batches and optionally renders heat maps."""
 
     def __init__(self, checkpoint, device='cpu', landmarker='dlib', weights_dir=None, margin=1.3, batch_size=32,
-                 heatmap_max=0.25):
+                 heatmap_max=0.25, detector=face_utils.DEFAULT_DETECTOR):
         self.device = torch.device(device)
         self.model, self.meta = models_vit.load_detector(checkpoint, self.device)
         self.tf = FaceTransform(self.meta['input_size'], train=False, mean=self.meta['mean'], std=self.meta['std'],
                                 crop_pct=self.meta.get('eval_crop_pct'))
         self.amp_dtype = torch.bfloat16 if self.device.type == 'cuda' else None
-        self.landmarker_name, self.weights_dir = landmarker, weights_dir
+        self.landmarker_name, self.weights_dir, self.detector = landmarker, weights_dir, detector
         self.margin, self.batch_size, self.heatmap_max = margin, max(1, batch_size), heatmap_max
         self._landmarker = None
 
     @property
     def landmarker(self):
         if self._landmarker is None:
+            kw = dict(detector=self.detector) if self.landmarker_name == 'dlib' else {}
             self._landmarker = face_utils.build_landmarker(self.landmarker_name, device=str(self.device),
-                                                           weights_dir=self.weights_dir)
+                                                           weights_dir=self.weights_dir, **kw)
         return self._landmarker
 
     @torch.no_grad()
@@ -124,10 +134,11 @@ class Predictor:
             img = face_utils.load_image_rgb(path)
         except ValueError as e:
             return dict(res, status='unreadable', message=str(e))
-        (found, reason), = face_utils.extract_faces_batch([img], self.landmarker, margin=self.margin, size=CROP_SIZE,
-                                                          largest_only=not all_faces)
+        (found, reason, dropped), = face_utils.extract_faces_batch(
+            [img], self.landmarker, margin=self.margin, size=CROP_SIZE, largest_only=not all_faces, with_rejected=True)
+        res['candidates_dropped'] = len(dropped)
         if not found:
-            return dict(res, **no_face(path, [reason]))
+            return dict(res, **no_face(path, [reason], dropped=len(dropped)))
         probs, panels = self.score_crops([f['crop'] for f in found], with_heatmaps)
         res.update(status='ok', prob=float(probs.max()), faces=[
             dict(face=i, box=[round(v, 1) for v in f['box']], prob=float(p)) for i, (f, p) in enumerate(zip(found, probs))])
@@ -148,21 +159,37 @@ class Predictor:
         if not images:
             return dict(res, status='unreadable', message=f'{path}: no frame could be decoded')
         found = face_utils.extract_faces_batch(images, self.landmarker, margin=self.margin, size=CROP_SIZE,
-                                               largest_only=True)
-        with_face = [(idx, faces[0]) for idx, (faces, _) in zip(indices, found) if faces]
-        if not with_face:
-            return dict(res, **no_face(path, [reason for _, reason in found], frames=True))
-        probs, panels = self.score_crops([f['crop'] for _, f in with_face], with_heatmaps)
-        res.update(status='ok', prob=float(probs.mean()), frames_with_face=len(with_face), frames=[
-            dict(frame=int(idx), box=[round(v, 1) for v in f['box']], prob=float(p))
-            for (idx, f), p in zip(with_face, probs)])
+                                               largest_only=False, with_rejected=True)
+        res['candidates_dropped'] = sum(len(dropped) for _, _, dropped in found)
+        faces = [(idx, f) for idx, (fs, _, _) in zip(indices, found) for f in fs]
+        if not faces:
+            return dict(res, **no_face(path, [reason for _, reason, _ in found], frames=True,
+                                       dropped=res['candidates_dropped']))
+        probs, panels = self.score_crops([f['crop'] for _, f in faces], with_heatmaps)
+        tracks = track_faces([[f['detector_box'] for f in fs] for fs, _, _ in found])
+        offset = np.cumsum([0] + [len(fs) for fs, _, _ in found])       # (frame position, face) -> row of `faces`
+        frames_with_face = sum(1 for fs, _, _ in found if fs)
+        rows, listed = [None] * len(faces), []
+        longest = max(len(t) for t in tracks)     # decides even when every track is brief (faces never matched)
+        for k, track in enumerate(tracks):
+            idx = [int(offset[t] + i) for t, i in track]
+            for j in idx:
+                rows[j] = k
+            p = probs[idx]
+            listed.append(dict(track=k, frames=len(idx), prob=float(p.mean()), min=float(p.min()), max=float(p.max()),
+                               decides=len(idx) >= min(longest, MIN_TRACK_SHARE * frames_with_face)))
+        verdict = max((t for t in listed if t['decides']), key=lambda t: t['prob'])
+        res.update(status='ok', prob=verdict['prob'], track=verdict['track'], frames_with_face=frames_with_face,
+                   tracks=listed, frames=[dict(frame=int(idx), track=rows[j], box=[round(v, 1) for v in f['box']],
+                                               prob=float(probs[j])) for j, (idx, f) in enumerate(faces)])
         res['_panels'] = panels
         return res
 
 
-def no_face(path, reasons, frames=False):
+def no_face(path, reasons, frames=False, dropped=0):
     """status and message for an image (one reason) or a video's sampled frames (`frames`, a reason each)
-    without a usable face: util.faces tells no face from a face under its minimum size."""
+    without a usable face: util.faces tells no face from a face under its minimum size; `dropped` candidates
+    failed the detector's verification."""
     small, n = sum(r == face_utils.FACE_TOO_SMALL for r in reasons), len(reasons)
     too_small = f'face too small (under {face_utils.DEFAULT_MIN_FACE} px)'
     if not frames:
@@ -172,6 +199,8 @@ def no_face(path, reasons, frames=False):
                                                                      if small < n else '')
     else:
         what = f'no face found in {n} sampled frame(s)'
+    if dropped:
+        what += f' ({dropped} candidate{"s" if dropped > 1 else ""} failed verification)'
     return dict(status='face_too_small' if small == n else 'no_face', message=f'{path}: {what}')
 
 
@@ -190,15 +219,18 @@ def heatmap_panel(inp, recon, diff, vmax=0.25, cam=None):
 
 
 def write_heatmaps(res, out_dir, stem):
-    """One PNG per face: <stem>_face<k>.png (images) or <stem>_frame<index>.png (videos)."""
+    """One PNG per face: <stem>_face<k>.png (images) or <stem>_frame<index>.png (videos; with several tracks
+    <stem>_frame<index>_track<k>.png)."""
     panels = res.pop('_panels', None)
     if not panels:
         return
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = res['faces'] if res['type'] == 'image' else res['frames']
+    tracked = res['type'] == 'video' and len(res['tracks']) > 1
     for item, panel in zip(items, panels):
-        name = f'{stem}_face{item["face"]}.png' if res['type'] == 'image' else f'{stem}_frame{item["frame"]:05d}.png'
+        name = (f'{stem}_face{item["face"]}.png' if res['type'] == 'image' else
+                f'{stem}_frame{item["frame"]:05d}' + (f'_track{item["track"]}' if tracked else '') + '.png')
         path = out_dir / name
         if not cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
             raise OSError(f'{path}: could not write the heat map')
@@ -214,10 +246,17 @@ def verdict_line(res, threshold):
         n = len(res['faces'])
         how = f'{n} face{"s" if n > 1 else ""}: {per}' + ('; the most fake-looking counts' if n > 1 else '')
     else:
-        p = [f['prob'] for f in res['frames']]
         skipped = f', {res["frames_skipped"]} unreadable' if res.get('frames_skipped') else ''
-        how = (f'mean over {res["frames_with_face"]} frame(s) with a face of {res["frames_read"]} read{skipped}; '
-               f'min {min(p):.3f}, max {max(p):.3f}')
+        seen = f'{res["frames_with_face"]} frame(s) with a face of {res["frames_read"]} read{skipped}'
+        if len(res['tracks']) == 1:
+            t = res['tracks'][0]
+            how = f'mean over {seen}; min {t["min"]:.3f}, max {t["max"]:.3f}'
+        else:
+            per = ', '.join(f'{t["prob"]:.3f} ({t["frames"]} frame(s){"" if t["decides"] else ", too brief to count"})'
+                            for t in res['tracks'])
+            how = f'{len(res["tracks"])} people over {seen}: {per}; the most fake-looking counts'
+    if res.get('candidates_dropped'):
+        how += f'; {res["candidates_dropped"]} candidate(s) failed verification'
     return f'{res["path"]}: {word}  p(fake) = {res["prob"]:.3f}  ({how})'
 
 
@@ -248,6 +287,7 @@ def check_run(args):
 
 def write_json(path, predictor, args, results, complete):
     doc = dict(checkpoint=str(args.checkpoint), model=predictor.meta['model'], threshold=args.threshold,
+               landmarker=args.landmarker, detector=args.detector if args.landmarker == 'dlib' else 's3fd',
                complete=complete, results=results)
     try:
         write_text(path, json.dumps(doc, indent=2))
@@ -262,7 +302,7 @@ def run(args):
     check_run(args)
     try:
         predictor = Predictor(args.checkpoint, args.device, args.landmarker, args.weights_dir, args.margin,
-                              args.batch_size, args.heatmap_max)
+                              args.batch_size, args.heatmap_max, args.detector)
     except (ValueError, FileNotFoundError) as e:
         raise error(f'--checkpoint {e}') from None
     heat = bool(args.heatmap)
@@ -273,7 +313,8 @@ def run(args):
     if not args.quiet:
         m = predictor.meta
         print(f'{args.checkpoint}: {m["model"]} at {m["input_size"]} px on {predictor.device}; '
-              f'faces by {args.landmarker}', file=sys.stderr)
+              f'faces by {args.landmarker}' + (f' ({args.detector} detector)' if args.landmarker == 'dlib' else ''),
+              file=sys.stderr)
     results, used, complete, saved = [], set(), False, time.time()
     try:
         for path, kind in expand_inputs(args.inputs):

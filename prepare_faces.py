@@ -82,6 +82,9 @@ def get_args_parser():
                    help='faces smaller than this (pixels, detector box) are "face too small"')
     # landmarker
     p.add_argument('--landmarker', default='face_alignment', choices=['face_alignment', 'dlib'])
+    p.add_argument('--detector', default=F.DEFAULT_DETECTOR, choices=list(F.DETECTORS),
+                   help='dlib: face detector (hybrid: HOG proposals on the image and rolled copies, each verified '
+                        'by the CNN; hog: upright HOG only; cnn: the CNN on the whole frame). See docs/face_detection.md')
     p.add_argument('--device', default='auto', help='face_alignment: cuda, cpu or auto')
     p.add_argument('--weights_dir', default=None, help='face_alignment: folder with its weight files')
     p.add_argument('--no_download', action='store_true', help='face_alignment: never download weights')
@@ -568,7 +571,8 @@ def init_worker(opts):
     if opts['needs_landmarker']:
         landmarker = F.build_landmarker(opts['landmarker'], device=opts['device'],
                                         weights_dir=opts['weights_dir'], batch_size=opts['batch_size'],
-                                        allow_download=opts['allow_download'])
+                                        allow_download=opts['allow_download'],
+                                        **({'detector': opts['detector']} if opts['landmarker'] == 'dlib' else {}))
     _STATE.update(opts=opts, landmarker=landmarker)
 
 
@@ -909,6 +913,8 @@ def _settings(args):
     keys = ('dataset', 'landmarker', 'frames_per_video', 'margin', 'size', 'jpeg_quality', 'min_face')
     s = {k: getattr(args, k) for k in keys}
     s.update({k: True for k in ('video_per_folder',) if getattr(args, k)})
+    if args.landmarker == 'dlib' and args.detector != 'hog':      # dlib runs before --detector used hog
+        s['detector'] = args.detector
     path = os.path.abspath(args.input)
     s['input'] = path if os.path.isdir(path) else os.path.dirname(path)    # one file: its folder
     return s
@@ -960,7 +966,7 @@ def main(args):
 
     # 2. process what is missing
     needs_landmarker = args.dataset != 'deepfakebench' and bool(pending)
-    opts = dict(output=args.output, landmarker=args.landmarker, device=args.device,
+    opts = dict(output=args.output, landmarker=args.landmarker, detector=args.detector, device=args.device,
                 weights_dir=args.weights_dir, batch_size=args.batch_size, workers=args.workers,
                 allow_download=not args.no_download, frames_per_video=args.frames_per_video,
                 margin=args.margin, size=args.size, jpeg_quality=args.jpeg_quality,

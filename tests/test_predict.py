@@ -152,3 +152,72 @@ def test_grad_cam_of_a_partly_frozen_detector_leaves_it_as_it_was():
     assert all(p.grad is None for p in model.parameters())
     overlay = models_vit.cam_overlay(torch.rand(3, 32, 32), cams[0])
     assert overlay.shape == (32, 32, 3) and overlay.dtype == np.uint8
+
+
+# ---------------------------------------------------------------------- verified faces only, tracks
+class VerifyingStub:
+    """A landmarker whose detector verified one face per image and dropped two candidates."""
+
+    def detect_batch(self, images):
+        return [([(100.0, 60.0, 260.0, 220.0, 0.0)], [1.0], [(10.0, 10.0, 60.0, 60.0, 0.0), (300.0, 20.0, 380.0, 100.0, 40.0)])
+                for _ in images]
+
+    def landmarks_batch(self, images, boxes_per_image):
+        t = np.linspace(0, 1, 68, dtype=np.float32)
+        return [[np.stack([b[0] + t * (b[2] - b[0]), b[1] + (t * 7 % 1) * (b[3] - b[1])], 1) for b in boxes]
+                for boxes in boxes_per_image]
+
+
+def test_a_rejected_candidate_is_never_scored(finetune_tiny, media, monkeypatch):
+    predictor = predict.Predictor(finetune_tiny['out'] / 'checkpoint-best.pth', 'cpu')
+    predictor._landmarker = VerifyingStub()
+    scored, score = [], predictor.score_crops
+    monkeypatch.setattr(predictor, 'score_crops', lambda crops, h=False: scored.append(len(crops)) or score(crops, h))
+    img = predictor.predict_image(str(media / 'astronaut.png'))
+    assert img['status'] == 'ok' and len(img['faces']) == 1 and img['candidates_dropped'] == 2 and scored == [1]
+    assert '2 candidate(s) failed verification' in predict.verdict_line(img, 0.5)
+    vid = predictor.predict_video(str(media / 'clip.avi'), 4)
+    assert vid['candidates_dropped'] == 8 and scored[-1] == 4 and len(vid['tracks']) == 1
+
+
+def test_suit_patch_is_not_a_face(finetune_tiny, tmp_path):
+    """The astronaut's suit rolled by 20 deg: HOG alone scores its mission patch; the default detector drops it."""
+    import benchmark_detect
+    path = tmp_path / 'suit.png'
+    cv2.imwrite(str(path), benchmark_detect.negative_scene('suit_rolled')[:, :, ::-1])
+    res = predict.Predictor(finetune_tiny['out'] / 'checkpoint-best.pth', 'cpu').predict_image(str(path))
+    assert res['status'] == 'no_face' and res['candidates_dropped'] >= 1 and 'failed verification' in res['message']
+
+
+@pytest.fixture(scope='module')
+def two_people(tmp_path_factory):
+    """Two synthetic people side by side; the left one's face is larger in every other frame."""
+    from util import synthetic_faces as S
+    rng = np.random.default_rng(1)
+    people = [S.sample_identity(rng) for _ in range(2)]
+    path = tmp_path_factory.mktemp('two_people') / 'two.avi'
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 10, (480, 240))
+    for i in range(6):
+        frame = np.full((240, 480, 3), 90, np.uint8)
+        for person, x, size in ((people[0], 10 + 3 * i, 200 if i % 2 else 150), (people[1], 260 - 3 * i, 180)):
+            pose = S.sample_pose(rng)
+            pose.update(yaw=pose['yaw'] / 3, pitch=pose['pitch'] / 3)        # turned little: dlib finds them
+            face, _ = S.render_face(person, rng, size=size, pose=pose)
+            y = (240 - size) // 2
+            frame[y:y + size, x:x + size] = face
+        vw.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    vw.release()
+    return path
+
+
+def test_video_scores_each_person_on_its_own_track(finetune_tiny, two_people):
+    res = predict.Predictor(finetune_tiny['out'] / 'checkpoint-best.pth', 'cpu').predict_video(str(two_people), 0)
+    assert res['status'] == 'ok' and res['frames_read'] == 6 and len(res['tracks']) == 2
+    for track in res['tracks']:
+        rows = [f for f in res['frames'] if f['track'] == track['track']]
+        centres = [(f['box'][0] + f['box'][2]) / 2 for f in rows]
+        assert len(rows) == 6 and (max(centres) < 240 or min(centres) > 240)      # one person, every frame
+        assert track['prob'] == pytest.approx(np.mean([f['prob'] for f in rows])) and track['decides']
+    assert res['prob'] == max(t['prob'] for t in res['tracks'])
+    assert res['track'] == max(res['tracks'], key=lambda t: t['prob'])['track']
+    assert '2 people over 6 frame(s)' in predict.verdict_line(res, 0.5)

@@ -14,9 +14,11 @@ Pipeline, in the order the functions appear below:
 
 Two landmarkers:
 
-* ``dlib``: HOG frontal face detector + the 68-point shape predictor shipped in the
-  ``face_recognition_models`` package. CPU only, fully offline. Note that the 68-point
-  model's training data (iBUG 300-W) does not allow commercial use.
+* ``dlib``: a dlib face detector (``DETECTORS``: by default HOG proposals on the image and
+  on rolled copies, each verified by dlib's CNN face detector on its own crop) + the 68-point
+  shape predictor, both shipped in the ``face_recognition_models`` package. CPU only, fully
+  offline. Note that the 68-point model's training data (iBUG 300-W) does not allow
+  commercial use.
 * ``face_alignment``: S3FD detector + FAN 2D 68 points (``face-alignment`` package),
   batched, on the GPU when there is one. Its weights come from ``TORCH_HOME`` (or
   ``weights_dir``) and are downloaded on first use when the network allows it.
@@ -25,7 +27,10 @@ Neither dlib nor face_alignment (nor torch) is imported at module level: this mo
 imports on a machine that has none of them.
 
 Conventions: images are RGB ``uint8`` arrays [H, W, 3]; boxes are ``(x0, y0, x1, y1)``
-floats in pixels; landmark ``(x, y)`` are pixel coordinates (pixel centres at integers).
+floats in pixels, optionally followed by the face's in-plane roll in degrees (counter-clockwise
+on screen; the landmarker looks at the face upright); landmark ``(x, y)`` are pixel coordinates
+(pixel centres at integers) of the original image, whatever view the detector used.
+A detector that verifies its candidates returns the dropped ones apart: they are never faces.
 """
 import importlib.util
 import os
@@ -204,41 +209,124 @@ class Landmarker:
                 for img, boxes in zip(images, boxes_per_image)]
 
 
-def dlib_model_path():
-    """Path of ``shape_predictor_68_face_landmarks.dat`` in the face_recognition_models
-    package, found without importing it (its import fails with new setuptools)."""
+def dlib_model_path(name='shape_predictor_68_face_landmarks.dat'):
+    """Path of one of dlib's model files in the face_recognition_models package (the 68-point
+    shape predictor, or ``mmod_human_face_detector.dat``), found without importing it (its
+    import fails with new setuptools)."""
     spec = importlib.util.find_spec('face_recognition_models')
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError('the dlib 68-point model comes from the face_recognition_models package: '
                            'pip install face_recognition_models==0.3.0')
-    path = os.path.join(list(spec.submodule_search_locations)[0], 'models',
-                        'shape_predictor_68_face_landmarks.dat')
+    path = os.path.join(list(spec.submodule_search_locations)[0], 'models', name)
     if not os.path.isfile(path):
         raise RuntimeError(f'{path} is missing: reinstall face_recognition_models')
     return path
 
 
-class DlibLandmarker(Landmarker):
-    """dlib HOG frontal face detector + 68-point shape predictor (CPU, offline).
+# dlib face detectors (``--detector``). Every option returns boxes in the original image's pixels
+# and, as a fifth box element, the in-plane roll (degrees, counter-clockwise on screen) at which the
+# face stands upright; the landmarks are found on that upright view and returned in image pixels.
+DETECTORS = {
+    'hog': 'HOG frontal detector on the upright image only, unverified (fast; misses rolls past ~35 deg)',
+    'hybrid': 'HOG proposals on the image and on copies rolled by +-25 and +-50 deg (and upsampled '
+              'when nothing is found), each verified by the CNN on its own crop',
+    'cnn': 'CNN (MMOD) detector on the whole image, upsampled once (slow on a CPU)',
+}
+DEFAULT_DETECTOR = 'hybrid'
 
-    The HOG detector finds faces of about 80 px and more, and its cost grows with the
-    image area, so detection runs on a downscaled copy: at most ``det_max_side`` px,
-    or, within a batch (frames of one video), the scale that brings the face found
-    in the previous frame to about ``FACE_PX`` pixels. A frame where that finds
+
+def _rolled(img, angle):
+    """``img`` rolled by ``angle`` degrees (counter-clockwise) on a canvas holding all of it
+    -> (rolled image, affine [2, 3] from image to rolled pixels)."""
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
+    cos, sin = abs(m[0, 0]), abs(m[0, 1])
+    nw, nh = int(np.ceil(w * cos + h * sin)), int(np.ceil(w * sin + h * cos))
+    m[:, 2] += ((nw - 1) / 2.0 - (w - 1) / 2.0, (nh - 1) / 2.0 - (h - 1) / 2.0)
+    return cv2.warpAffine(img, m, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE), m
+
+
+def _upright_view(img, center, side, roll, out_side):
+    """Square ``out_side`` px view of ``img`` centred on ``center``, ``side`` image px wide, in which
+    a face rolled by ``roll`` degrees stands upright -> (view, affine [2, 3] from image to view pixels)."""
+    zoom, k = out_side / float(side), 1.0
+    if zoom < 0.8:     # shrink by area averaging first, then warp by 0.8: a plain warp aliases
+        k = zoom / 0.8
+        img = cv2.resize(img, (max(1, round(img.shape[1] * k)), max(1, round(img.shape[0] * k))),
+                         interpolation=cv2.INTER_AREA)
+    center = np.asarray(center, dtype=np.float64) * k
+    m = cv2.getRotationMatrix2D((float(center[0]), float(center[1])), -roll, zoom / k)
+    m[:, 2] += (out_side - 1) / 2.0 - center
+    view = cv2.warpAffine(img, m, (out_side, out_side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    m[:, :2] *= k                                  # image -> view
+    return view, m
+
+
+def _apply(m, pts):
+    pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def eye_roll(lm):
+    """In-plane roll (degrees, counter-clockwise on screen) of a face's iBUG-68 landmarks: the
+    angle of the line from its image-left eye to its image-right eye."""
+    lm = np.asarray(lm, dtype=np.float64)
+    (x0, y0), (x1, y1) = lm[36:42].mean(0), lm[42:48].mean(0)
+    return float(np.degrees(np.arctan2(-(y1 - y0), x1 - x0)))
+
+
+class DlibLandmarker(Landmarker):
+    """dlib face detector (``detector``, one of ``DETECTORS``) + 68-point shape predictor (CPU,
+    offline).
+
+    ``hog``: the HOG frontal detector finds upright faces of about 80 px and more, and its
+    cost grows with the image area, so detection runs on a downscaled copy: at most
+    ``det_max_side`` px, or (``hog`` only), within a batch (frames of one video), the scale that
+    brings the smallest face found in the previous frame to about ``FACE_PX`` pixels. A frame where that finds
     nothing is retried at full resolution (small images: with one 2x upsampling).
+
+    ``hybrid`` (the default): the same upright pass, then HOG on copies rolled by ``ROLLS``
+    (the upright filters reach ~35 deg, so +-40 covers +-75) and, when no face is verified, the
+    rolled passes again on a copy enlarged ``ROLLED_UPSCALE`` times (faces down to 40 px).
+    Proposals found at several rolls are one candidate (centres within half a box); each
+    candidate is verified by the CNN detector on a ``VERIFY_PX`` view of it only, upright and its
+    box scaled to ``VERIFY_FACE_PX`` (the CNN on that view costs ~0.09 s of CPU, on a whole
+    640 x 480 frame seconds). The upright pass's box is kept where it has one, so frontal faces
+    get the same box and landmarks as with ``hog``. docs/face_detection.md has the measurements.
+
+    ``cnn``: the CNN detector on the whole (downscaled) image, upsampled once.
+
+    Candidates that fail verification are returned by ``detect_batch`` as a third element
+    (their boxes), never as faces.
     """
     name = 'dlib'
     FACE_PX = 80
+    ROLLS = (-40, 40)                  # degrees: rolled copies searched by HOG (hybrid)
+    ROLLED_UPSCALE = 1.6               # ... and again enlarged by this when no face is verified (0: never)
+    SAME_FACE = 0.5                    # proposals whose centres are this many box sides apart are one
+    VERIFY_PX, VERIFY_FACE_PX = 128, 80  # the CNN finds faces from ~64 px: margin for loose HOG boxes
+    VERIFY_THRESHOLD = 0.0             # CNN confidence a verified face exceeds (dlib's own threshold)
+    REFINE_ROLL = 15.0                 # landmarks again on a view levelled by the eyes past this residual
+    # dlib's frontal detector holds five HOG filters: 0-2 upright faces (front, turned left, turned
+    # right), 3 and 4 faces rolled one way and the other (they fire on the astronaut rolled 20-35 deg)
+    FILTER_ROLL = {3: 25.0, 4: -25.0}
 
-    def __init__(self, det_max_side=DEFAULT_DET_MAX_SIDE, model_path=None):
+    def __init__(self, det_max_side=DEFAULT_DET_MAX_SIDE, model_path=None, detector=DEFAULT_DETECTOR,
+                 cnn_model_path=None):
         try:
             import dlib
         except ImportError as e:
             raise RuntimeError('--landmarker dlib needs dlib: pip install dlib-bin==20.0.1.post1') from e
+        if detector not in DETECTORS:
+            raise ValueError(f'unknown detector {detector!r}: use one of {", ".join(DETECTORS)}')
         self._dlib = dlib
         self.det_max_side = det_max_side
+        self.detector_name = detector
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(model_path or dlib_model_path())
+        self.cnn = None
+        if detector in ('hybrid', 'cnn'):
+            self.cnn = dlib.cnn_face_detection_model_v1(cnn_model_path or dlib_model_path('mmod_human_face_detector.dat'))
 
     @staticmethod
     def _gray(img):
@@ -250,43 +338,146 @@ class DlibLandmarker(Landmarker):
             h, w = img.shape[:2]
             img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
                              interpolation=cv2.INTER_AREA)
-        rects, scores, _ = self.detector.run(np.ascontiguousarray(img), upsample, 0.0)
+        rects, scores, filters = self.detector.run(np.ascontiguousarray(img), upsample, 0.0)
         return ([tuple(float(v) / scale for v in (r.left(), r.top(), r.right(), r.bottom())) for r in rects],
-                [float(x) for x in scores])
+                [float(x) for x in scores], [self.FILTER_ROLL.get(int(k), 0.0) for k in filters])
+
+    def _detect_hog(self, img_rgb, scale, with_rolls=False):
+        img_rgb = self._gray(img_rgb)
+        found = self._run(img_rgb, scale)
+        if not found[0] and scale < 1.0:
+            found = self._run(img_rgb, 1.0)
+        elif not found[0] and max(img_rgb.shape[:2]) <= self.det_max_side:
+            found = self._run(img_rgb, 1.0, upsample=1)
+        return found if with_rolls else found[:2]
+
+    # -- hybrid: rolled HOG proposals, each verified by the CNN on its crop ----------------
+    def _rolled_proposals(self, gray, scale, upsample=0):
+        """HOG on ``gray`` resized by ``scale`` and rolled by each of ``ROLLS`` -> [(centre, side, roll, score)]
+        in ``gray``'s pixels; a face found on the copy rolled by r is rolled by -r in the image."""
+        h, w = gray.shape[:2]
+        small = gray if scale == 1.0 else cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                                     interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        out = []
+        for roll in self.ROLLS:
+            view, m = _rolled(small, roll)
+            rects, scores, filters = self.detector.run(view, upsample, 0.0)
+            inv = cv2.invertAffineTransform(m)
+            for r, sc, k in zip(rects, scores, filters):
+                c = _apply(inv, [((r.left() + r.right()) / 2.0, (r.top() + r.bottom()) / 2.0)])[0] / scale
+                out.append((c, max(r.right() - r.left(), r.bottom() - r.top()) / scale,
+                            self.FILTER_ROLL.get(int(k), 0.0) - roll, float(sc)))
+        return out
+
+    def _verify(self, img_rgb, center, side, roll):
+        """CNN confidence of the best face on the upright view of one candidate (-inf: none)."""
+        view, _ = _upright_view(img_rgb, center, side * self.VERIFY_PX / self.VERIFY_FACE_PX, roll, self.VERIFY_PX)
+        found = self.cnn(view, 0)
+        return max((d.confidence for d in found), default=-np.inf)
+
+    def _detect_hybrid(self, img_rgb, scale):
+        gray = self._gray(img_rgb)
+        cands = [(np.array([(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0]), max(b[2] - b[0], b[3] - b[1]), roll, s, b)
+                 for b, s, roll in zip(*self._detect_hog(img_rgb, scale, with_rolls=True))]
+        cands += [(c, side, roll, s, None) for c, side, roll, s in self._rolled_proposals(gray, scale, 0)]
+        faces, rejected = self._verified(img_rgb, cands)
+        if not faces and self.ROLLED_UPSCALE:
+            # small faces: the rolled passes again, enlarged (the upright pass upsamples by itself)
+            more = self._rolled_proposals(gray, self.ROLLED_UPSCALE * scale, 0)
+            more = [(c, side, roll, s, None) for c, side, roll, s in more
+                    if not any(self._same((c, side), r) for r in rejected)]
+            faces, again = self._verified(img_rgb, more)
+            rejected += again
+        return ([f[0] for f in faces], [f[1] for f in faces],
+                [(c[0] - s / 2, c[1] - s / 2, c[0] + s / 2, c[1] + s / 2, roll) for c, s, roll in rejected])
+
+    def _same(self, a, b):
+        return np.hypot(*(a[0] - b[0])) <= self.SAME_FACE * max(a[1], b[1])
+
+    def _verified(self, img_rgb, cands):
+        """Group proposals of one face (the upright pass's first, then by score), verify each group
+        on its first member, then its second -> ([(box + roll, confidence)], [(centre, side, roll)] rejected)."""
+        cands = sorted(cands, key=lambda c: (c[4] is None, -c[3]))
+        groups = []
+        for c in cands:
+            for g in groups:
+                if self._same(c, g[0]):
+                    g.append(c)
+                    break
+            else:
+                groups.append([c])
+        faces, rejected = [], []
+        for g in groups:
+            tried = [g[0]] + [c for c in g[1:] if c[2] != g[0][2]][:1]
+            for center, side, roll, _, box in tried:
+                conf = self._verify(img_rgb, center, side, roll)
+                if conf > self.VERIFY_THRESHOLD:
+                    if box is None:
+                        box = (center[0] - side / 2, center[1] - side / 2, center[0] + side / 2, center[1] + side / 2)
+                    faces.append((tuple(float(v) for v in box[:4]) + (roll,), float(conf)))
+                    break
+            else:
+                rejected.append((g[0][0], g[0][1], g[0][2]))
+        return faces, rejected
+
+    def _detect_cnn(self, img_rgb, scale):
+        small = img_rgb if scale >= 1.0 else _downscale(img_rgb, max(1, round(max(img_rgb.shape[:2]) * scale)))[0]
+        s = small.shape[1] / float(img_rgb.shape[1])
+        found = self.cnn(np.ascontiguousarray(small), 1)
+        return ([tuple(float(v) / s for v in (d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom())) + (0.0,)
+                 for d in found], [float(d.confidence) for d in found])
 
     def _detect(self, img_rgb, scale):
-        img_rgb = self._gray(img_rgb)
-        boxes, scores = self._run(img_rgb, scale)
-        if not boxes and scale < 1.0:
-            boxes, scores = self._run(img_rgb, 1.0)
-        elif not boxes and max(img_rgb.shape[:2]) <= self.det_max_side:
-            boxes, scores = self._run(img_rgb, 1.0, upsample=1)
-        return boxes, scores
+        if self.detector_name == 'hybrid':
+            return self._detect_hybrid(img_rgb, scale)
+        if self.detector_name == 'cnn':
+            return self._detect_cnn(img_rgb, scale)
+        return self._detect_hog(img_rgb, scale)
 
     def detect_with_scores(self, img_rgb):
-        return self._detect(img_rgb, min(1.0, self.det_max_side / float(max(img_rgb.shape[:2]))))
+        return self._detect(img_rgb, min(1.0, self.det_max_side / float(max(img_rgb.shape[:2]))))[:2]
 
     def detect_batch(self, images):
         out, hint = [], None
         for img in images:
             scale = min(1.0, self.det_max_side / float(max(img.shape[:2])))
-            if hint is not None and hint[0] == img.shape:
-                scale = hint[1]
-            boxes, scores = self._detect(img, scale)
-            if boxes:
-                side = max(max(b[2] - b[0], b[3] - b[1]) for b in boxes)
+            if hint is not None and hint[0] == img.shape and self.detector_name == 'hog':
+                scale = hint[1]      # hog only: a face the previous frame lacked may be too small then
+            found = self._detect(img, scale)
+            if found[0]:      # the smallest face of this frame, at ~FACE_PX in the next
+                side = min(max(b[2] - b[0], b[3] - b[1]) for b in found[0])
                 hint = (img.shape, min(1.0, self.FACE_PX / max(side, 1.0)))
-            out.append((boxes, scores))
+            out.append(found)
         return out
 
+    # -- landmarks --------------------------------------------------------------------------
+    def _shape(self, img, box):
+        rect = self._dlib.rectangle(int(round(box[0])), int(round(box[1])), int(round(box[2])), int(round(box[3])))
+        return np.array([[p.x, p.y] for p in self.predictor(img, rect).parts()], dtype=np.float32)
+
+    def _shape_rolled(self, img, box, roll):
+        """68 points of the face in ``box`` seen upright (rolled by ``roll``), in image pixels."""
+        c = np.array([(box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0])
+        side = max(box[2] - box[0], box[3] - box[1])
+        out_side = int(np.ceil(2 * side))
+        view, m = _upright_view(img, c, out_side, roll, out_side)
+        half = side / 2.0
+        mid = (out_side - 1) / 2.0
+        pts = self._shape(np.ascontiguousarray(view), (mid - half, mid - half, mid + half, mid + half))
+        return _apply(cv2.invertAffineTransform(m), pts).astype(np.float32)
+
     def landmarks(self, img_rgb, boxes):
+        """68 points per box; a box's fifth element is the roll at which its face is upright. A face
+        whose eyes are still rolled by more than ``REFINE_ROLL`` is looked at again, levelled by them."""
         img = np.ascontiguousarray(self._gray(img_rgb))
         out = []
         for b in boxes:
-            rect = self._dlib.rectangle(int(round(b[0])), int(round(b[1])),
-                                        int(round(b[2])), int(round(b[3])))
-            shape = self.predictor(img, rect)
-            out.append(np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32))
+            roll = float(b[4]) if len(b) > 4 else 0.0
+            lm = self._shape(img, b) if roll == 0.0 else self._shape_rolled(img, b, roll)
+            seen = eye_roll(lm)
+            if abs(seen - roll) > self.REFINE_ROLL:
+                lm = self._shape_rolled(img, b, seen)
+            out.append(lm)
         return out
 
 
@@ -547,7 +738,7 @@ def build_landmarker(name='dlib', device='cpu', weights_dir=None, batch_size=32,
     ``allow_download``, ``det_max_side``).
     """
     if name == 'dlib':
-        kwargs = {k: v for k, v in kwargs.items() if k in ('det_max_side', 'model_path')}
+        kwargs = {k: v for k, v in kwargs.items() if k in ('det_max_side', 'model_path', 'detector')}
         return DlibLandmarker(**kwargs)
     if name in ('face_alignment', 'fan'):
         return FanLandmarker(device=resolve_device(device), weights_dir=weights_dir,
@@ -619,25 +810,29 @@ def _select_faces(boxes, scores, largest_only, min_face):
 
 
 def extract_faces_batch(images, landmarker, margin=1.3, size=256, largest_only=True,
-                        min_face=DEFAULT_MIN_FACE):
+                        min_face=DEFAULT_MIN_FACE, with_rejected=False):
     """:func:`extract_faces` for many images at once (batched on the GPU with
     face_alignment). Returns, per image, ``(faces, reason)`` where ``reason`` is
-    None, ``NO_FACE`` or ``FACE_TOO_SMALL`` (the latter two with ``faces == []``)."""
+    None, ``NO_FACE`` or ``FACE_TOO_SMALL`` (the latter two with ``faces == []``);
+    with ``with_rejected``, ``(faces, reason, rejected)``: the boxes of the candidates
+    the detector's verification dropped (never among ``faces``)."""
     detections = landmarker.detect_batch(images)
-    selected, reasons = [], []
-    for boxes, scores in detections:
+    selected, reasons, rejected = [], [], []
+    for boxes, scores, *dropped in detections:
         kept, reason = _select_faces(list(boxes), list(scores), largest_only, min_face)
         selected.append(kept)
         reasons.append(reason)
+        rejected.append(list(dropped[0]) if dropped else [])
     all_landmarks = landmarker.landmarks_batch(images, [[b for b, _ in kept] for kept in selected])
     results = []
-    for img, kept, lms, reason in zip(images, selected, all_landmarks, reasons):
+    for img, kept, lms, reason, dropped in zip(images, selected, all_landmarks, reasons, rejected):
         faces = []
         for (box, score), lm in zip(kept, lms):
             crop, lm_crop, square = crop_face(img, lm, margin=margin, size=size)
             faces.append(dict(crop=crop, landmarks=lm_crop, box=square,
-                              detector_box=tuple(float(v) for v in box[:4]), score=float(score)))
-        results.append((faces, reason))
+                              detector_box=tuple(float(v) for v in box[:4]), score=float(score),
+                              roll=float(box[4]) if len(box) > 4 else 0.0, image_landmarks=lm))
+        results.append((faces, reason, dropped) if with_rejected else (faces, reason))
     return results
 
 
@@ -647,7 +842,10 @@ def extract_faces(img_rgb, landmarker, margin=1.3, size=256, largest_only=True,
 
     Returns a list (largest face first; only the largest when ``largest_only``) of
     dicts: ``crop`` uint8 [size, size, 3], ``landmarks`` float32 [68, 2] in crop
-    pixels, ``box`` the square crop box in image pixels, ``detector_box``, ``score``.
+    pixels, ``box`` the square crop box in image pixels, ``detector_box``, ``score``,
+    ``roll`` (degrees, counter-clockwise, at which the detector found the face; the crop
+    is not rotated: it is the axis-aligned square around the landmarks, as for every face)
+    and ``image_landmarks`` (float32 [68, 2] in image pixels).
     Faces whose detector box is smaller than ``min_face`` pixels are dropped, and so are
     detections scoring under ``MIN_SCORE_FRACTION`` of the best one; an empty list
     means no (large enough) face.
