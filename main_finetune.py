@@ -480,7 +480,7 @@ def run_robustness(model, results, input_size, mean, std, device, amp_dtype, arg
         per = doc['sets'][name]['perturbations'].setdefault(kind, {})
         per[str(level)] = {k: metrics.get(k) for k in ('auc', 'video_auc', 'eer', 'n', 'unreadable')}
         if misc.is_main_process():
-            protocols.write_robustness(out, doc)
+            protocols.write_robustness_json(out, doc)
     bar.close()
     if misc.is_main_process():
         text = protocols.write_robustness(out, doc)

@@ -139,13 +139,13 @@ def test_robustness_report_resumes_and_is_deterministic(finetune_tiny, tmp_path,
     assert noise == entry['perturbations']['noise']['1']
 
 
-def test_train_methods_keeps_reals_and_chosen_fakes(finetune_tiny, pretrained_tiny, tmp_path, capsys):
-    rows = read_rows(finetune_tiny['train'])
+def test_train_methods_keeps_reals_and_chosen_fakes(synthetic_data, pretrained_tiny, tmp_path, capsys):
+    rows = read_rows(synthetic_data['train'])
     fakes = sorted({r['video'] for r in rows if r['label'] == '1'})
     for r in rows:
         if r['label'] == '1':
             r['method'] = 'Deepfakes' if fakes.index(r['video']) % 2 else 'Face2Face'
-    train = write_rows(tmp_path / 'train.csv', rows)
+    train = write_rows(Path(synthetic_data['train']).with_name('train_two_methods.csv'), rows)
     argv = ['--finetune', pretrained_tiny / 'checkpoint-last.pth', '--train_manifest', train, '--output_dir',
             tmp_path / 'ft', '--input_size', 112, '--batch_size', 16, '--epochs', 1, '--num_workers', 0,
             '--device', 'cpu', '--quiet', '--no_auto_resume', '--train_methods', 'DF']
@@ -231,3 +231,33 @@ def test_frame_protocol_writes_its_own_deterministic_manifests(tmp_path, monkeyp
     assert not list((out / '.prepare').glob('h264/*.mp4'))     # re-encoded copies removed
     with pytest.raises(ValueError, match='--perturb blur: name one type and level'):
         run('--perturb', 'blur')
+
+
+# ---------------------------------------------------------------------- synthetic forgery families
+def test_forgery_families_are_deterministic_local_and_recorded(tmp_path):
+    from util.synthetic_faces import (FORGERY_FAMILIES, family_method, generate_dataset, render_face,
+                                      sample_identity)
+    target, source = sample_identity(np.random.default_rng(1)), sample_identity(np.random.default_rng(2))
+    real, lm_real = render_face(target, np.random.default_rng(5), 96)
+    assert set(FORGERY_FAMILIES) == {'swap', 'reenact', 'local_edit', 'upsample', 'resynth'}
+    for name, fake in FORGERY_FAMILIES.items():
+        a, lm = fake(target, source, np.random.default_rng(5), 96, artefacts='strong')
+        b, _ = fake(target, source, np.random.default_rng(5), 96, artefacts='strong')
+        assert a.dtype == np.uint8 and a.shape == (96, 96, 3) and np.array_equal(a, b), name
+        assert np.allclose(lm, lm_real), name                    # the target's landmarks, same pose
+        diff = np.abs(a.astype(int) - real.astype(int)).max(-1)
+        assert diff[:4, :4].max() <= 1 and diff.mean() > 0.5, name   # the corner stays, the face changes
+    up, _ = FORGERY_FAMILIES['upsample'](target, source, np.random.default_rng(5), 96, artefacts='strong')
+    nyquist = lambda img: np.abs(np.fft.fft2(img[30:62, 30:62].mean(-1).astype(float)))[16, 16]  # noqa: E731
+    assert nyquist(up) > 3 * nyquist(real)                      # the checkerboard of the upsampling
+    m = generate_dataset(tmp_path, num_identities=8, frames_per_identity=1, size=48, seed=0, progress=False,
+                         families=('swap', 'local_edit'), test_families=('reenact', 'swap'))
+    train, test, cross = (read_rows(m[k]) for k in ('train', 'test', 'families_test'))
+    assert {r['method'] for r in train if r['label'] == '1'} == {'synthetic_swap', 'synthetic_local_edit'}
+    assert {r['method'] for r in test if r['label'] == '1'} <= {'synthetic_swap', 'synthetic_local_edit'}
+    assert [r for r in cross if r['method'] != 'synthetic_reenact'] == test
+    n_pairs = len({r['video'] for r in test if r['label'] == '1'})
+    assert len({r['video'] for r in cross if r['method'] == family_method('reenact')}) == n_pairs
+    assert len({r['video'] for r in cross}) == len({(r['method'], r['video']) for r in cross})   # ids unique
+    with pytest.raises(ValueError, match='unknown forgery family gan'):
+        generate_dataset(tmp_path / 'x', num_identities=8, families=('gan',), progress=False)

@@ -178,14 +178,20 @@ def robustness_table(entry, levels=(1, 2, 3, 4, 5)):
     return '\n'.join(lines)
 
 
-def write_robustness(output_dir, doc, levels=(1, 2, 3, 4, 5)):
-    """robustness.json, robustness.md (frame AUC / video AUC per type and level) and robustness.png (frame
-    AUC vs level, a line per type, the clean AUC dashed) in output_dir. -> the Markdown text."""
+def write_robustness_json(output_dir, doc):
+    """robustness.json alone (after each evaluation: what a resumed run reads)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / '.robustness.json.tmp'
     tmp.write_text(json.dumps(doc, indent=2, default=lambda o: o.item() if hasattr(o, 'item') else str(o)))
     tmp.replace(out / 'robustness.json')
+
+
+def write_robustness(output_dir, doc, levels=(1, 2, 3, 4, 5)):
+    """robustness.json, robustness.md (frame AUC / video AUC per type and level) and robustness.png (frame
+    AUC vs level, a line per type, the clean AUC dashed) in output_dir. -> the Markdown text."""
+    out = Path(output_dir)
+    write_robustness_json(out, doc)
     md = [f'# Robustness of `{doc.get("checkpoint")}`', '',
           f'Crop protocol: each perturbation applied to the evaluation crops (seed {doc.get("seed")}); '
           'cells are frame AUC / video AUC.', '']
