@@ -261,3 +261,32 @@ def test_forgery_families_are_deterministic_local_and_recorded(tmp_path):
     assert len({r['video'] for r in cross}) == len({(r['method'], r['video']) for r in cross})   # ids unique
     with pytest.raises(ValueError, match='unknown forgery family gan'):
         generate_dataset(tmp_path / 'x', num_identities=8, families=('gan',), progress=False)
+
+
+# ---------------------------------------------------------------------- EVALUATION.md
+def test_evaluation_md_commands_parse_with_the_scripts_parsers():
+    import shlex
+    import prepare_faces
+    import util.metrics
+    text = (Path(__file__).resolve().parents[1] / 'EVALUATION.md').read_text()
+    blocks = [b.split('```', 1)[0] for b in text.split('```bash\n')[1:]]
+    parsers = {'prepare_faces.py': prepare_faces.get_args_parser(), 'main_finetune.py': main_finetune.get_args_parser()}
+    seen = set()
+    for line in (ln for b in blocks for ln in b.splitlines() if 'python ' in ln):
+        cmd = line[line.index('python '):].split('; done')[0].replace('$p', 'blur:3')
+        argv = shlex.split(cmd)[1:]
+        if argv[:2] == ['-m', 'util.metrics']:
+            seen.add('metrics')
+            continue                                        # its parser runs the files: checked below
+        args = parsers[argv[0]].parse_args(argv[1:])
+        seen.add(argv[0])
+        if argv[0] == 'main_finetune.py':
+            main_finetune.check_protocol_args(args, lambda msg: pytest.fail(f'{line}: {msg}'))
+        else:
+            assert args.perturb is None or prepare_faces.perturb_spec(args.perturb)
+    assert seen == {'prepare_faces.py', 'main_finetune.py', 'metrics'}
+    loop = text.split('for p in ', 1)[1].split('; do', 1)[0].split()
+    assert len(loop) == 40 and all(prepare_faces.perturb_spec(p) for p in loop)
+    assert 'python -m util.metrics eval_cross_dataset/scores_celebdf_test.csv --group_by method' in text
+    with pytest.raises(SystemExit):                         # the documented flags exist in util.metrics
+        util.metrics.main(['--help'])
