@@ -29,7 +29,7 @@ from util.datasets import FaceDataset, FaceTransform, NO_LABEL, Sample, read_man
 from util.lr_decay import param_groups_lrd
 from util import protocols
 from util.metrics import compute_metrics
-from util.perturb import parse_spec
+from util.perturb import VIDEO_KINDS, parse_spec
 
 
 def get_args_parser():
@@ -182,10 +182,13 @@ def check_protocol_args(args, fail):
         if not args.eval:
             fail('--perturb evaluates a trained detector: use it with --eval --resume <checkpoint>')
         try:
-            for spec in args.perturb:
-                parse_spec(spec)
+            specs = [p for spec in args.perturb for p in parse_spec(spec)]
         except ValueError as e:
             fail(f'--perturb: {e}')
+        video = sorted({k for k, _ in specs if k in VIDEO_KINDS})
+        if video:
+            fail(f'--perturb {video[0]} re-encodes whole videos: degrade them before cropping with '
+                 f'prepare_faces.py --perturb {video[0]}:LEVEL (frame protocol, EVALUATION.md)')
     if args.train_methods and args.eval:
         fail('--train_methods selects training data; --eval trains nothing (use --group_by method to score '
              'each manipulation)')

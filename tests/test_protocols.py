@@ -158,7 +158,9 @@ def test_train_methods_keeps_reals_and_chosen_fakes(synthetic_data, pretrained_t
     with pytest.raises(SystemExit, match=r'--train_methods NT: no such fake .*Deepfakes, Face2Face'):
         main_finetune.main(ft_args(argv[:-1] + ['NT']))
     for bad, msg in ((['--eval_frames', -1], '--eval_frames'), (['--perturb', 'fog'], 'unknown perturbation'),
-                     (['--perturb', 'blur:1'], 'with --eval')):
+                     (['--perturb', 'blur:1'], 'with --eval'),
+                     (['--eval', '--resume', pretrained_tiny / 'checkpoint-last.pth', '--test_manifests', train,
+                       '--perturb', 'h264:2'], 'prepare_faces.py --perturb h264:LEVEL')):
         with pytest.raises(SystemExit, match=msg) as e:
             main_finetune.main(ft_args(argv + bad))
         assert '\n' not in str(e.value)

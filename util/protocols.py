@@ -221,7 +221,7 @@ def _robustness_png(path, doc, levels):
         if clean is not None and not math.isnan(clean):
             ax.axhline(clean, ls='--', lw=1.0, color='black', label='clean')
         ax.set(xticks=list(levels), xlabel='level', ylabel='frame AUC', title=name)
-        ax.legend(fontsize=7, loc='lower left')
+        ax.legend(fontsize=7, loc='best')
     fig.tight_layout()
     tmp = Path(path).with_name(f'.{Path(path).name}.tmp.png')
     fig.savefig(tmp)
