@@ -179,12 +179,12 @@ def check_protocol_args(args, fail):
     if args.eval_frames < 0:
         fail('--eval_frames must be >= 0 (0 = every frame)')
     if args.perturb:
-        if not args.eval:
-            fail('--perturb evaluates a trained detector: use it with --eval --resume <checkpoint>')
         try:
             specs = [p for spec in args.perturb for p in parse_spec(spec)]
         except ValueError as e:
             fail(f'--perturb: {e}')
+        if not args.eval:
+            fail('--perturb evaluates a trained detector: use it with --eval --resume <checkpoint>')
         video = sorted({k for k, _ in specs if k in VIDEO_KINDS})
         if video:
             fail(f'--perturb {video[0]} re-encodes whole videos: degrade them before cropping with '

@@ -157,13 +157,21 @@ def test_train_methods_keeps_reals_and_chosen_fakes(synthetic_data, pretrained_t
     assert f'all {n_real} reals' in out
     with pytest.raises(SystemExit, match=r'--train_methods NT: no such fake .*Deepfakes, Face2Face'):
         main_finetune.main(ft_args(argv[:-1] + ['NT']))
+
+
+def test_protocol_flags_fail_at_start_in_one_line(tmp_path):
+    ckpt, manifest = tmp_path / 'ck.pth', tmp_path / 'm.csv'
+    ckpt.write_bytes(b'x')
+    manifest.write_text('path,landmarks,label,video,dataset\n')
+    argv = ['--finetune', ckpt, '--train_manifest', manifest, '--output_dir', tmp_path / 'ft', '--device', 'cpu']
+    evaluate = ['--eval', '--resume', ckpt, '--test_manifests', manifest]
     for bad, msg in ((['--eval_frames', -1], '--eval_frames'), (['--perturb', 'fog'], 'unknown perturbation'),
-                     (['--perturb', 'blur:1'], 'with --eval'),
-                     (['--eval', '--resume', pretrained_tiny / 'checkpoint-last.pth', '--test_manifests', train,
-                       '--perturb', 'h264:2'], 'prepare_faces.py --perturb h264:LEVEL')):
+                     (['--perturb', 'blur:1'], 'with --eval'), (['--train_methods', ','], 'names no manipulation'),
+                     (evaluate + ['--perturb', 'h264:2'], 'prepare_faces.py --perturb h264:LEVEL'),
+                     (evaluate + ['--train_methods', 'DF'], '--eval trains nothing')):
         with pytest.raises(SystemExit, match=msg) as e:
             main_finetune.main(ft_args(argv + bad))
-        assert '\n' not in str(e.value)
+        assert '\n' not in str(e.value) and str(e.value).startswith('main_finetune.py: error: ')
 
 
 # ---------------------------------------------------------------------- frame protocol (prepare_faces.py --perturb)
