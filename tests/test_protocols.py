@@ -56,6 +56,8 @@ def test_video_ids_shared_by_manipulations_are_qualified_not_merged():
     out, n = protocols.qualify_videos(samples)
     assert n == 1 and [s.video for s in out] == ['d/Deepfakes/000_003', 'd/Face2Face/000_003', '000']
     assert protocols.qualify_videos(out[2:])[1] == 0
+    mixed = [S('x', 0, 'youtube'), S('x', 1, 'Deepfakes')]         # real and fake: left for the caller to refuse
+    assert protocols.qualify_videos(mixed) == (mixed, 0)
 
 
 # ---------------------------------------------------------------------- with a trained tiny detector

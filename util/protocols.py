@@ -45,15 +45,16 @@ def video_key(s):
 
 
 def qualify_videos(samples):
-    """Video ids that occur under more than one (dataset, method) become 'dataset/method/video', so that
-    they are never merged. -> (samples, number of ids qualified)."""
+    """Video ids that occur under more than one (dataset, method) of the same label become
+    'dataset/method/video', so that they are never merged. A real and a fake sharing an id stay as they are:
+    that is a labelling error the caller reports. -> (samples, number of ids qualified)."""
     owners = {}
     for s in samples:
-        owners.setdefault(s.video, set()).add((s.dataset, s.method))
-    shared = {v for v, o in owners.items() if len(o) > 1}
+        owners.setdefault((s.label, s.video), set()).add((s.dataset, s.method))
+    shared = {k for k, o in owners.items() if len(o) > 1}
     if not shared:
         return samples, 0
-    return [replace(s, video=f'{s.dataset}/{s.method}/{s.video}') if s.video in shared else s
+    return [replace(s, video=f'{s.dataset}/{s.method}/{s.video}') if (s.label, s.video) in shared else s
             for s in samples], len(shared)
 
 
