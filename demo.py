@@ -5,7 +5,9 @@
   2. MIFAE pre-training on the real training faces (main_pretrain.main)
   3. fine-tuning the detector with reconstruction of real faces (main_finetune.main), best epoch picked on
      the validation identities
-  4. evaluation on held-out identities (frame / video AUC, EER, AP, ACC)
+  4. evaluation on held-out identities (frame / video AUC, EER, AP, ACC), then the evaluation protocols of
+     EVALUATION.md: the AUC per forgery family never seen in training (util.synthetic_faces.FORGERY_FAMILIES;
+     the detector is fine-tuned on swaps only) and a robustness table (crop protocol, util/perturb.py)
   5. the four figures (Visualization/visualize.py)
 
   python demo.py                      # micro model on 64-px faces, about 2 minutes on 2 idle CPU cores
@@ -35,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import main_finetune  # noqa: E402
 import main_pretrain  # noqa: E402
-from util.synthetic_faces import generate_dataset  # noqa: E402
+from util.synthetic_faces import FORGERY_FAMILIES, family_method, generate_dataset  # noqa: E402
 from Visualization import visualize as viz  # noqa: E402
 
 # (defaults, --quick) -- the quick run is the same pipeline at a size the test suite can afford
@@ -173,6 +175,31 @@ def finetune_argv(args, pretrained, train_csv, val_csv, test_csv, out_dir):
         + ([] if args.verbose else ['--quiet'])
 
 
+def evaluation_protocols(args, detector, manifests, out):
+    """Cross-manipulation (each forgery family's held-out fakes against all held-out reals) and robustness at
+    crop protocol (every util/perturb.py type and level on the swap test set), through main_finetune --eval;
+    both tables printed. -> dict(families={family: frame/video AUC}, robustness={type: {level: AUC}})"""
+    common = ['--eval', '--resume', str(detector), '--device', args.device, '--num_workers', str(args.num_workers),
+              '--batch_size', str(max(args.batch_size, 64)), '--seed', str(args.seed), '--quiet']
+    fam = main_finetune.main(main_finetune.get_args_parser().parse_args(common + [
+        '--test_manifests', str(manifests['families_test']), '--group_by', 'method', '--output_dir',
+        str(out / 'families')]))['test']
+    families = {}
+    for name in FORGERY_FAMILIES:
+        m = fam.get(f'families_test/{family_method(name)}')
+        if m is not None:
+            families[name] = dict(auc=m['auc'], video_auc=m['video_auc'], n_fake=m['n_fake'])
+    print('\nheld-out AUC per forgery family (fine-tuned on swaps only):')
+    print('\n'.join(f'  {k:11s} {v["auc"]:.3f}  ({v["n_fake"]} fakes)' if v['auc'] is not None else f'  {k:11s} n/a'
+                     for k, v in families.items()))
+    main_finetune.main(main_finetune.get_args_parser().parse_args(common + [
+        '--test_manifests', str(manifests['test']), '--perturb', 'all', '--output_dir', str(out / 'robustness')]))
+    doc = json.loads((out / 'robustness' / 'robustness.json').read_text())
+    entry = next(iter(doc['sets'].values()))
+    robustness = {k: {lv: m['auc'] for lv, m in per.items()} for k, per in entry['perturbations'].items()}
+    return dict(families=families, robustness=dict(clean=entry['clean']['auc'], auc=robustness))
+
+
 def run_stage(name, fn, timings):
     print(f'\n=== {name} ===', flush=True)
     t = time.time()
@@ -195,7 +222,8 @@ def main(args):
     n_ids = max(8, int(round(args.num_faces / (2 * args.frames))))
     manifests = run_stage('synthetic faces', lambda: generate_dataset(
         out / 'data', num_identities=n_ids, frames_per_identity=args.frames, size=args.size, seed=args.seed,
-        fake_ratio=0.5, test_fraction=0.25, progress=args.verbose, artefacts=args.artefacts), timings)
+        fake_ratio=0.5, test_fraction=0.25, progress=args.verbose, artefacts=args.artefacts,
+        families=('swap',), test_families=tuple(FORGERY_FAMILIES)), timings)
     train_csv, val_csv = split_validation(manifests['train'], seed=args.seed)
     for name, m in (('pre-training (real faces)', manifests['pretrain']), ('fine-tuning train', train_csv),
                     ('validation', val_csv), ('test (held-out identities)', manifests['test'])):
@@ -214,6 +242,8 @@ def main(args):
     ft = run_stage('fine-tuning + evaluation', lambda: main_finetune.main(ft_args), timings)
     detector = out / 'finetune' / 'checkpoint-best.pth'
     test = next(iter(ft['test'].values()))
+    protocols = run_stage('evaluation protocols', lambda: evaluation_protocols(args, detector, manifests, out),
+                          timings)
 
     # 5. figures
     def figures():
@@ -229,7 +259,7 @@ def main(args):
 
     total = time.time() - start
     summary = dict(test={k: test.get(k) for k in ('auc', 'video_auc', 'eer', 'ap', 'acc')},
-                   best_val_auc=ft.get('best_val_auc'), timings_s={k: round(v, 1) for k, v in timings.items()},
+                   best_val_auc=ft.get('best_val_auc'), **protocols, timings_s={k: round(v, 1) for k, v in timings.items()},
                    total_s=round(total, 1), args=vars(args))
     (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=str))
     print('\n=== done ===')
@@ -239,6 +269,8 @@ def main(args):
     print(f'pre-trained: {pretrained}')
     print(f'detector:    {detector}')
     print(f'metrics:     {out / "finetune" / "eval.md"} (eval.json, ROC curves beside it)')
+    print(f'protocols:   {out / "families" / "eval.md"} (AUC per forgery family), '
+          f'{out / "robustness" / "robustness.md"} (crop protocol)')
     for num, path in sorted(written.items()):
         print(f'figure {num}:    {path}')
     print(f'summary:     {out / "summary.json"}')

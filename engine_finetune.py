@@ -215,6 +215,14 @@ def evaluate_samples(model, samples, data_loader, device, amp_dtype=None, name='
     """Metrics (util.metrics.compute_metrics, frame and video) over a labelled sample list; frames that
     could not be read are left out and counted (`unreadable`), never replaced by others.
     -> (metrics dict, labels, scores) with labels/scores per evaluated frame."""
+    metrics, _, labels, scores = evaluate_frames(model, samples, data_loader, device, amp_dtype, name, quiet,
+                                                 threshold)
+    return metrics, labels, scores
+
+
+def evaluate_frames(model, samples, data_loader, device, amp_dtype=None, name='eval', quiet=False,
+                    threshold=0.5):
+    """evaluate_samples, also giving which samples were evaluated. -> (metrics, indices [M], labels, scores)"""
     idx, scores, ok = predict_probs(model, data_loader, device, amp_dtype, desc=name, quiet=quiet)
     idx, scores = idx[ok], scores[ok]
     labels = np.array([samples[j].label for j in idx], np.int64)
@@ -222,7 +230,7 @@ def evaluate_samples(model, samples, data_loader, device, amp_dtype=None, name='
     metrics = (compute_metrics(labels, scores, videos, threshold=threshold) if len(idx) else
                dict(n=0, auc=None, eer=None, acc=None, note='no readable frame'))
     metrics['unreadable'] = int((~ok).sum())
-    return metrics, labels, scores
+    return metrics, idx, labels, scores
 
 
 # ---------------------------------------------------------------------- reports
@@ -288,7 +296,7 @@ def write_eval_report(results, output_dir, checkpoint=None, curves=None):
     table = format_table(results)
     rocs = {}
     for name, (labels, scores) in (curves or {}).items():
-        png = out / f'roc_{name}.png'
+        png = out / f'roc_{name.replace("/", "_")}.png'                # 'set/group' rows of --group_by
         if save_roc_png(png, name, labels, scores, results[name]):
             rocs[name] = png.name
     doc = dict(checkpoint=str(checkpoint) if checkpoint else None, sets=results, roc=rocs)

@@ -16,6 +16,7 @@ The best checkpoint is chosen by frame AUC on --val_manifest, never on a test se
 import argparse
 import datetime
 import json
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -26,13 +27,16 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 import models_vit
 import util.checkpoint as checkpoint
 import util.misc as misc
-from engine_finetune import (BalancedSampler, ShardSampler, ce_criterion, evaluate_samples, format_table,
-                             train_one_epoch, uses_recon, write_eval_report)
+from engine_finetune import (BalancedSampler, ShardSampler, ce_criterion, evaluate_frames, evaluate_samples,
+                             format_table, train_one_epoch, uses_recon, write_eval_report)
 from util.datasets import (ExitOnDataError, FaceDataset, FaceTransform, NO_LABEL, Sample, drop_duplicates,
                            read_manifest)
 from util.fileio import WriteError, output_dir_problem
 from util.augment import TimmTrainTransform
 from util.lr_decay import param_groups_lrd
+from util import protocols
+from util.metrics import compute_metrics
+from util.perturb import VIDEO_KINDS, parse_spec
 
 error = partial(misc.usage_error, 'main_finetune.py')     # raise error('--flag ...: what to do')
 
@@ -167,6 +171,20 @@ def get_args_parser():
     g.add_argument('--eval_batch_size', default=None, type=int, help='evaluation batch size (default 2 x batch_size)')
     g.add_argument('--threshold', default=0.5, type=float, help='fake probability above which a face counts as fake (ACC)')
 
+    g = parser.add_argument_group('evaluation protocols (EVALUATION.md)')
+    g.add_argument('--group_by', default=None, choices=protocols.GROUP_KEYS,
+                   help='also score each manipulation (method column) or data set\'s fakes against all the reals '
+                        'of the same test set: rows set/group in the table, eval.json and ROC curves')
+    g.add_argument('--train_methods', default='', metavar='M1,M2',
+                   help='train and validate on these manipulations only, all reals kept (e.g. DF,F2F,FS: '
+                        'FF++ short names or method-column values); the leave-one-out protocol')
+    g.add_argument('--eval_frames', default=0, type=int, metavar='N',
+                   help='evaluate N evenly spaced frames per video of each test set (0 = all its frames)')
+    g.add_argument('--perturb', nargs='+', default=[], metavar='TYPE[:LEVEL]',
+                   help='with --eval: also evaluate under util/perturb.py degradations of the crops (crop '
+                        'protocol): all, TYPE (its five levels) or TYPE:LEVEL; writes robustness.json/.md/.png '
+                        'and resumes where it stopped')
+
     g = misc.add_run_args(parser, 'checkpoints, log.txt, eval.json / eval.md / ROC PNGs',
                           'fine-tuning checkpoint to resume (or, with --eval, to evaluate)')
     g.add_argument('--eval', action='store_true', help='only evaluate --resume on --test_manifests')
@@ -244,6 +262,7 @@ def check_args(args):
         for flag in ('finetune', 'decoder', 'resume'):
             if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
                 fail(f'--{flag} {getattr(args, flag)} does not exist')
+    check_protocol_args(args, fail)
     for m in manifests:
         if not Path(m).is_file():
             fail(f'manifest {m} does not exist')
@@ -257,6 +276,27 @@ def check_args(args):
             checkpoint.check_resume_args(args, get_args_parser(), skip=RESUME_FLAGS, harmless=RESUME_HARMLESS)
         except (FileNotFoundError, ValueError) as e:
             fail(f'cannot resume: {e}')
+
+
+def check_protocol_args(args, fail):
+    if args.eval_frames < 0:
+        fail('--eval_frames must be >= 0 (0 = every frame)')
+    if args.perturb:
+        try:
+            specs = [p for spec in args.perturb for p in parse_spec(spec)]
+        except ValueError as e:
+            fail(f'--perturb: {e}')
+        if not args.eval:
+            fail('--perturb evaluates a trained detector: use it with --eval --resume <checkpoint>')
+        video = sorted({k for k, _ in specs if k in VIDEO_KINDS})
+        if video:
+            fail(f'--perturb {video[0]} re-encodes whole videos: degrade them before cropping with '
+                 f'prepare_faces.py --perturb {video[0]}:LEVEL (frame protocol, EVALUATION.md)')
+    if args.train_methods and args.eval:
+        fail('--train_methods selects training data; --eval trains nothing (use --group_by method to score '
+             'each manipulation)')
+    if args.train_methods and not protocols.resolve_methods(args.train_methods):
+        fail('--train_methods names no manipulation (e.g. DF,F2F,FS)')
 
 
 def check_trainable_blocks(args, model_name):
@@ -278,6 +318,7 @@ def read_labelled(manifest, videos=False):
     if unlabelled:
         raise error(f'{manifest}: {len(unlabelled)} row(s) have no label, '
                     f'e.g. {unlabelled[0]} (stage 2 needs 0 = real / 1 = fake)')
+    samples, _ = protocols.qualify_videos(samples)     # one video = one (dataset, method, video id)
     if videos:
         label_of = {}
         for s in samples:
@@ -312,15 +353,17 @@ def load_labelled(manifest, strict=False, videos=False, keep_repeats=False):
         samples = [s for s in samples if s.path not in gone]
         if not samples:
             raise error(f'{manifest}: none of its {len(missing)} image files exist')
-    samples = [Sample(s.path, None, s.label, s.video, s.dataset) for s in samples]
+    samples = [Sample(s.path, None, s.label, s.video, s.dataset, s.method) for s in samples]
     return samples, len(missing)
 
 
-def eval_loader(samples, input_size, mean, std, args, crop_pct=None):
-    """Every sample once, in order; an unreadable image is left out and counted, never replaced."""
-    ds = FaceDataset(samples, FaceTransform(input_size, train=False, mean=mean, std=std, normalize=False,
-                                            crop_pct=crop_pct),
-                     strict=args.strict_data, require_label=True, drop_unusable=True)   # uint8; normalised on the device
+def eval_loader(samples, input_size, mean, std, args, crop_pct=None, perturbation=None):
+    """Every sample once, in order; an unreadable image is left out and counted, never replaced.
+    `perturbation` (type, level): the crops degraded as read (crop protocol)."""
+    transform = FaceTransform(input_size, train=False, mean=mean, std=std, normalize=False, crop_pct=crop_pct)
+    kw = dict(strict=args.strict_data, require_label=True, drop_unusable=True)       # uint8; normalised on the device
+    ds = (FaceDataset(samples, transform, **kw) if perturbation is None else
+          protocols.PerturbedFaces(samples, transform, *perturbation, seed=args.seed, **kw))
     sampler = ShardSampler(len(ds), misc.get_rank(), misc.get_world_size())
     return ExitOnDataError(DataLoader(ds, sampler=sampler, batch_size=args.eval_batch_size or 2 * args.batch_size,
                                       num_workers=args.num_workers, drop_last=False,
@@ -475,22 +518,120 @@ def evaluate_sets(model, manifests, input_size, mean, std, device, amp_dtype, ar
             name += '_'
         names.add(name)
         samples, missing = load_labelled(m, args.strict_data)
+        samples = protocols.even_frames(samples, args.eval_frames)
         loader = eval_loader(samples, input_size, mean, std, args, crop_pct)
         try:
-            metrics, labels, scores = evaluate_samples(model, samples, loader, device, amp_dtype, name=name,
-                                                       quiet=args.quiet, threshold=args.threshold)
+            metrics, idx, labels, scores = evaluate_frames(model, samples, loader, device, amp_dtype, name=name,
+                                                           quiet=args.quiet, threshold=args.threshold)
         except ValueError as e:                                # the metrics' own checks (video ids: checked up front)
             raise error(f'{m}: {e}') from None
         metrics.update(manifest=str(m), missing=missing)
         results[name], curves[name] = metrics, (labels, scores)
+        evaluated = [samples[j] for j in idx]
+        if args.group_by:
+            for key, (metrics_g, curve) in group_results(name, evaluated, labels, scores, args).items():
+                results[key], curves[key] = metrics_g, curve
+        if misc.is_main_process() and args.output_dir:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            protocols.write_scores(args.output_dir, name, evaluated, scores)
     if misc.is_main_process():
         print(format_table(results), flush=True)              # first: a failing write loses no result
         try:
             write_eval_report(results, args.output_dir, ckpt_path, curves)
         except WriteError as e:
             raise error(str(e)) from None
-        print(f'Wrote {Path(args.output_dir) / "eval.json"}, eval.md and ROC curves', flush=True)
+        print(f'Wrote {Path(args.output_dir) / "eval.json"}, eval.md, ROC curves and per-frame / per-video score '
+              f'files (scores_<set>.csv, videos_<set>.csv)', flush=True)
     return results
+
+
+# ---------------------------------------------------------------------- evaluation protocols (EVALUATION.md)
+def select_train_methods(samples, manifest, args):
+    """The reals and the --train_methods fakes of a training / validation manifest."""
+    kept = protocols.select_methods(samples, args.train_methods)
+    if not any(s.label == 1 for s in kept):
+        found = sorted({s.method for s in samples if s.label == 1})
+        raise error(f'--train_methods {args.train_methods}: no such fake in {manifest} '
+                         f'(its methods: {", ".join(found) or "none: no method column"})')
+    if misc.is_main_process():
+        print(f'[data] {manifest}: {sum(s.label == 1 for s in kept)} of {sum(s.label == 1 for s in samples)} fakes '
+              f'from --train_methods {args.train_methods}; all {sum(s.label == 0 for s in kept)} reals', flush=True)
+    return kept
+
+
+def group_results(name, samples, labels, scores, args):
+    """{'set/group': (metrics, (labels, scores))}: each --group_by group of fakes against all the set's reals."""
+    out = {}
+    for g, rows in protocols.groups(samples, args.group_by).items():
+        metrics = compute_metrics(labels[rows], scores[rows], [samples[r].video for r in rows],
+                                  threshold=args.threshold)
+        metrics.update(group=g, group_by=args.group_by)
+        out[f'{name}/{g}'] = (metrics, (labels[rows], scores[rows]))
+    return out
+
+
+class _CountingLoader:
+    """A loader that advances one shared progress bar by the frames of each batch."""
+
+    def __init__(self, loader, bar):
+        self.loader, self.bar = loader, bar
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield batch
+            self.bar.update(len(batch['index']))
+
+
+def run_robustness(model, results, input_size, mean, std, device, amp_dtype, args, ckpt_path, crop_pct=None):
+    """Crop protocol: every --perturb (type, level) on every test set; robustness.json / .md / .png written
+    after each evaluation, and evaluations already in robustness.json (same checkpoint, seed and frames)
+    skipped, so an interrupted run resumes where it stopped."""
+    from tqdm import tqdm
+    todo = list(dict.fromkeys(p for spec in args.perturb for p in parse_spec(spec)))
+    out = Path(args.output_dir)
+    setting = dict(checkpoint=str(ckpt_path), seed=args.seed, eval_frames=args.eval_frames)
+    doc = dict(setting, protocol='crop', sets={})
+    old = out / 'robustness.json'
+    if old.is_file():
+        prev = json.loads(old.read_text())
+        if all(prev.get(k) == v for k, v in setting.items()):
+            doc['sets'] = prev.get('sets', {})
+    sets = {}
+    for name, m in results.items():
+        if 'group' in m:
+            continue
+        samples, _ = load_labelled(m['manifest'], args.strict_data)
+        sets[name] = protocols.even_frames(samples, args.eval_frames)
+        entry = doc['sets'].setdefault(name, {})
+        entry['clean'] = {k: m.get(k) for k in ('auc', 'video_auc', 'eer', 'n', 'n_videos')}
+        entry.setdefault('perturbations', {})
+    pending = [(name, k, lv) for name in sets for k, lv in todo
+               if str(lv) not in doc['sets'][name]['perturbations'].get(k, {})]
+    if misc.is_main_process() and len(pending) < len(todo) * len(sets):
+        print(f'robustness: {len(todo) * len(sets) - len(pending)} evaluation(s) already in {old}; '
+              f'{len(pending)} to go', flush=True)
+    bar = tqdm(total=sum(len(sets[n]) for n, _, _ in pending), desc='robustness', unit='frame',
+               disable=not misc.is_main_process() or args.quiet, dynamic_ncols=True, mininterval=2.0,
+               file=sys.stdout)
+    for name, kind, level in pending:
+        samples = sets[name]
+        bar.set_postfix_str(f'{name} {kind}:{level}')
+        loader = _CountingLoader(eval_loader(samples, input_size, mean, std, args, crop_pct, (kind, level)), bar)
+        metrics, _, _, _ = evaluate_frames(model, samples, loader, device, amp_dtype, name=f'{name} {kind}:{level}',
+                                           quiet=True, threshold=args.threshold)
+        per = doc['sets'][name]['perturbations'].setdefault(kind, {})
+        per[str(level)] = {k: metrics.get(k) for k in ('auc', 'video_auc', 'eer', 'n', 'unreadable')}
+        if misc.is_main_process():
+            protocols.write_robustness_json(out, doc)
+    bar.close()
+    if misc.is_main_process():
+        text = protocols.write_robustness(out, doc)
+        print(text.split('\n## ', 1)[-1].split('![')[0].rstrip(), flush=True)
+        print(f'Wrote {out / "robustness.json"}, robustness.md and robustness.png', flush=True)
+    return doc
 
 
 # the argument groups --eval does not use: the checkpoint decides the model, and nothing trains
@@ -524,8 +665,12 @@ def run_eval(args, device, amp_dtype):
         print(f'Evaluating {args.resume}: {meta["model"]} at {meta["input_size"]} px'
               f'{" (global pool)" if meta.get("global_pool") else ""}')
     net = misc.maybe_compile(model, device, args.compile)
-    return evaluate_sets(net, args.test_manifests, meta['input_size'], meta['mean'], meta['std'], device,
-                         amp_dtype, args, ckpt_path=args.resume, crop_pct=model.crop_pct)
+    results = evaluate_sets(net, args.test_manifests, meta['input_size'], meta['mean'], meta['std'], device,
+                            amp_dtype, args, ckpt_path=args.resume, crop_pct=model.crop_pct)
+    if args.perturb:
+        run_robustness(net, results, meta['input_size'], meta['mean'], meta['std'], device, amp_dtype, args,
+                       args.resume, model.crop_pct)
+    return results
 
 
 # ---------------------------------------------------------------------- main
@@ -543,6 +688,8 @@ def main(args):
         return dict(test=results)
 
     train_samples, _ = load_labelled(args.train_manifest, args.strict_data, keep_repeats=True)
+    if args.train_methods:
+        train_samples = select_train_methods(train_samples, args.train_manifest, args)
     classes = {s.label for s in train_samples}
     if len(classes) < 2:
         only = f'--train_manifest {args.train_manifest} holds {"fake" if 1 in classes else "real"} faces only'
@@ -552,6 +699,8 @@ def main(args):
         if misc.is_main_process():
             print(f'main_finetune.py: warning: {only}: the detector learns a single class', flush=True)
     val_samples = load_labelled(args.val_manifest, args.strict_data, videos=True)[0] if args.val_manifest else None
+    if val_samples is not None and args.train_methods:
+        val_samples = select_train_methods(val_samples, args.val_manifest, args)
     if val_samples is not None and len({s.label for s in val_samples}) < 2:
         raise error(f'--val_manifest {args.val_manifest} holds one class only: '
                     f'its AUC is undefined, so it cannot pick the best checkpoint')

@@ -94,6 +94,11 @@ def get_args_parser():
     p.add_argument('--overwrite', action='store_true',
                    help='forget earlier runs into --output (settings changed) and start again')
     p.add_argument('--no_progress', action='store_true', help='no progress bar')
+    # robustness (frame protocol, EVALUATION.md)
+    p.add_argument('--perturb', default=None, metavar='TYPE:LEVEL',
+                   help='degrade every decoded frame by util/perturb.py before detection and cropping (h264: '
+                        're-encode each video first); crops under faces/<TYPE><LEVEL>/, manifests '
+                        '<dataset>_<split>_<TYPE><LEVEL>.csv, its own journal')
     return p
 
 
@@ -208,6 +213,7 @@ def list_folder(args):
         raise LayoutError(f'--input {args.input} does not exist')
     name = _safe_name(args.name or os.path.basename(os.path.abspath(root)) or 'folder')
     memberships = [(name, args.split or 'all')]
+    method = name if label == '1' else ''              # one unnamed manipulation: the data set's name
     items = []
     for dirpath, filenames in folders:
         media = [f for f in filenames if F.is_video_file(f) or F.is_image_file(f)]
@@ -218,16 +224,17 @@ def list_folder(args):
         for f in filter(F.is_video_file, media):
             out = _join(rel_dir, stems[f])
             items.append(video_item(os.path.join(dirpath, f), root, name, f'{name}/{out}', label, memberships,
-                                    out=out))
+                                    method, out=out))
         images = [os.path.join(dirpath, f) for f in media if F.is_image_file(f)]
         if only and args.video_per_folder:
             raise LayoutError(f'--video_per_folder takes a folder of frame folders as --input, not the file '
                               f'{args.input}')
         if images and args.video_per_folder:
             items.append(frames_item(sorted(images, key=_natural_key), root, name, _join(name, rel_dir), label,
-                                     memberships))
+                                     memberships, method))
         elif images:
-            items += image_items(images, root, name, lambda out: f'{name}/{out}', label, memberships, stems=stems)
+            items += image_items(images, root, name, lambda out: f'{name}/{out}', label, memberships, method,
+                                 stems=stems)
     if not items:
         raise LayoutError(f'no videos ({", ".join(F.VIDEO_EXTENSIONS)}) or images '
                           f'({", ".join(F.IMAGE_EXTENSIONS)}) found in {args.input}')
@@ -402,7 +409,8 @@ def list_dfdc(args):
                 failures.append((os.path.join(dirpath, filename), f'missing: named in {source}'))
                 continue
             rel = _rel(path, root)
-            items.append(video_item(path, root, 'dfdc', f'dfdc/{_strip_ext(rel)}', label, [('dfdc', split)]))
+            items.append(video_item(path, root, 'dfdc', f'dfdc/{_strip_ext(rel)}', label, [('dfdc', split)],
+                                    'dfdc' if label == '1' else ''))
     if not found:
         raise LayoutError(f'dfdc: expected labels.csv (test set) or metadata.json (train parts) '
                           f'next to the videos in {root} or its sub-folders; found neither')
@@ -428,7 +436,8 @@ def list_wilddeepfake(args):
                 frames.sort(key=_natural_key)
                 rel = _rel(dirpath, root)
                 items.append(frames_item(frames, root, 'wilddeepfake', f'wilddeepfake/{rel}', label,
-                                         [('wilddeepfake', split)], pad=0.25))
+                                         [('wilddeepfake', split)], 'wilddeepfake' if label == '1' else '',
+                                         pad=0.25))
     notes = [f'wilddeepfake: not found, skipped: {", ".join(d for d in expected if d not in present)}'] \
         if len(present) < len(expected) else []
     return 'wilddeepfake', items, [], notes
@@ -659,12 +668,30 @@ def process_item(item):
 def _process_video(item, opts, landmarker, result):
     stats = result['stats']
     stats['videos'] += 1
+    path = item['path']
+    if (opts.get('perturb') or ('',))[0] == 'h264':                    # frame protocol: re-encode first
+        from util.perturb import compress_video, parameter
+        path = os.path.join(opts['output'], JOURNAL_DIR, 'h264', f'{_safe_name(item["key"])}.mp4')
+        try:
+            compress_video(item['path'], path, parameter(*opts['perturb']))
+        except RuntimeError as e:
+            result['failures'].append((item['path'], f'unreadable video ({e})'))
+            return
     try:
-        reader = F.read_video_frames(item['path'], opts['frames_per_video'])
-    except ValueError as e:
-        result['failures'].append((item['path'], f'unreadable video ({e})'))
-        return
-    for index, faces, reason in _faces_for(reader, opts, landmarker):
+        try:
+            reader = F.read_video_frames(path, opts['frames_per_video'])
+        except ValueError as e:
+            result['failures'].append((item['path'], f'unreadable video ({e})'))
+            return
+        _faces_of_video(item, reader, opts, landmarker, result)
+    finally:
+        if path != item['path'] and os.path.exists(path):
+            os.remove(path)
+
+
+def _faces_of_video(item, reader, opts, landmarker, result):
+    stats = result['stats']
+    for index, faces, reason in _faces_for(_perturbed(reader, item, opts), opts, landmarker):
         if not faces:
             result['failures'].append((f'{item["path"]}#frame={index}', reason))
             continue
@@ -706,7 +733,7 @@ def _process_images(item, opts, landmarker, result):
             stats['images' if item['kind'] == 'images' else 'frames'] += 1
             yield e, img
 
-    for e, faces, reason in _faces_for(load(), opts, landmarker):
+    for e, faces, reason in _faces_for(_perturbed(load(), item, opts), opts, landmarker):
         if not faces:
             result['failures'].append((e['path'], reason))
             continue
@@ -752,7 +779,13 @@ def _process_dfb(item, opts, landmarker, result):
         npy_rel = f'{item["out"]}/{_strip_ext(rel)}.npy'
         dst = os.path.join(opts['output'], img_rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        _link_or_copy(img_path, dst)
+        if opts.get('perturb'):                        # frame protocol: the degraded frame, not a link
+            import cv2
+            (_, img), = _perturbed([(i, F.load_image_rgb(img_path))], item, opts)
+            if not cv2.imwrite(dst, np.ascontiguousarray(img[:, :, ::-1])):
+                raise OSError(f'cannot write {dst}')
+        else:
+            _link_or_copy(img_path, dst)
         np.save(os.path.join(opts['output'], npy_rel), lm[:F.NUM_LANDMARKS])   # iBUG-68 = first 68 of 81
         stats['faces'] += 1
         frame = int(_strip_ext(os.path.basename(rel))) if _strip_ext(os.path.basename(rel)).isdigit() else i
@@ -844,15 +877,15 @@ class Journal:
             self.items[rec['key']] = rec
 
 
-def _manifest_path(output, dataset, split):
-    return os.path.join(output, f'{_safe_name(dataset)}_{_safe_name(split)}.csv')
+def _manifest_path(output, dataset, split, suffix=''):
+    return os.path.join(output, f'{_safe_name(dataset)}_{_safe_name(split)}{suffix}.csv')
 
 
 def _groups(journal):
     return {(row[4], row[6]) for rec in journal.items.values() for row in rec['rows']}
 
 
-def relabel(output, journal, items):
+def relabel(output, journal, items, suffix=''):
     """Give the finished items' rows the label, dataset, split, method and compression of
     the current listing (journaled), so that a re-run with a corrected --label, --split or
     --splits rewrites the manifests without detecting anything again; remove the
@@ -869,13 +902,13 @@ def relabel(output, journal, items):
         if rows != rec['rows']:
             journal.append(dict(rec, rows=rows))
     for dataset, split in sorted(before - _groups(journal)):
-        path = _manifest_path(output, dataset, split)
+        path = _manifest_path(output, dataset, split, suffix)
         if os.path.exists(path):
             os.remove(path)
             print(f'{path}: removed, its rows now go to other manifests', file=sys.stderr)
 
 
-def write_manifests(output, journal):
+def write_manifests(output, journal, suffix=''):
     """<output>/<dataset>_<split>.csv from the journal (rows de-duplicated by path)."""
     groups = {}
     for rec in journal.items.values():
@@ -883,7 +916,7 @@ def write_manifests(output, journal):
             groups.setdefault((row[4], row[6]), {})[row[0]] = row
     written = {}
     for (dataset, split), rows in sorted(groups.items()):
-        path = _manifest_path(output, dataset, split)
+        path = _manifest_path(output, dataset, split, suffix)
         write_csv(path, MANIFEST_COLUMNS, [rows[k] for k in sorted(rows)])
         written[os.path.basename(path)] = len(rows)
     return written
@@ -907,6 +940,49 @@ def write_failures(output):
 # 4. main
 # ---------------------------------------------------------------------------------
 
+def perturb_spec(text):
+    """--perturb TYPE:LEVEL -> (type, level); ValueError naming the flag."""
+    from util.perturb import parse_spec
+    try:
+        specs = parse_spec(text)
+    except ValueError as e:
+        raise ValueError(f'--perturb {text}: {e}') from None
+    if len(specs) != 1:
+        raise ValueError(f'--perturb {text}: name one type and level, e.g. blur:3')
+    return specs[0]
+
+
+def perturbed_items(args, tag, items):
+    """Frame protocol: items of a --perturb run write their crops under faces/<TYPE><LEVEL>/ and journal
+    apart, their manifests carry the suffix _<TYPE><LEVEL>. -> (journal tag, manifest suffix)"""
+    if not args.perturb:
+        return tag, ''
+    from util.perturb import VIDEO_KINDS, name
+    kind, level = perturb_spec(args.perturb)
+    pname = name(kind, level)
+    if kind in VIDEO_KINDS and any(it['kind'] != 'video' for it in items):
+        raise ValueError(f'--perturb {args.perturb} re-encodes videos: --dataset {args.dataset} holds frames '
+                         f'or photos (use a frame type, e.g. jpeg:{level})')
+    for it in items:
+        it['out'] = f'faces/{pname}/{it["out"].removeprefix("faces/")}'
+    return f'{tag}_{pname}', f'_{pname}'
+
+
+def _perturbed(pairs, item, opts):
+    """(key, RGB frame) pairs degraded by --perturb: each frame's generator seeded by the item and the
+    frame, so a re-run degrades every frame the same way."""
+    import zlib
+    from util.perturb import PERTURBATIONS, VIDEO_KINDS, perturb
+    kind, level = opts.get('perturb') or (None, None)
+    if kind is None or kind in VIDEO_KINDS:
+        yield from pairs
+        return
+    seed = [list(PERTURBATIONS).index(kind), level, zlib.crc32(item['key'].encode())]
+    for n, (key, img) in enumerate(pairs):
+        frame = key if isinstance(key, int) else key.get('frame') if isinstance(key, dict) else None
+        yield key, perturb(img, kind, level, np.random.default_rng(seed + [n if frame is None else frame]))
+
+
 def _settings(args):
     """What the crops depend on (labels and splits do not: manifests follow the latest
     command). Flags only when set, so journals written before they existed still match."""
@@ -915,6 +991,7 @@ def _settings(args):
     s.update({k: True for k in ('video_per_folder',) if getattr(args, k)})
     if args.landmarker == 'dlib' and args.detector != 'hog':      # dlib runs before --detector used hog
         s['detector'] = args.detector
+    s.update({k: getattr(args, k) for k in ('perturb',) if getattr(args, k, None)})
     path = os.path.abspath(args.input)
     s['input'] = path if os.path.isdir(path) else os.path.dirname(path)    # one file: its folder
     return s
@@ -945,6 +1022,7 @@ def main(args):
     tag, items, listing_failures, notes = LISTERS[args.dataset](args)
     for note in notes:
         print(note, file=sys.stderr)
+    tag, suffix = perturbed_items(args, tag, items)
     journal = Journal(args.output, tag)
     settings = _settings(args)
     if journal.settings is not None and not _same_settings(journal.settings, settings):
@@ -961,7 +1039,7 @@ def main(args):
     if journal.settings != settings:        # a new journal, or an old single-file one now keyed by folder
         journal.append({'settings': settings})
     journal.append({'listing_failures': [list(f) for f in listing_failures]})
-    relabel(args.output, journal, items)
+    relabel(args.output, journal, items, suffix)
     pending = [it for it in items if not journal.done(it['key'])]
 
     # 2. process what is missing
@@ -970,7 +1048,8 @@ def main(args):
                 weights_dir=args.weights_dir, batch_size=args.batch_size, workers=args.workers,
                 allow_download=not args.no_download, frames_per_video=args.frames_per_video,
                 margin=args.margin, size=args.size, jpeg_quality=args.jpeg_quality,
-                min_face=args.min_face, needs_landmarker=needs_landmarker)
+                min_face=args.min_face, needs_landmarker=needs_landmarker,
+                perturb=perturb_spec(args.perturb) if args.perturb else None)
     if needs_landmarker and args.landmarker == 'face_alignment':
         # fail at once (and download once) before any worker starts
         F.find_face_alignment_weights(args.weights_dir, allow_download=not args.no_download)
@@ -980,7 +1059,7 @@ def main(args):
         interrupted, error = _run_items(pending, opts, journal, run, args)
 
     # 3. manifests and failures
-    manifests = write_manifests(args.output, journal)
+    manifests = write_manifests(args.output, journal, suffix)
     failure_rows = write_failures(args.output)
 
     # 4. summary

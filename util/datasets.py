@@ -3,9 +3,9 @@ and per-sample facial-region masks made in the DataLoader workers.
 
 A manifest is a CSV whose header starts `path,landmarks,label,video,dataset` (util/formats.py: more columns
 allowed; a byte-order mark is read); paths are relative to the CSV; `landmarks` names a float32 [68, 2] .npy
-(empty = none); label 1 = fake, 0 = real, empty = unknown. A folder is scanned recursively for images, each
-with an optional sidecar `<same stem>.npy` of landmarks. Pixels are read by util/formats.read_image_rgb, the
-reader of every stage.
+(empty = none); label 1 = fake, 0 = real, empty = unknown; an optional `method` column names the manipulation
+of each fake. A folder is scanned recursively for images, each with an optional sidecar `<same stem>.npy` of
+landmarks. Pixels are read by util/formats.read_image_rgb, the reader of every stage.
 """
 import csv
 import functools
@@ -37,6 +37,7 @@ class Sample:
     label: int                 # 1 = fake, 0 = real, NO_LABEL = unknown
     video: str
     dataset: str
+    method: str = ''           # manipulation of a fake (optional `method` column), source set of a real or ''
 
 
 # ---------------------------------------------------------------------- sources
@@ -72,7 +73,8 @@ def read_manifest(csv_path):
                 landmarks=str(root / lm) if lm else None,
                 label=int(label) if label else NO_LABEL,
                 video=row['video'] or path,
-                dataset=row['dataset'] or csv_path.stem))
+                dataset=row['dataset'] or csv_path.stem,
+                method=(row.get('method') or '').strip()))
     if not samples:
         raise ValueError(f'{csv_path}: manifest has no rows')
     return samples

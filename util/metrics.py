@@ -84,3 +84,42 @@ def roc_points(labels, scores):
         return None
     fpr, tpr, _ = roc_curve(labels, np.asarray(scores, np.float64))
     return fpr, tpr
+
+
+def score_file_results(path, group_by=None, threshold=0.5):
+    """The evaluation table's rows recomputed from a scores_<set>.csv alone: {name: metrics} for the whole
+    set and, with group_by='method', for each manipulation's fakes against all the reals."""
+    from util.protocols import read_scores
+    d = read_scores(path)
+    name = str(path).rsplit('/', 1)[-1].removeprefix('scores_').removesuffix('.csv')
+    out = {name: compute_metrics(d['label'], d['score'], d['video'], threshold=threshold)}
+    if group_by == 'method':
+        methods = sorted({m for m, lab in zip(d['method'], d['label']) if lab == 1 and m})
+        for m in methods:
+            keep = (d['label'] == 0) | np.array([x == m for x in d['method']])
+            out[f'{name}/{m}'] = compute_metrics(d['label'][keep], d['score'][keep],
+                                                 [v for v, k in zip(d['video'], keep) if k], threshold=threshold)
+    return out
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser('python -m util.metrics', description='frame and video metrics recomputed from '
+                                'score files (scores_<set>.csv written by main_finetune.py --eval)')
+    p.add_argument('scores', nargs='+', help='scores_<set>.csv file(s)')
+    p.add_argument('--group_by', default=None, choices=['method'], help='also a row per manipulation')
+    p.add_argument('--threshold', default=0.5, type=float, help='fake probability above which a face is fake (ACC)')
+    args = p.parse_args(argv)
+    results = {}
+    for path in args.scores:
+        try:
+            results.update(score_file_results(path, args.group_by, args.threshold))
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            p.exit(2, f'python -m util.metrics: error: {path}: {e}\n')
+    from engine_finetune import format_table
+    print(format_table(results))
+    return results
+
+
+if __name__ == '__main__':
+    main()

@@ -642,7 +642,8 @@ def _inner_face_mask(lm: np.ndarray, size: int, hull_scale: float, feather: floa
 
 
 def make_fake(target: dict, source: dict, rng: np.random.Generator, size: int = 256, *,
-              pose: dict | None = None, swap: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+              pose: dict | None = None, swap: dict | None = None,
+              artefacts: str = "subtle") -> tuple[np.ndarray, np.ndarray]:
     """Face-swap-like fake: source's inner face pasted onto target.  Returns (RGB uint8, target landmarks).
 
     rng use: pose, noise seed (as render_face), then swap settings if not given.  With the same rng
@@ -652,7 +653,7 @@ def make_fake(target: dict, source: dict, rng: np.random.Generator, size: int = 
         pose = sample_pose(rng)
     noise_rng = np.random.default_rng(int(rng.integers(2 ** 63)))
     if swap is None:
-        swap = sample_swap(rng)
+        swap = sample_swap(rng, artefacts)
     tgt, lm_t = _render_clean(target, pose, size)
     src, lm_s = _render_clean(source, pose, size)
     # 1. warp the source so its landmarks land on the target's (TPS through landmarks 17-67)
@@ -677,6 +678,122 @@ def make_fake(target: dict, source: dict, rng: np.random.Generator, size: int = 
     a = soft[..., None]
     out = tgt * (1 - a) + warped * a
     return _finish(out, pose, noise_rng), lm_t
+
+
+# ---------------------------------------------------------------------------
+# Other forgery families (cross-manipulation tests): each leaves its own artefact
+# ---------------------------------------------------------------------------
+# Every family renders (target, source) with one pose and returns (RGB uint8, target landmarks). rng use:
+# pose, noise seed (as render_face), then the family's own draws. "subtle" / "strong" as SWAP_ARTEFACTS.
+_PARTS = {"eyes": RIGHT_EYE + LEFT_EYE + RIGHT_BROW + LEFT_BROW, "nose": NOSE_BRIDGE + NOSTRILS,
+          "mouth": OUTER_LIPS + INNER_LIPS}
+
+
+def _frame(target, rng, size, pose):
+    pose = sample_pose(rng) if pose is None else pose
+    return pose, np.random.default_rng(int(rng.integers(2 ** 63)))
+
+
+def _blend(base, new, soft):
+    a = soft[..., None]
+    return base * (1 - a) + new * a
+
+
+def make_reenact(target: dict, source: dict, rng: np.random.Generator, size: int = 256, *,
+                 pose: dict | None = None, artefacts: str = "subtle"):
+    """Expression / reenactment-like: the target's own inner face under another expression, warped (TPS) onto
+    this frame's landmarks, resampled and blended back. Same identity, so no colour or identity mismatch:
+    the artefacts are the warp's stretched texture, the resampling and the blending boundary."""
+    pose, noise_rng = _frame(target, rng, size, pose)
+    other = dict(pose, **{k: v for k, v in sample_pose(rng).items()
+                          if k in ("mouth_open", "mouth_stretch", "smile", "eye_open", "brow_raise", "gaze")})
+    strong = artefacts == "strong"
+    tgt, lm_t = _render_clean(target, pose, size)
+    src, lm_s = _render_clean(target, other, size)
+    mx, my = _tps_map(lm_t[INNER_FACE].astype(np.float64), lm_s[INNER_FACE].astype(np.float64), size)
+    warped = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    small = max(8, int(round(size * rng.uniform(*((0.3, 0.5) if strong else (0.5, 0.8))))))
+    warped = cv2.resize(cv2.resize(warped, (small, small), interpolation=cv2.INTER_AREA), (size, size))
+    _, soft = _inner_face_mask(lm_t, size, rng.uniform(1.0, 1.1), rng.uniform(0.006, 0.02))
+    return _finish(_blend(tgt, warped, soft), pose, noise_rng), lm_t
+
+
+def make_local_edit(target: dict, source: dict, rng: np.random.Generator, size: int = 256, *,
+                    pose: dict | None = None, artefacts: str = "subtle"):
+    """Local edit: one facial part (eyes and brows, nose or mouth) of the source pasted on the target, with a
+    small feathered mask around that part only and a partial colour correction."""
+    pose, noise_rng = _frame(target, rng, size, pose)
+    part = list(_PARTS)[int(rng.integers(len(_PARTS)))]
+    tgt, lm_t = _render_clean(target, pose, size)
+    src, lm_s = _render_clean(source, pose, size)
+    mx, my = _tps_map(lm_t[INNER_FACE].astype(np.float64), lm_s[INNER_FACE].astype(np.float64), size)
+    warped = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    hull = cv2.convexHull(lm_t[_PARTS[part]].astype(np.float32))[:, 0]
+    c = hull.mean(0)
+    hard = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(hard, [_fix(c + (hull - c) * rng.uniform(1.3, 1.6))], 255, _AA, _SHIFT)
+    soft = cv2.GaussianBlur(hard.astype(np.float32) / 255, (0, 0), max(0.5, rng.uniform(0.008, 0.02) * size))
+    fix = rng.uniform(*((0.4, 0.7) if artefacts == "strong" else (0.7, 0.95)))
+    mt, ms = (np.array(cv2.mean(x, hard)[:3], np.float32) for x in (tgt, warped))
+    warped = warped + fix * (mt - ms)
+    small = max(8, int(round(size * rng.uniform(0.35, 0.7))))
+    warped = cv2.resize(cv2.resize(warped, (small, small), interpolation=cv2.INTER_AREA), (size, size))
+    return _finish(_blend(tgt, warped, soft), pose, noise_rng), lm_t
+
+
+def make_upsample(target: dict, source: dict, rng: np.random.Generator, size: int = 256, *,
+                  pose: dict | None = None, artefacts: str = "subtle"):
+    """Upsampling artefacts: the target's face re-rendered through a low-resolution bottleneck and brought
+    back by nearest-neighbour (transposed-convolution-like) upsampling that leaves a checkerboard of the
+    upsampling period, as GAN generators do; blended over the whole face (jaw and brows)."""
+    pose, noise_rng = _frame(target, rng, size, pose)
+    tgt, lm_t = _render_clean(target, pose, size)
+    factor = int(rng.choice([2, 4]))
+    small = cv2.resize(tgt, (max(4, size // factor), max(4, size // factor)), interpolation=cv2.INTER_AREA)
+    up = cv2.resize(small, (size, size), interpolation=cv2.INTER_NEAREST)
+    yy, xx = np.mgrid[0:size, 0:size]
+    checker = np.where((yy % 2) ^ (xx % 2), 1.0, -1.0).astype(np.float32)     # period-2 pattern
+    amp = rng.uniform(*((0.04, 0.07) if artefacts == "strong" else (0.02, 0.04)))
+    up = up * (1 + amp * checker[..., None])
+    hull = cv2.convexHull(lm_t.astype(np.float32))[:, 0]
+    hard = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(hard, [_fix(hull)], 255, _AA, _SHIFT)
+    soft = cv2.GaussianBlur(hard.astype(np.float32) / 255, (0, 0), max(0.5, 0.02 * size))
+    return _finish(_blend(tgt, up, soft), pose, noise_rng), lm_t
+
+
+def make_resynth(target: dict, source: dict, rng: np.random.Generator, size: int = 256, *,
+                 pose: dict | None = None, artefacts: str = "subtle"):
+    """Whole-face re-synthesis: the target's face smoothed (a generator's missing fine detail) and given
+    band-pass noise -- another spectrum than the camera's white sensor noise -- over the whole face."""
+    pose, noise_rng = _frame(target, rng, size, pose)
+    tgt, lm_t = _render_clean(target, pose, size)
+    smooth = cv2.GaussianBlur(tgt, (0, 0), max(0.5, rng.uniform(0.8, 1.4) * size / 128))
+    white = rng.standard_normal((size, size)).astype(np.float32)
+    s1 = max(0.5, size / 128)
+    band = cv2.GaussianBlur(white, (0, 0), s1) - cv2.GaussianBlur(white, (0, 0), 3 * s1)
+    band *= rng.uniform(*((10, 16) if artefacts == "strong" else (5, 9))) / (band.std() + 1e-6)
+    hull = cv2.convexHull(lm_t.astype(np.float32))[:, 0]
+    hard = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(hard, [_fix(hull)], 255, _AA, _SHIFT)
+    soft = cv2.GaussianBlur(hard.astype(np.float32) / 255, (0, 0), max(0.5, 0.02 * size))
+    return _finish(_blend(tgt, smooth + band[..., None], soft), pose, noise_rng), lm_t
+
+
+# family name -> fake(target, source, rng, size, *, pose=None, artefacts) -> (RGB uint8, target landmarks);
+# the manifest's method column holds "synthetic_<family>"
+FORGERY_FAMILIES = {
+    "swap": make_fake,
+    "reenact": make_reenact,
+    "local_edit": make_local_edit,
+    "upsample": make_upsample,
+    "resynth": make_resynth,
+}
+
+
+def family_method(family: str) -> str:
+    """The manifest's method value of a forgery family."""
+    return f"synthetic_{family}"
 
 
 # ---------------------------------------------------------------------------
@@ -711,7 +828,7 @@ def _fake_pairs(ids: list[int], n_fake: int, rng: np.random.Generator) -> list[t
 def generate_dataset(out_dir, num_identities: int = 40, frames_per_identity: int = 4, size: int = 256,
                      seed: int = 0, fake_ratio: float = 0.5, test_fraction: float = 0.25,
                      dataset: str = "synthetic", progress: bool = True,
-                     artefacts: str = "subtle") -> dict[str, Path]:
+                     artefacts: str = "subtle", families=("swap",), test_families=()) -> dict[str, Path]:
     """Write a synthetic real/fake face data set and its manifests.
 
     Layout: ``out_dir/faces/{real,fake}/<video>/<frame:03d>.{png,npy}``; manifests ``all.csv``,
@@ -721,7 +838,16 @@ def generate_dataset(out_dir, num_identities: int = 40, frames_per_identity: int
     fake_ratio / (1 - fake_ratio))`` of them.  Test identities never appear in train, neither as
     real, target nor source.  `artefacts` ("subtle" or "strong", see SWAP_ARTEFACTS) sets how visible
     the swaps are.  Deterministic given the arguments (byte-identical PNGs).
+
+    `families` (names in FORGERY_FAMILIES) make the fakes of both splits, in turn over the fake videos
+    (``fake_0007_0012`` for swaps, ``<family>_0007_0012`` for the others); `test_families` add, for every
+    test pair, one more fake video of each family not already in `families`, written only to
+    ``families_test.csv`` (all test reals and every test fake): the cross-manipulation test set.
     """
+    unknown = [f for f in (*families, *test_families) if f not in FORGERY_FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"unknown forgery family {', '.join(unknown) or '(none given)'}; choose from "
+                         f"{', '.join(FORGERY_FAMILIES)}")
     if artefacts not in SWAP_ARTEFACTS:
         raise ValueError(f"artefacts must be one of {', '.join(SWAP_ARTEFACTS)}, got {artefacts!r}")
     if not 0 <= fake_ratio < 1:
@@ -753,10 +879,17 @@ def generate_dataset(out_dir, num_identities: int = 40, frames_per_identity: int
              "test": _fake_pairs(test_ids, n_fake_test, rng)}
     identities = [sample_identity(np.random.default_rng([seed, 1, i])) for i in range(n)]
 
-    videos = []   # (split, kind, video id, target, source)
+    def fake_id(family, t, s):
+        return f"{'fake' if family == 'swap' else family}_{t:04d}_{s:04d}"
+
+    videos = []   # (split, kind, video id, target, source, family, cross-manipulation test only)
     for split, ids in (("train", train_ids), ("test", test_ids)):
-        videos += [(split, "real", f"real_{i:04d}", i, None) for i in ids]
-        videos += [(split, "fake", f"fake_{t:04d}_{s:04d}", t, s) for t, s in pairs[split]]
+        videos += [(split, "real", f"real_{i:04d}", i, None, None, False) for i in ids]
+        for k, (t, s) in enumerate(pairs[split]):
+            fam = families[k % len(families)]
+            videos.append((split, "fake", fake_id(fam, t, s), t, s, fam, False))
+    extra = [f for f in dict.fromkeys(test_families) if f not in families]
+    videos += [("test", "fake", fake_id(f, t, s), t, s, f, True) for t, s in pairs["test"] for f in extra]
 
     try:
         from tqdm import tqdm
@@ -764,24 +897,29 @@ def generate_dataset(out_dir, num_identities: int = 40, frames_per_identity: int
                    disable=not progress)
     except ImportError:     # tqdm is in requirements.txt; keep working without it
         bar = None
-    rows = []
-    for split, kind, vid, t, s in videos:
+    rows, cross = [], []
+    for split, kind, vid, t, s, fam, cross_only in videos:
         if kind == "real":
             vrng = np.random.default_rng([seed, 2, t])
-        else:
+        elif fam == "swap":
             vrng = np.random.default_rng([seed, 3, t, s])
             swap = sample_swap(vrng, artefacts)
+        else:
+            vrng = np.random.default_rng([seed, 4, list(FORGERY_FAMILIES).index(fam), t, s])
         for f in range(frames_per_identity):
             if kind == "real":
                 img, lm = render_face(identities[t], vrng, size)
-            else:
+            elif fam == "swap":
                 img, lm = make_fake(identities[t], identities[s], vrng, size, swap=swap)
+            else:
+                img, lm = FORGERY_FAMILIES[fam](identities[t], identities[s], vrng, size, artefacts=artefacts)
             rel = Path("faces") / kind / vid / f"{f:03d}.png"
             _save_frame(img, lm, out_dir / rel)
-            rows.append({"path": rel.as_posix(), "landmarks": rel.with_suffix(".npy").as_posix(),
-                         "label": 1 if kind == "fake" else 0, "video": vid, "dataset": dataset,
-                         "identity": f"id{t:04d}", "split": split,
-                         "method": "synthetic_swap" if kind == "fake" else "real"})
+            (cross if cross_only else rows).append(
+                {"path": rel.as_posix(), "landmarks": rel.with_suffix(".npy").as_posix(),
+                 "label": 1 if kind == "fake" else 0, "video": vid, "dataset": dataset,
+                 "identity": f"id{t:04d}", "split": split,
+                 "method": family_method(fam) if kind == "fake" else "real"})
             if bar is not None:
                 bar.update(1)
     if bar is not None:
@@ -793,6 +931,9 @@ def generate_dataset(out_dir, num_identities: int = 40, frames_per_identity: int
     _write_csv_atomic(manifests["test"], [r for r in rows if r["split"] == "test"])
     _write_csv_atomic(manifests["pretrain"], [dict(r, label="") for r in rows
                                              if r["split"] == "train" and r["method"] == "real"])
+    if test_families:
+        manifests["families_test"] = out_dir / "families_test.csv"
+        _write_csv_atomic(manifests["families_test"], [r for r in rows if r["split"] == "test"] + cross)
     return manifests
 
 
