@@ -1,0 +1,61 @@
+"""Self-blended pseudo-fakes: the blend contract (exact outside the mask, changed inside), where the mask may
+lie, determinism per random stream, and unusable landmarks."""
+import cv2
+import numpy as np
+import pytest
+
+from util.self_blend import UnusableLandmarks, self_blend
+from util.synthetic_faces import render_face, sample_identity
+
+
+@pytest.fixture(scope='module')
+def faces():
+    rng = np.random.default_rng(3)
+    return [render_face(sample_identity(rng), rng, size=128) for _ in range(6)]
+
+
+def test_fake_equals_input_outside_mask_and_differs_inside(faces):
+    for i, (img, lm) in enumerate(faces):
+        fake, mask = self_blend(img, lm, np.random.default_rng(i))
+        assert fake.dtype == np.uint8 and fake.shape == img.shape
+        assert mask.dtype == np.float32 and mask.shape == img.shape[:2]
+        assert 0 <= mask.min() and mask.max() <= 1 and mask.max() >= 0.25
+        assert np.array_equal(fake[mask == 0], img[mask == 0])
+        inside = mask >= 0.2
+        assert inside.sum() > 100
+        diff = np.abs(fake.astype(int) - img.astype(int)).max(axis=2)
+        assert diff[inside].mean() > 1.0, f'face {i}: the blend barely changes the face'
+        assert (diff[inside] > 0).mean() > 0.5
+
+
+def test_mask_lies_inside_dilated_landmark_hull(faces):
+    for i, (img, lm) in enumerate(faces):
+        for seed in range(4):
+            _, mask = self_blend(img, lm, np.random.default_rng(100 * i + seed))
+            hull = np.zeros(img.shape[:2], np.uint8)
+            cv2.fillConvexPoly(hull, cv2.convexHull(lm.round().astype(np.int32)), 1)
+            margin = int(0.08 * img.shape[0])
+            dilated = cv2.dilate(hull, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
+            assert mask[dilated == 0].max(initial=0) == 0
+            assert (mask > 0).sum() > 0.3 * hull.sum()
+
+
+def test_deterministic_per_seed(faces):
+    img, lm = faces[0]
+    a = self_blend(img, lm, np.random.default_rng(7))
+    b = self_blend(img, lm, np.random.default_rng(7))
+    c = self_blend(img, lm, np.random.default_rng(8))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_unusable_landmarks_are_refused(faces):
+    img, lm = faces[0]
+    rng = np.random.default_rng(0)
+    bad = lm.copy()
+    bad[5] = np.nan
+    for landmarks in (None, lm[:60], bad, np.zeros_like(lm), lm + 1000):
+        with pytest.raises(UnusableLandmarks):
+            self_blend(img, landmarks, rng)
+    with pytest.raises(ValueError):
+        self_blend(img.astype(np.float32), lm, rng)
