@@ -23,9 +23,11 @@ authors use, would install opencv-python-headless over this project's opencv-pyt
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from util.landmarks import NUM_LANDMARKS
+from util.datasets import read_image_rgb
+from util.landmarks import NUM_LANDMARKS, load_landmarks
 
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
 MIN_HULL_FRACTION = 0.01        # a landmark hull below 1% of the image is no usable face
@@ -137,3 +139,97 @@ def self_blend(img, landmarks, rng):
     blended = np.rint(source.astype(np.float32) * m + img.astype(np.float32) * (1 - m)).astype(np.uint8)
     fake = np.where(m > 0, blended, img)                                       # exact outside the mask
     return fake, mask
+
+
+# ---------------------------------------------------------------------- stage-2 training pairs
+class PseudoFakePairs(Dataset):
+    """Stage-2 training items from real faces: each real face with its fake partner, both under one crop and flip.
+
+    The partner is the face's self-blended pseudo-fake, or, with probability 1 - `ratio` when `fakes` (real
+    fake Samples) are given, a random one of those. A real face whose landmarks are unusable (missing,
+    unreadable, degenerate) cannot be self-blended: its item is the real face alone, with `no_blend` 1.
+    An unreadable real image is replaced by another real and counted in `replaced`, as FaceDataset does.
+    Item: img uint8 [K, 3, S, S] (real first), label [K] (0, 1), index, replaced, no_blend; K = 2 (or 1).
+    All randomness comes from torch's stream (restored on resume; DataLoader seeds it per worker).
+    """
+
+    def __init__(self, reals, transform, fakes=(), ratio=1.0, strict=False):
+        if not reals:
+            raise ValueError('no real faces to self-blend')
+        self.reals, self.fakes, self.transform = list(reals), list(fakes), transform
+        self.ratio = 1.0 if not self.fakes else ratio
+        self.strict, self._reported = strict, set()
+
+    def __len__(self):
+        return len(self.reals)
+
+    def _report_once(self, msg):
+        if msg not in self._reported:
+            self._reported.add(msg)
+            print(f'[data] {msg}', flush=True)
+
+    def _read_real(self, index):
+        replaced, idx = 0, index
+        while True:
+            sample = self.reals[idx]
+            try:
+                return read_image_rgb(sample.path), sample, idx, replaced
+            except ValueError as e:
+                if self.strict:
+                    raise
+                self._report_once(f'skipped: {e}')
+                replaced += 1
+                if replaced > 50:
+                    raise RuntimeError(f'more than 50 unusable samples in a row (last: {sample.path})') from e
+                idx = int(torch.randint(len(self.reals), (1,)).item())
+
+    def _partner(self, img, sample, seed):
+        """(fake uint8 [H, W, 3], or None when the face cannot be self-blended)."""
+        if self.fakes and torch.rand(1).item() >= self.ratio:
+            fake = self.fakes[int(torch.randint(len(self.fakes), (1,)).item())]
+            try:
+                return read_image_rgb(fake.path)
+            except ValueError as e:
+                if self.strict:
+                    raise
+                self._report_once(f'skipped: {e}')                            # fall back to a pseudo-fake
+        try:
+            lm = load_landmarks(sample.landmarks) if sample.landmarks else None
+            return self_blend(img, lm, np.random.default_rng(seed))[0]
+        except ValueError as e:                                                # UnusableLandmarks, bad .npy
+            self._report_once(f'{sample.path}: used as a plain real (not self-blended): {e}')
+            return None
+
+    def __getitem__(self, index):
+        img, sample, idx, replaced = self._read_real(index)
+        seed = int(torch.randint(2 ** 62, (1,)).item())
+        fake = self._partner(img, sample, seed)
+        g = torch.Generator()
+        xs = []
+        for face in (img, fake) if fake is not None else (img,):
+            g.manual_seed(seed)                                                # the same crop and flip
+            xs.append(self.transform(face, None, generator=g)[0])
+        return dict(img=torch.stack(xs), label=torch.tensor([0, 1][:len(xs)]), index=idx, replaced=replaced,
+                    no_blend=int(fake is None))
+
+
+def collate_pairs(items):
+    """PseudoFakePairs items -> one batch of their images, pairs side by side (img [sum K, 3, S, S], label,
+    index per image; replaced and no_blend per item)."""
+    return dict(img=torch.cat([it['img'] for it in items]), label=torch.cat([it['label'] for it in items]),
+                index=torch.tensor([it['index'] for it in items for _ in range(len(it['label']))]),
+                replaced=torch.tensor([it['replaced'] for it in items]),
+                no_blend=torch.tensor([it['no_blend'] for it in items]))
+
+
+def count_unusable_landmarks(samples):
+    """How many of the Samples have no landmark file or one that cannot be read (checked as the loader reads it)."""
+    bad = 0
+    for s in samples:
+        try:
+            if not s.landmarks:
+                raise ValueError('no landmarks')
+            load_landmarks(s.landmarks)
+        except ValueError:
+            bad += 1
+    return bad

@@ -1,0 +1,106 @@
+"""Stage 2 from real faces alone: self-blended pairs in the loader (one crop and flip per pair, unusable landmarks
+as plain reals) and a micro run of main_finetune.py --pseudo_fakes sbi on a reals-only manifest."""
+import csv
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import main_finetune
+import main_pretrain
+import util.self_blend as sb
+from util.datasets import FaceTransform, Sample
+from util.synthetic_faces import generate_dataset, render_face, sample_identity
+
+
+@pytest.fixture(scope='module')
+def face_files(tmp_path_factory):
+    import cv2
+    d = tmp_path_factory.mktemp('faces')
+    rng = np.random.default_rng(5)
+    samples = []
+    for i in range(4):
+        img, lm = render_face(sample_identity(rng), rng, size=96)
+        cv2.imwrite(str(d / f'{i}.png'), img[:, :, ::-1])
+        np.save(d / f'{i}.npy', lm)
+        samples.append(Sample(str(d / f'{i}.png'), str(d / f'{i}.npy'), 0, f'v{i}', 'd'))
+    return samples
+
+
+def test_pairs_share_crop_and_flip(face_files, monkeypatch):
+    # with a "blend" that changes nothing, a pair under one crop and flip is two identical images
+    monkeypatch.setattr(sb, 'self_blend', lambda img, lm, rng: (img.copy(), np.zeros(img.shape[:2], np.float32)))
+    ds = sb.PseudoFakePairs(face_files, FaceTransform(48, train=True, scale=(0.3, 1.0), normalize=False))
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(6):
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item['img'].shape == (2, 3, 48, 48) and item['label'].tolist() == [0, 1]
+            assert torch.equal(item['img'][0], item['img'][1])
+            seen.add(item['img'][0].float().mean().item())
+    assert len(seen) > len(ds)                       # crops and flips do vary from draw to draw
+
+
+def test_pairs_differ_inside_face_only_and_collate(face_files):
+    ds = sb.PseudoFakePairs(face_files, FaceTransform(48, train=False, normalize=False))
+    torch.manual_seed(1)
+    batch = sb.collate_pairs([ds[i] for i in range(len(ds))])
+    assert batch['img'].shape == (8, 3, 48, 48) and batch['label'].tolist() == [0, 1] * 4
+    real, fake = batch['img'][0::2].int(), batch['img'][1::2].int()
+    diff = (real - fake).abs().amax(1)                                   # [4, 48, 48]
+    assert (diff.flatten(1).float().mean(1) > 0).all()
+    assert (diff[:, :3, :] == 0).all() and (diff[:, :, :3] == 0).all()   # the image border is untouched
+    assert batch['no_blend'].sum() == 0 and batch['replaced'].sum() == 0
+
+
+def test_face_without_landmarks_is_a_plain_real(face_files, capsys):
+    bad = [Sample(face_files[0].path, None, 0, 'v', 'd')]
+    ds = sb.PseudoFakePairs(bad, FaceTransform(48, train=False, normalize=False))
+    item = ds[0]
+    assert item['img'].shape == (1, 3, 48, 48) and item['label'].tolist() == [0] and item['no_blend'] == 1
+    assert 'used as a plain real' in capsys.readouterr().out
+    assert sb.count_unusable_landmarks(bad + face_files) == 1
+
+
+def test_reals_only_manifest_trains_and_evaluates(tmp_path, capsys):
+    m = generate_dataset(tmp_path / 'data', num_identities=16, frames_per_identity=1, size=64, seed=1,
+                         fake_ratio=0.5, test_fraction=0.25, progress=False, artefacts='strong')
+    with open(m['train'], newline='') as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if r['label'] == '0']
+    reals = tmp_path / 'data' / 'reals.csv'
+    with open(reals, 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    pre = main_pretrain.get_args_parser().parse_args(
+        ['--data_path', str(m['pretrain']), '--output_dir', str(tmp_path / 'pre'), '--model', 'mae_vit_micro_patch8',
+         '--input_size', '32', '--batch_size', '4', '--epochs', '1', '--num_workers', '0', '--device', 'cpu',
+         '--quiet', '--no_auto_resume'])
+    main_pretrain.main(pre)
+    capsys.readouterr()
+    args = main_finetune.get_args_parser().parse_args(
+        ['--finetune', str(tmp_path / 'pre' / 'checkpoint-last.pth'), '--train_manifest', str(reals),
+         '--val_manifest', str(m['test']), '--test_manifests', str(m['test']), '--output_dir', str(tmp_path / 'ft'),
+         '--input_size', '32', '--batch_size', '4', '--epochs', '1', '--num_workers', '0', '--device', 'cpu',
+         '--pseudo_fakes', 'sbi', '--recon', 'real', '--quiet', '--no_auto_resume'])
+    result = main_finetune.main(args)
+    out = capsys.readouterr().out
+    assert f'{len(rows)} real faces, each with a fake partner' in out
+    assert 'learns a single class' not in out
+    assert np.isfinite(result['train_loss']) and result['l1_fake'] > 0 and result['l1_real'] > 0
+    test = next(iter(result['test'].values()))
+    assert test['auc'] is not None and (tmp_path / 'ft' / 'eval.json').is_file()
+
+
+@pytest.mark.parametrize('extra,msg', [
+    (['--batch_size', '3'], 'even --batch_size'),
+    (['--mixup', '0.2'], 'does not combine with --mixup'),
+    (['--pseudo_fakes_ratio', '0'], 'must lie in (0, 1]'),
+])
+def test_pseudo_fake_flag_errors(extra, msg):
+    args = main_finetune.get_args_parser().parse_args(['--pseudo_fakes', 'sbi', '--train_manifest', 'x.csv'] + extra)
+    with pytest.raises(SystemExit, match=re.escape(msg)):
+        main_finetune.check_pseudo_fake_args(args)
