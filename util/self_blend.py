@@ -60,7 +60,19 @@ def check_landmarks(landmarks, height, width):
 
 # ---------------------------------------------------------------------- source-target generator
 def _alter_source(img, rng):
-    """The source copy: colour, then frequency (downscale or sharpen). uint8 [H, W, 3] -> same."""
+    """The source copy: colour, then frequency (downscale or sharpen). uint8 [H, W, 3] -> same.
+
+    One face is far too small to share among threads: with several (the main process of a loader without
+    workers) the threads' hand-offs cost ten times the work, so it runs on one, as in a DataLoader worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _alter_source_1thread(img, rng)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _alter_source_1thread(img, rng):
     t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)            # [3, H, W] uint8
     if rng.random() < 0.3:                                                     # RGB shift of up to 20 levels
         shift = torch.from_numpy(rng.integers(-20, 21, 3).astype(np.int16)).view(3, 1, 1)
