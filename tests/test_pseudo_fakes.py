@@ -104,3 +104,28 @@ def test_pseudo_fake_flag_errors(extra, msg):
     args = main_finetune.get_args_parser().parse_args(['--pseudo_fakes', 'sbi', '--train_manifest', 'x.csv'] + extra)
     with pytest.raises(SystemExit, match=re.escape(msg)):
         main_finetune.check_pseudo_fake_args(args)
+
+
+def test_self_blending_doc_commands_parse():
+    """Every command of docs/self_blending.md parses with its script's own parser, and the paths chain."""
+    import shlex
+    from pathlib import Path
+
+    import benchmark_generalisation
+    import prepare_faces
+    doc = (Path(__file__).resolve().parents[1] / 'docs' / 'self_blending.md').read_text()
+    blocks = re.findall(r'```bash\n(.*?)```', doc, re.S)
+    commands = [c for b in blocks for c in b.replace('\\\n', ' ').splitlines() if c.strip() and not c.startswith('#')]
+    parsers = {'prepare_faces.py': prepare_faces.get_args_parser, 'main_pretrain.py': main_pretrain.get_args_parser,
+               'main_finetune.py': main_finetune.get_args_parser,
+               'benchmark_generalisation.py': benchmark_generalisation.get_args_parser}
+    parsed = {}
+    for cmd in commands:
+        words = shlex.split(cmd, comments=True)
+        assert words[0] == 'python' and words[1] in parsers, cmd
+        parsed.setdefault(words[1], []).append(parsers[words[1]]().parse_args(words[2:]))
+    assert len(parsed['main_finetune.py']) == 3 and len(parsed['benchmark_generalisation.py']) == 3
+    pre, (ft, ev, ffpp) = parsed['main_pretrain.py'][0], parsed['main_finetune.py']
+    assert ft.finetune == f'{pre.output_dir}/checkpoint-last.pth' and ft.train_manifest == pre.data_path
+    assert ft.pseudo_fakes == 'sbi' and ffpp.pseudo_fakes_ratio == 1
+    assert ev.eval and ev.resume == f'{ft.output_dir}/checkpoint-last.pth'
