@@ -79,3 +79,45 @@ def test_figure_5_draws_self_blended_examples(faces, tmp_path):
         real, mask, fake, diff = (png[y:y + s, x:x + s] for x, y, s in (layout.panel_box(r, c) for r in range(4)))
         assert real.std() > 10 and fake.std() > 10 and mask.std() > 10 and diff.std() > 1
         assert np.abs(real - fake).mean() > 0.5
+
+
+def test_real_photo_astronaut_crops_blend_inside_the_face():
+    """On a real photo with dlib's landmarks (skimage's astronaut): crops at several framings blend inside the
+    face only, and their loader pairs differ only there."""
+    pytest.importorskip('dlib')
+    import skimage.data
+    import torch
+
+    from util.datasets import FaceTransform
+    from util.faces import DlibLandmarker, crop_face
+    from util.self_blend import PseudoFakePairs
+    photo = skimage.data.astronaut()
+    dlib = DlibLandmarker()
+    lm = dlib.landmarks(photo, dlib.detect(photo))[0]
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        c = lm.mean(0) + rng.uniform(-10, 10, 2)
+        side = (lm.max(0) - lm.min(0)).max() * rng.uniform(1.2, 1.6)
+        crop, lmc, _ = crop_face(photo, lm, size=128, box=(c[0] - side / 2, c[1] - side / 2,
+                                                             c[0] + side / 2, c[1] + side / 2), margin=1.0)
+        fake, mask = self_blend(crop, lmc, np.random.default_rng(i))
+        hull = np.zeros((128, 128), np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(lmc.round().astype(np.int32)), 1)
+        dilated = cv2.dilate(hull, np.ones((21, 21), np.uint8))
+        assert mask[dilated == 0].max(initial=0) == 0 and (mask > 0).sum() > 0.3 * hull.sum()
+        assert np.array_equal(fake[mask == 0], crop[mask == 0])
+        assert np.abs(fake.astype(int) - crop.astype(int))[mask >= 0.2].mean() > 1.0
+    # the face's pair through the training loader: same crop, different face, identical background corners
+    import tempfile
+    from pathlib import Path
+
+    from util.datasets import Sample
+    with tempfile.TemporaryDirectory() as d:
+        cv2.imwrite(str(Path(d) / 'a.png'), crop[:, :, ::-1])
+        np.save(Path(d) / 'a.npy', lmc)
+        ds = PseudoFakePairs([Sample(str(Path(d) / 'a.png'), str(Path(d) / 'a.npy'), 0, 'a', 'astronaut')],
+                             FaceTransform(64, train=False, normalize=False))
+        torch.manual_seed(0)
+        pair = ds[0]['img'].int()
+    diff = (pair[0] - pair[1]).abs().amax(0)
+    assert diff.float().mean() > 0.5 and diff[:4, :4].max() == 0 and diff[-4:, :4].max() == 0
