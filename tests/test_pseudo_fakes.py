@@ -64,35 +64,57 @@ def test_face_without_landmarks_is_a_plain_real(face_files, capsys):
     assert sb.count_unusable_landmarks(bad + face_files) == 1
 
 
-def test_reals_only_manifest_trains_and_evaluates(tmp_path, capsys):
-    m = generate_dataset(tmp_path / 'data', num_identities=16, frames_per_identity=1, size=64, seed=1,
+@pytest.fixture(scope='module')
+def micro(tmp_path_factory):
+    """Synthetic faces (64 px), a reals-only training manifest and a micro MIFAE pre-trained for one epoch."""
+    tmp = tmp_path_factory.mktemp('micro')
+    m = generate_dataset(tmp / 'data', num_identities=16, frames_per_identity=1, size=64, seed=1,
                          fake_ratio=0.5, test_fraction=0.25, progress=False, artefacts='strong')
     with open(m['train'], newline='') as f:
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames, [r for r in reader if r['label'] == '0']
-    reals = tmp_path / 'data' / 'reals.csv'
+    reals = tmp / 'data' / 'reals.csv'
     with open(reals, 'w', newline='') as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
     pre = main_pretrain.get_args_parser().parse_args(
-        ['--data_path', str(m['pretrain']), '--output_dir', str(tmp_path / 'pre'), '--model', 'mae_vit_micro_patch8',
+        ['--data_path', str(m['pretrain']), '--output_dir', str(tmp / 'pre'), '--model', 'mae_vit_micro_patch8',
          '--input_size', '32', '--batch_size', '4', '--epochs', '1', '--num_workers', '0', '--device', 'cpu',
          '--quiet', '--no_auto_resume'])
     main_pretrain.main(pre)
-    capsys.readouterr()
-    args = main_finetune.get_args_parser().parse_args(
-        ['--finetune', str(tmp_path / 'pre' / 'checkpoint-last.pth'), '--train_manifest', str(reals),
-         '--val_manifest', str(m['test']), '--test_manifests', str(m['test']), '--output_dir', str(tmp_path / 'ft'),
-         '--input_size', '32', '--batch_size', '4', '--epochs', '1', '--num_workers', '0', '--device', 'cpu',
-         '--pseudo_fakes', 'sbi', '--recon', 'real', '--quiet', '--no_auto_resume'])
+    return dict(reals=reals, n_reals=len(rows), test=m['test'], checkpoint=tmp / 'pre' / 'checkpoint-last.pth')
+
+
+def sbi_argv(micro, out, *extra):
+    return ['--finetune', str(micro['checkpoint']), '--train_manifest', str(micro['reals']), '--output_dir', str(out),
+            '--input_size', '32', '--batch_size', '4', '--num_workers', '0', '--device', 'cpu',
+            '--pseudo_fakes', 'sbi', '--quiet', *extra]
+
+
+def test_reals_only_manifest_trains_and_evaluates(micro, tmp_path, capsys):
+    args = main_finetune.get_args_parser().parse_args(sbi_argv(
+        micro, tmp_path / 'ft', '--val_manifest', str(micro['test']), '--test_manifests', str(micro['test']),
+        '--epochs', '1', '--recon', 'real', '--no_auto_resume'))
     result = main_finetune.main(args)
     out = capsys.readouterr().out
-    assert f'{len(rows)} real faces, each with a fake partner' in out
+    assert f'{micro["n_reals"]} real faces, each with a fake partner' in out
     assert 'learns a single class' not in out
     assert np.isfinite(result['train_loss']) and result['l1_fake'] > 0 and result['l1_real'] > 0
     test = next(iter(result['test'].values()))
     assert test['auc'] is not None and (tmp_path / 'ft' / 'eval.json').is_file()
+
+
+def test_resume_draws_the_same_pairs_as_a_run_never_stopped(micro, tmp_path):
+    from util import misc
+    parse = main_finetune.get_args_parser().parse_args
+    main_finetune.main(parse(sbi_argv(micro, tmp_path / 'a', '--epochs', '1', '--recon', 'none')))
+    resumed = main_finetune.main(parse(sbi_argv(micro, tmp_path / 'a', '--epochs', '2', '--recon', 'none')))
+    straight = main_finetune.main(parse(sbi_argv(micro, tmp_path / 'b', '--epochs', '2', '--recon', 'none')))
+    assert resumed['epoch'] == 1 and resumed['train_loss'] == straight['train_loss']
+    a = misc.load_checkpoint(tmp_path / 'a' / 'checkpoint-last.pth')['model']
+    b = misc.load_checkpoint(tmp_path / 'b' / 'checkpoint-last.pth')['model']
+    assert all(torch.equal(a[k], b[k]) for k in b)
 
 
 @pytest.mark.parametrize('extra,msg', [
