@@ -151,3 +151,20 @@ def test_self_blending_doc_commands_parse():
     assert ft.finetune == f'{pre.output_dir}/checkpoint-last.pth' and ft.train_manifest == pre.data_path
     assert ft.pseudo_fakes == 'sbi' and ffpp.pseudo_fakes_ratio == 1
     assert ev.eval and ev.resume == f'{ft.output_dir}/checkpoint-last.pth'
+
+
+def test_torchrun_two_processes_with_loader_workers(micro, tmp_path):
+    """--pseudo_fakes sbi under torchrun (gloo, two processes), pairs made in a DataLoader worker."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29571',
+           'main_finetune.py', *sbi_argv(micro, out, '--epochs', '1', '--no_auto_resume')]
+    cmd[cmd.index('--num_workers') + 1] = '1'
+    res = subprocess.run(cmd, cwd=Path(main_finetune.__file__).parent, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert torch.load(out / 'checkpoint-last.pth', map_location='cpu', weights_only=False)['epoch'] == 0
+    assert 'each with a fake partner' in res.stdout
