@@ -19,6 +19,10 @@ Three parts, as in the paper:
 All randomness comes from `rng` (the same Generator state gives the same pair). The colour and frequency
 transforms are torchvision's (v2 functional) with their parameters drawn here; albumentations, which the
 authors use, would install opencv-python-headless over this project's opencv-python.
+
+In stage 2 (`main_finetune.py --pseudo_fakes sbi`), PseudoFakePairs makes the pairs in the DataLoader workers:
+each real face with its fake partner under one crop and flip; collate_pairs puts the pairs side by side.
+Differences from the paper: docs/self_blending.md.
 """
 import cv2
 import numpy as np
