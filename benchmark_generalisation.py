@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -271,12 +272,13 @@ def figure(summary, path):
         cells = {c['stage1']: c for c in summary if c['stage2'] == data}
         xs = [i + (j - (len(s2) - 1) / 2) * width for i, k in enumerate(s1) if k in cells]
         ks = [k for k in s1 if k in cells]
+        sds = [cells[k]['unseen_auc']['sd'] for k in ks]
         ax.bar(xs, [cells[k]['unseen_auc']['mean'] for k in ks], width * 0.9, label=f'{STAGE2[data]}: unseen',
-               yerr=[cells[k]['unseen_auc']['sd'] or 0 for k in ks], capsize=3, color=f'C{j}')
+               yerr=None if None in sds else sds, capsize=3, color=f'C{j}')
         ax.plot(xs, [cells[k]['train_auc']['mean'] for k in ks], 'k_', markersize=14, mew=2,
                 label='training family' if j == 0 else None)
     ax.axhline(0.5, color='grey', lw=0.8, ls='--')
-    ax.set_xticks(range(len(s1)), [STAGE1_NAMES[k] for k in s1], fontsize=8)
+    ax.set_xticks(range(len(s1)), [textwrap.fill(STAGE1_NAMES[k], 16) for k in s1], fontsize=8)
     ax.set_ylim(0.3, 1.0)
     ax.set_ylabel('frame AUC (held-out identities)')
     ax.set_title('Generalisation to unseen forgery families, per stage-1 variant', fontsize=9)
