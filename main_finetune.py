@@ -185,6 +185,14 @@ def get_args_parser():
                         'protocol): all, TYPE (its five levels) or TYPE:LEVEL; writes robustness.json/.md/.png '
                         'and resumes where it stopped')
 
+    g = parser.add_argument_group('pseudo-fakes (self-blended images: a detector trained from real faces alone)')
+    g.add_argument('--pseudo_fakes', default='none', choices=['none', 'sbi'],
+                   help='sbi: each real training face with landmarks comes with its self-blended pseudo-fake in '
+                        'the same batch, under the same crop and flip (--batch_size counts both)')
+    g.add_argument('--pseudo_fakes_ratio', default=None, type=float, metavar='R',
+                   help='share of pseudo-fakes among the fake partners when --train_manifest also holds fakes '
+                        '(the rest are its fakes; default 0.5); 1 with a reals-only manifest')
+
     g = misc.add_run_args(parser, 'checkpoints, log.txt, eval.json / eval.md / ROC PNGs',
                           'fine-tuning checkpoint to resume (or, with --eval, to evaluate)')
     g.add_argument('--eval', action='store_true', help='only evaluate --resume on --test_manifests')
@@ -369,6 +377,60 @@ def eval_loader(samples, input_size, mean, std, args, crop_pct=None, perturbatio
                                       num_workers=args.num_workers, drop_last=False,
                                       pin_memory=args.pin_mem and str(args.device).startswith('cuda')),
                            'main_finetune.py')
+
+
+def check_pseudo_fake_args(args):
+    """One-line errors for --pseudo_fakes flags that cannot work together with the others. Mixup / cutmix that
+    came from the --recipe are turned off (a face that cannot be self-blended leaves an odd batch; SBI trains
+    without them); given explicitly, they are refused."""
+    if args.pseudo_fakes == 'none':
+        if args.pseudo_fakes_ratio is not None:
+            raise error('--pseudo_fakes_ratio needs --pseudo_fakes sbi')
+        return
+    if args.pseudo_fakes_ratio is not None and not 0 < args.pseudo_fakes_ratio <= 1:
+        raise error(f'--pseudo_fakes_ratio {args.pseudo_fakes_ratio} must lie in (0, 1]')
+    if args.batch_size < 2 or args.batch_size % 2:
+        raise error(f'--pseudo_fakes sbi needs an even --batch_size (real + fake pairs), got {args.batch_size}')
+    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+        if {'mixup', 'cutmix', 'cutmix_minmax'} & set(getattr(args, 'given', ())):
+            raise error('--pseudo_fakes sbi does not combine with --mixup / --cutmix '
+                        '(a face that cannot be self-blended leaves an odd batch)')
+        args.mixup, args.cutmix, args.cutmix_minmax = 0.0, 0.0, None
+        if misc.is_main_process():
+            print(f'main_finetune.py: note: --pseudo_fakes sbi turns off the --recipe {args.recipe} mixup / cutmix',
+                  flush=True)
+
+
+def pseudo_fake_loader(samples, args):
+    """Training pairs (real, pseudo-fake or manifest fake) from the real faces of --train_manifest; the sampler
+    runs over the reals, batches hold --batch_size / 2 pairs. -> (sampler, loader)"""
+    from util.self_blend import PseudoFakePairs, collate_pairs, count_unusable_landmarks
+    landmarks = {s.path: s.landmarks for s in read_manifest(args.train_manifest)}      # load_labelled drops them
+    reals = [Sample(s.path, landmarks.get(s.path), 0, s.video, s.dataset) for s in samples if s.label == 0]
+    fakes = [s for s in samples if s.label == 1]
+    if not reals:
+        raise error(f'--train_manifest {args.train_manifest} holds no real faces: '
+                    f'--pseudo_fakes sbi makes its fakes from real ones')
+    ratio = args.pseudo_fakes_ratio if args.pseudo_fakes_ratio is not None else (0.5 if fakes else 1.0)
+    ds = PseudoFakePairs(reals, FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0),
+                                              normalize=False), fakes, ratio, strict=args.strict_data)
+    pairs, world = args.batch_size // 2, misc.get_world_size()
+    if len(ds) < pairs * world:
+        raise error(f'--train_manifest {args.train_manifest}: {len(ds)} real faces '
+                    f'are fewer than one batch of pairs ({pairs} x {world} processes)')
+    if misc.is_main_process():
+        bad = count_unusable_landmarks(reals)
+        print(f'[data] pseudo-fakes: {len(reals)} real faces, each with a fake partner: self-blended with '
+              f'probability {ds.ratio:g}{f", else one of {len(fakes)} manifest fakes" if ds.ratio < 1 else ""}'
+              + (f'; {bad} without usable landmarks are used as plain reals' if bad else ''), flush=True)
+    if args.distributed:
+        sampler = DistributedSampler(ds, num_replicas=world, rank=misc.get_rank(), shuffle=True, seed=args.seed)
+    else:
+        sampler = RandomSampler(ds)
+    return sampler, DataLoader(ds, sampler=sampler, batch_size=pairs, num_workers=args.num_workers,
+                               collate_fn=collate_pairs, drop_last=True,
+                               pin_memory=args.pin_mem and str(args.device).startswith('cuda'),
+                               persistent_workers=args.num_workers > 0)
 
 
 def train_loader(samples, args):
@@ -635,7 +697,7 @@ def run_robustness(model, results, input_size, mean, std, device, amp_dtype, arg
 
 
 # the argument groups --eval does not use: the checkpoint decides the model, and nothing trains
-EVAL_IGNORED_GROUPS = ('training', 'model', 'optimizer', 'mixup')
+EVAL_IGNORED_GROUPS = ('training', 'model', 'optimizer', 'mixup', 'pseudo-fakes')
 
 
 def eval_ignored_flags(args):
@@ -677,6 +739,9 @@ def run_eval(args, device, amp_dtype):
 def main(args):
     recipe = None if args.eval else apply_recipe(args, set(args.given) if hasattr(args, 'given') else None)
     check_args(args)
+    check_pseudo_fake_args(args)
+    if recipe is not None:                                     # as --pseudo_fakes left it
+        recipe = {k: getattr(args, k) for k in recipe}
     device = misc.setup_run(args)
     if args.overwrite and not args.eval:
         checkpoint.move_aside(args.output_dir)
@@ -691,7 +756,7 @@ def main(args):
     if args.train_methods:
         train_samples = select_train_methods(train_samples, args.train_manifest, args)
     classes = {s.label for s in train_samples}
-    if len(classes) < 2:
+    if len(classes) < 2 and args.pseudo_fakes == 'none':
         only = f'--train_manifest {args.train_manifest} holds {"fake" if 1 in classes else "real"} faces only'
         if args.balance:
             raise error(f'{only}: --balance needs both classes '
@@ -707,7 +772,7 @@ def main(args):
     model, decoder_loaded = build_model(args)
     model.to(device)
     model_without_ddp = model
-    sampler, loader = train_loader(train_samples, args)
+    sampler, loader = (pseudo_fake_loader if args.pseudo_fakes != 'none' else train_loader)(train_samples, args)
     if problem := misc.accum_problem(args, loader):
         raise error(problem)
     val_loader = (eval_loader(val_samples, args.input_size, model.mean, model.std, args, model.crop_pct)
@@ -747,7 +812,7 @@ def main(args):
               f'({"full" if args.full_finetune else f"last {args.trainable_blocks} block(s) + norm + head"}); '
               f'recon {args.recon} x {args.recon_weight}{" (norm-pix target)" if args.norm_pix else ""}')
         print(f'{len(train_samples)} training faces ({sum(s.label for s in train_samples)} fake)'
-              f'{", balanced sampling" if args.balance else ""}; '
+              f'{", balanced sampling" if args.balance and args.pseudo_fakes == "none" else ""}; '
               f'{len(val_samples) if val_samples else 0} validation faces')
         print(f'effective batch size {eff_batch}; lr {args.lr:.3e} (blr {args.blr:.3e} x {eff_batch} / 256), '
               f'layer decay {args.layer_decay}')

@@ -6,6 +6,8 @@
                               centred log-magnitude spectrum under it
   4. fig4_discrepancy.png     one column per dataset / manipulation: input, reconstruction from the
                               fine-tuned detector's tokens through the frozen decoder, |difference|
+  5. fig5_self_blending.png   one column per real face: the face, the blend mask, its self-blended
+                              pseudo-fake (util/self_blend.py) and |difference| (needs landmarks only)
 
   python Visualization/visualize.py --checkpoint pretrain/checkpoint-last.pth --manifest faces/test.csv \
       [--detector finetune/checkpoint-best.pth] --out figures/
@@ -46,7 +48,7 @@ from util.masking import MASK_STRATEGIES, REGION_NAMES, visible_regions  # noqa:
 
 error = partial(misc.usage_error, 'visualize.py')      # raise error('--flag ...: what to do')
 FIGURE_FILES = {1: 'fig1_spatial_facial.png', 2: 'fig2_spatial_random.png', 3: 'fig3_frequency.png',
-                4: 'fig4_discrepancy.png'}
+                4: 'fig4_discrepancy.png', 5: 'fig5_self_blending.png'}
 MASK_FILL = 0.5                     # grey of removed patches in the masked-input panels (display space)
 SPECTRUM_CMAP, HEAT_CMAP = 'viridis', 'inferno'
 
@@ -422,6 +424,46 @@ def write_discrepancy_figure(detector, samples, out_dir, groups=None, seed=0, di
     return g.save(Path(out_dir) / FIGURE_FILES[4])
 
 
+# ---------------------------------------------------------------------- figure 5
+def figure_self_blend(reals, masks, fakes, titles=None, display=None):
+    """Figure 5: one column per face; rows: real, blend mask, self-blended pseudo-fake, |difference| (mean over
+    the channels, one colour scale for the whole figure).
+
+    reals, fakes: uint8 [N, S, S, 3]; masks: float32 [N, S, S] in [0, 1]. -> GridFigure"""
+    diff = np.abs(fakes.astype(np.float32) - reals.astype(np.float32)).mean(-1) / 255      # [N, S, S]
+    vmax = max(float(diff.max()), 1e-6)
+    layout = Layout(4, len(reals), display or display_size(reals.shape[1]))
+    g = GridFigure(layout, f'Self-blended pseudo-fakes from real faces (|difference| from 0 to {vmax:.2f})')
+    for c in range(len(reals)):
+        g.panel(0, c, reals[c], titles[c] if titles else 'real')
+        g.panel(1, c, masks[c], f'mask, max {float(masks[c].max()):.2f}', cmap='gray', vmin=0, vmax=1)
+        g.panel(2, c, fakes[c], 'pseudo-fake')
+        g.panel(3, c, diff[c], f'|difference|, mean {float(diff[c].mean()):.3f}', cmap=HEAT_CMAP, vmin=0, vmax=vmax)
+    return g
+
+
+def write_self_blend_figure(samples, out_dir, num_images=4, seed=0, size=128, display=None):
+    """Figure 5 for `num_images` faces with landmarks chosen by `seed` (real ones first); face i is blended with
+    np.random.default_rng(seed + i), at its own resolution, then shown at `size` px. -> PNG path"""
+    import cv2
+
+    from util.self_blend import self_blend
+    with_lm = [s for s in samples if s.landmarks]
+    if not with_lm:
+        raise SystemExit('figure 5 needs faces with landmarks (sidecar .npy files or a manifest landmarks column)')
+    reals, masks, fakes, titles = [], [], [], []
+    for i, s in enumerate(pick_samples(with_lm, num_images, seed)):
+        img = read_image_rgb(s.path)
+        fake, mask = self_blend(img, load_landmarks(s.landmarks), np.random.default_rng(seed + i))
+        shrink = cv2.INTER_AREA if max(img.shape[:2]) > size else cv2.INTER_LINEAR
+        reals.append(cv2.resize(img, (size, size), interpolation=shrink))
+        fakes.append(cv2.resize(fake, (size, size), interpolation=shrink))
+        masks.append(cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR))
+        titles.append(Path(s.path).stem)
+    g = figure_self_blend(np.stack(reals), np.stack(masks), np.stack(fakes), titles, display)
+    return g.save(Path(out_dir) / FIGURE_FILES[5])
+
+
 # ---------------------------------------------------------------------- command line
 def get_args_parser():
     parser = argparse.ArgumentParser('MIFAE visualization', add_help=False)
@@ -432,8 +474,8 @@ def get_args_parser():
                      help='face crops and/or folders (landmarks from sidecar <stem>.npy files)')
     src.add_argument('--manifest', default=None, help='manifest CSV (path,landmarks,label,video,dataset,...)')
     parser.add_argument('--out', default='figures', help='folder for the PNGs')
-    parser.add_argument('--figures', nargs='+', type=int, default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
-    parser.add_argument('--num_images', default=4, type=int, help='rows of figures 1 and 2')
+    parser.add_argument('--figures', nargs='+', type=int, default=[1, 2, 3, 4], choices=[1, 2, 3, 4, 5])
+    parser.add_argument('--num_images', default=4, type=int, help='rows of figures 1 and 2, columns of figure 5')
     parser.add_argument('--num_freq_images', default=2, type=int, help='images in figure 3 (two rows each)')
     parser.add_argument('--num_regions', default=1, type=int, help='facial regions hidden per image in figure 1')
     parser.add_argument('--per_group', default=1, type=int,
@@ -498,6 +540,8 @@ def main(args):
             groups = manifest_groups(args.manifest) if args.manifest else None
             written[4] = write_discrepancy_figure(detector, samples, args.out, groups, args.seed,
                                                   args.display, args.device, args.per_group)
+    if 5 in args.figures:
+        written[5] = write_self_blend_figure(samples, args.out, args.num_images, args.seed, display=args.display)
     for num, path in sorted(written.items()):
         print(f'figure {num}: {path}')
     return written

@@ -1,0 +1,42 @@
+"""benchmark_generalisation.py: a tiny grid runs end to end and its table, JSON and figure agree with its runs;
+the forgery families come from the synthetic-face generator's table when it has one."""
+import json
+
+import numpy as np
+
+import benchmark_generalisation as bg
+
+
+def test_tiny_grid_writes_consistent_table_json_and_figure(tmp_path):
+    args = bg.get_args_parser().parse_args(['--quick', '--seeds', '2', '--stage1', 'none', 'mifae',
+                                            '--stage2', 'swap', 'sbi', '--threads', '1', '--out', str(tmp_path)])
+    result = bg.main(args)
+    families = list(bg.forgery_families())
+    assert bg.SBI_FAMILY in families and len(families) >= 3
+    assert len(result['runs']) == 2 * 2 * 2
+    for r in result['runs']:
+        assert set(r['auc']) == set(families) and all(0 <= v <= 1 for v in r['auc'].values())
+    saved = json.loads((tmp_path / 'results.json').read_text())
+    assert saved['summary'] == result['summary'] and len(saved['summary']) == 4
+    for cell in result['summary']:
+        runs = [r for r in result['runs'] if (r['stage1'], r['stage2']) == (cell['stage1'], cell['stage2'])]
+        trained = cell['train_family']
+        assert trained == (bg.SBI_FAMILY if cell['stage2'] == 'sbi' else families[0])
+        assert trained not in cell['unseen_families'] and len(cell['unseen_families']) == len(families) - 1
+        assert np.isclose(cell['train_auc']['mean'], np.mean([r['auc'][trained] for r in runs]))
+        unseen = [np.mean([r['auc'][f] for f in cell['unseen_families']]) for r in runs]
+        assert np.isclose(cell['unseen_auc']['mean'], np.mean(unseen))
+        assert np.isclose(cell['unseen_auc']['sd'], np.std(unseen, ddof=1))
+    md = (tmp_path / 'results.md').read_text()
+    assert md.count('\n| ') == 4 and 'full MIFAE' in md and 'no pre-training' in md
+    assert (tmp_path / 'generalisation.png').stat().st_size > 5000
+
+
+def test_families_follow_the_generator_table(monkeypatch):
+    def flat(target, source, rng, size):
+        return np.full((size, size, 3), 128, np.uint8), None
+    assert list(bg.forgery_families())[:2] == ['swap_strong', 'swap_subtle']
+    monkeypatch.setattr(bg.sf, 'FORGERY_FAMILIES', {'flat': flat}, raising=False)
+    fams = bg.forgery_families()
+    assert list(fams) == ['flat', bg.SBI_FAMILY]
+    assert bg.make_forgery(fams['flat'], None, None, np.random.default_rng(0), 16).shape == (16, 16, 3)

@@ -1,0 +1,170 @@
+"""Stage 2 from real faces alone: self-blended pairs in the loader (one crop and flip per pair, unusable landmarks
+as plain reals) and a micro run of main_finetune.py --pseudo_fakes sbi on a reals-only manifest."""
+import csv
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import main_finetune
+import main_pretrain
+import util.self_blend as sb
+from util.datasets import FaceTransform, Sample
+from util.synthetic_faces import generate_dataset, render_face, sample_identity
+
+
+@pytest.fixture(scope='module')
+def face_files(tmp_path_factory):
+    import cv2
+    d = tmp_path_factory.mktemp('faces')
+    rng = np.random.default_rng(5)
+    samples = []
+    for i in range(4):
+        img, lm = render_face(sample_identity(rng), rng, size=96)
+        cv2.imwrite(str(d / f'{i}.png'), img[:, :, ::-1])
+        np.save(d / f'{i}.npy', lm)
+        samples.append(Sample(str(d / f'{i}.png'), str(d / f'{i}.npy'), 0, f'v{i}', 'd'))
+    return samples
+
+
+def test_pairs_share_crop_and_flip(face_files, monkeypatch):
+    # with a "blend" that changes nothing, a pair under one crop and flip is two identical images
+    monkeypatch.setattr(sb, 'self_blend', lambda img, lm, rng: (img.copy(), np.zeros(img.shape[:2], np.float32)))
+    ds = sb.PseudoFakePairs(face_files, FaceTransform(48, train=True, scale=(0.3, 1.0), normalize=False))
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(6):
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item['img'].shape == (2, 3, 48, 48) and item['label'].tolist() == [0, 1]
+            assert torch.equal(item['img'][0], item['img'][1])
+            seen.add(item['img'][0].float().mean().item())
+    assert len(seen) > len(ds)                       # crops and flips do vary from draw to draw
+
+
+def test_pairs_differ_inside_face_only_and_collate(face_files):
+    ds = sb.PseudoFakePairs(face_files, FaceTransform(48, train=False, normalize=False))
+    torch.manual_seed(1)
+    batch = sb.collate_pairs([ds[i] for i in range(len(ds))])
+    assert batch['img'].shape == (8, 3, 48, 48) and batch['label'].tolist() == [0, 1] * 4
+    real, fake = batch['img'][0::2].int(), batch['img'][1::2].int()
+    diff = (real - fake).abs().amax(1)                                   # [4, 48, 48]
+    assert (diff.flatten(1).float().mean(1) > 0).all()
+    assert (diff[:, :3, :] == 0).all() and (diff[:, :, :3] == 0).all()   # the image border is untouched
+    assert batch['no_blend'].sum() == 0 and batch['replaced'].sum() == 0
+
+
+def test_face_without_landmarks_is_a_plain_real(face_files, capsys):
+    bad = [Sample(face_files[0].path, None, 0, 'v', 'd')]
+    ds = sb.PseudoFakePairs(bad, FaceTransform(48, train=False, normalize=False))
+    item = ds[0]
+    assert item['img'].shape == (1, 3, 48, 48) and item['label'].tolist() == [0] and item['no_blend'] == 1
+    assert 'used as a plain real' in capsys.readouterr().out
+    assert sb.count_unusable_landmarks(bad + face_files) == 1
+
+
+@pytest.fixture(scope='module')
+def micro(tmp_path_factory):
+    """Synthetic faces (64 px), a reals-only training manifest and a micro MIFAE pre-trained for one epoch."""
+    tmp = tmp_path_factory.mktemp('micro')
+    m = generate_dataset(tmp / 'data', num_identities=16, frames_per_identity=1, size=64, seed=1,
+                         fake_ratio=0.5, test_fraction=0.25, progress=False, artefacts='strong')
+    with open(m['train'], newline='') as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if r['label'] == '0']
+    reals = tmp / 'data' / 'reals.csv'
+    with open(reals, 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    pre = main_pretrain.get_args_parser().parse_args(
+        ['--data_path', str(m['pretrain']), '--output_dir', str(tmp / 'pre'), '--model', 'mae_vit_micro_patch8',
+         '--input_size', '32', '--batch_size', '4', '--epochs', '1', '--num_workers', '0', '--device', 'cpu',
+         '--quiet', '--no_auto_resume'])
+    main_pretrain.main(pre)
+    return dict(reals=reals, n_reals=len(rows), test=m['test'], checkpoint=tmp / 'pre' / 'checkpoint-last.pth')
+
+
+def sbi_argv(micro, out, *extra):
+    return ['--finetune', str(micro['checkpoint']), '--train_manifest', str(micro['reals']), '--output_dir', str(out),
+            '--input_size', '32', '--batch_size', '4', '--num_workers', '0', '--device', 'cpu',
+            '--pseudo_fakes', 'sbi', '--quiet', *extra]
+
+
+def test_reals_only_manifest_trains_and_evaluates(micro, tmp_path, capsys):
+    args = main_finetune.get_args_parser().parse_args(sbi_argv(
+        micro, tmp_path / 'ft', '--val_manifest', str(micro['test']), '--test_manifests', str(micro['test']),
+        '--epochs', '1', '--recon', 'real', '--no_auto_resume'))
+    result = main_finetune.main(args)
+    out = capsys.readouterr().out
+    assert f'{micro["n_reals"]} real faces, each with a fake partner' in out
+    assert 'learns a single class' not in out
+    assert np.isfinite(result['train_loss']) and result['l1_fake'] > 0 and result['l1_real'] > 0
+    test = next(iter(result['test'].values()))
+    assert test['auc'] is not None and (tmp_path / 'ft' / 'eval.json').is_file()
+
+
+def test_resume_draws_the_same_pairs_as_a_run_never_stopped(micro, tmp_path):
+    from util import misc
+    parse = main_finetune.get_args_parser().parse_args
+    main_finetune.main(parse(sbi_argv(micro, tmp_path / 'a', '--epochs', '1', '--recon', 'none')))
+    resumed = main_finetune.main(parse(sbi_argv(micro, tmp_path / 'a', '--epochs', '2', '--recon', 'none')))
+    straight = main_finetune.main(parse(sbi_argv(micro, tmp_path / 'b', '--epochs', '2', '--recon', 'none')))
+    assert resumed['epoch'] == 1 and resumed['train_loss'] == straight['train_loss']
+    a = misc.load_checkpoint(tmp_path / 'a' / 'checkpoint-last.pth')['model']
+    b = misc.load_checkpoint(tmp_path / 'b' / 'checkpoint-last.pth')['model']
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+@pytest.mark.parametrize('extra,msg', [
+    (['--batch_size', '3'], 'even --batch_size'),
+    (['--mixup', '0.2'], 'does not combine with --mixup'),
+    (['--pseudo_fakes_ratio', '0'], 'must lie in (0, 1]'),
+])
+def test_pseudo_fake_flag_errors(extra, msg):
+    args = main_finetune.get_args_parser().parse_args(['--pseudo_fakes', 'sbi', '--train_manifest', 'x.csv'] + extra)
+    with pytest.raises(SystemExit, match=re.escape(msg)):
+        main_finetune.check_pseudo_fake_args(args)
+
+
+def test_self_blending_doc_commands_parse():
+    """Every command of docs/self_blending.md parses with its script's own parser, and the paths chain."""
+    import shlex
+    from pathlib import Path
+
+    import benchmark_generalisation
+    import prepare_faces
+    doc = (Path(__file__).resolve().parents[1] / 'docs' / 'self_blending.md').read_text()
+    blocks = re.findall(r'```bash\n(.*?)```', doc, re.S)
+    commands = [c for b in blocks for c in b.replace('\\\n', ' ').splitlines() if c.strip() and not c.startswith('#')]
+    parsers = {'prepare_faces.py': prepare_faces.get_args_parser, 'main_pretrain.py': main_pretrain.get_args_parser,
+               'main_finetune.py': main_finetune.get_args_parser,
+               'benchmark_generalisation.py': benchmark_generalisation.get_args_parser}
+    parsed = {}
+    for cmd in commands:
+        words = shlex.split(cmd, comments=True)
+        assert words[0] == 'python' and words[1] in parsers, cmd
+        parsed.setdefault(words[1], []).append(parsers[words[1]]().parse_args(words[2:]))
+    assert len(parsed['main_finetune.py']) == 3 and len(parsed['benchmark_generalisation.py']) == 3
+    pre, (ft, ev, ffpp) = parsed['main_pretrain.py'][0], parsed['main_finetune.py']
+    assert ft.finetune == f'{pre.output_dir}/checkpoint-last.pth' and ft.train_manifest == pre.data_path
+    assert ft.pseudo_fakes == 'sbi' and ffpp.pseudo_fakes_ratio == 1
+    assert ev.eval and ev.resume == f'{ft.output_dir}/checkpoint-last.pth'
+
+
+def test_torchrun_two_processes_with_loader_workers(micro, tmp_path):
+    """--pseudo_fakes sbi under torchrun (gloo, two processes), pairs made in a DataLoader worker."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29571',
+           'main_finetune.py', *sbi_argv(micro, out, '--epochs', '1', '--no_auto_resume')]
+    cmd[cmd.index('--num_workers') + 1] = '1'
+    res = subprocess.run(cmd, cwd=Path(main_finetune.__file__).parent, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert torch.load(out / 'checkpoint-last.pth', map_location='cpu', weights_only=False)['epoch'] == 0
+    assert 'each with a fake partner' in res.stdout
