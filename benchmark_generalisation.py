@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import main_finetune  # noqa: E402
 import main_pretrain  # noqa: E402
 import models_mae  # noqa: E402
-import util.misc as misc  # noqa: E402
+import util.checkpoint as checkpoint  # noqa: E402
 import util.synthetic_faces as sf  # noqa: E402
 from util.self_blend import self_blend  # noqa: E402
 
@@ -201,7 +201,7 @@ def pretrain(variant, data_csv, out_dir, seed, args):
         torch.manual_seed(seed)
         model = main_pretrain.build_model(pre_args)
         out_dir.mkdir(parents=True, exist_ok=True)
-        return misc.save_checkpoint(out_dir, 'checkpoint-last.pth', model, torch.optim.AdamW(model.parameters()),
+        return checkpoint.save_checkpoint(out_dir, 'checkpoint-last.pth', model, torch.optim.AdamW(model.parameters()),
                                     0, pre_args)
     main_pretrain.main(pre_args)
     return out_dir / 'checkpoint-last.pth'

@@ -163,11 +163,11 @@ def init_from_checkpoint(model, path):
 
 def refuse_old_freq_decoder(args):
     """After a failed resume: a one-line reason when the checkpoint has the older frequency decoder."""
-    path = misc.find_resume_checkpoint(args)
-    note = path and models_mae.old_freq_decoder_note(misc.load_checkpoint(path).get('model', {}))
+    path = checkpoint.find_resume_checkpoint(args)
+    note = path and models_mae.old_freq_decoder_note(checkpoint.state_dict_of(checkpoint.load(path)))
     if note:
-        raise SystemExit(f'main_pretrain.py: error: cannot resume from {path}: {note}; pass it as --init_from '
-                         f'(its encoder and spatial decoder load, the frequency decoder starts fresh)')
+        raise error(f'cannot resume from {path}: {note}; pass it as --init_from '
+                    f'(its encoder and spatial decoder load, the frequency decoder starts fresh)')
 
 
 def real_samples(args):

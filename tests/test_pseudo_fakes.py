@@ -9,6 +9,7 @@ import torch
 
 import main_finetune
 import main_pretrain
+import util.checkpoint as checkpoint
 import util.self_blend as sb
 from util.datasets import FaceTransform, Sample
 from util.synthetic_faces import generate_dataset, render_face, sample_identity
@@ -112,8 +113,8 @@ def test_resume_draws_the_same_pairs_as_a_run_never_stopped(micro, tmp_path):
     resumed = main_finetune.main(parse(sbi_argv(micro, tmp_path / 'a', '--epochs', '2', '--recon', 'none')))
     straight = main_finetune.main(parse(sbi_argv(micro, tmp_path / 'b', '--epochs', '2', '--recon', 'none')))
     assert resumed['epoch'] == 1 and resumed['train_loss'] == straight['train_loss']
-    a = misc.load_checkpoint(tmp_path / 'a' / 'checkpoint-last.pth')['model']
-    b = misc.load_checkpoint(tmp_path / 'b' / 'checkpoint-last.pth')['model']
+    a = checkpoint.load(tmp_path / 'a' / 'checkpoint-last.pth')['model']
+    b = checkpoint.load(tmp_path / 'b' / 'checkpoint-last.pth')['model']
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
