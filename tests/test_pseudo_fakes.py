@@ -107,7 +107,6 @@ def test_reals_only_manifest_trains_and_evaluates(micro, tmp_path, capsys):
 
 
 def test_resume_draws_the_same_pairs_as_a_run_never_stopped(micro, tmp_path):
-    from util import misc
     parse = main_finetune.get_args_parser().parse_args
     main_finetune.main(parse(sbi_argv(micro, tmp_path / 'a', '--epochs', '1', '--recon', 'none')))
     resumed = main_finetune.main(parse(sbi_argv(micro, tmp_path / 'a', '--epochs', '2', '--recon', 'none')))
