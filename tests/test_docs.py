@@ -44,6 +44,7 @@ PLACEHOLDER = re.compile(r'<[A-Za-z][\w .-]*>|\[--?\w[^\]]*\]')   # <file>, [--j
 # flags whose value is a file or folder the command reads
 READ_FLAGS = ('data_path', 'resume', 'init_from', 'finetune', 'decoder', 'train_manifest', 'val_manifest',
               'test_manifests', 'checkpoint', 'detector', 'manifest')
+NOT_READ = {'prepare_faces': ('detector',), 'predict': ('detector',)}   # a detector's name there, not a file
 
 
 def _prepare_writes(ns):
@@ -279,6 +280,8 @@ def check_chains(parsed):
             if ns is None:
                 continue                               # reported by check_parse
             for flag in READ_FLAGS:
+                if flag in NOT_READ.get(module, ()):
+                    continue
                 values = getattr(ns, flag, None)
                 for value in ([values] if isinstance(values, str) else values or []):
                     if not value:
