@@ -10,8 +10,8 @@ import torch
 import main_finetune
 import main_pretrain
 import util.self_blend as sb
+from preprocess.synthetic_faces import generate_dataset, render_face, sample_identity
 from util.datasets import FaceTransform, Sample
-from util.synthetic_faces import generate_dataset, render_face, sample_identity
 
 
 @pytest.fixture(scope='module')
