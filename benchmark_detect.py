@@ -41,7 +41,7 @@ SIZES = (64, 96, 160, 300)
 
 def get_args_parser():
     p = argparse.ArgumentParser('Benchmark face detection on rolled / scaled faces and photos without faces')
-    p.add_argument('--detector', default='hog,hybrid,cnn', help='comma-separated detector options of util.faces')
+    p.add_argument('--detector', default='hog,hybrid,cnn', help='comma-separated detector options of preprocess.faces')
     p.add_argument('--angles', default=','.join(map(str, ANGLES)), help='in-plane roll of the face, degrees')
     p.add_argument('--sizes', default=','.join(map(str, SIZES)), help='face box side in the frame, pixels')
     p.add_argument('--threads', default=0, type=int, help='OpenCV threads (0 = library default)')
@@ -151,7 +151,7 @@ def _machine():
 
 
 def main(args):
-    from util import faces as F
+    from preprocess import faces as F
     if args.threads:
         cv2.setNumThreads(args.threads)
     scenes = build_scenes([float(a) for a in args.angles.split(',')], [int(s) for s in args.sizes.split(',')])

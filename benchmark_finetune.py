@@ -102,7 +102,7 @@ def face_samples(args, folder):
     if args.data_path:
         return [Sample(s.path, None, max(s.label, 0), s.video, s.dataset) for s in load_samples(args.data_path)]
     import cv2
-    from util.synthetic_faces import render_face, sample_identity
+    from preprocess.synthetic_faces import render_face, sample_identity
     rng = np.random.default_rng(0)
     ids = [sample_identity(rng) for _ in range(16)]
     paths = []
@@ -223,7 +223,7 @@ def time_predict_cpu(args):
                input_size=args.input_size, model_ms_per_face=timed(lambda: model_only(crop), max(3, args.steps)))
     try:
         from skimage import data as skdata
-        from util import faces as face_utils
+        from preprocess import faces as face_utils
         landmarker = face_utils.build_landmarker('dlib')
     except (ImportError, RuntimeError) as e:
         rec['full_ms_per_image'] = None

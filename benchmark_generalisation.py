@@ -14,7 +14,7 @@ training randomness). Every run goes through main_pretrain.main / main_finetune.
       --num_identities 400 --pre_epochs 40 --ft_epochs 20
   python benchmark_generalisation.py --quick                        # a tiny grid (seconds; for the tests)
 
-Forgery families come from util/synthetic_faces.py: its FORGERY_FAMILIES (or FAMILIES) table of
+Forgery families come from preprocess/synthetic_faces.py: its FORGERY_FAMILIES (or FAMILIES) table of
 name -> fn(target identity, source identity, rng, size) -> (RGB uint8, landmarks) when it has one, else face
 swaps at the `strong` and `subtle` artefact levels (SWAP_ARTEFACTS). Self-blended fakes of held-out reals
 (`sbi`) are always a family. Writes --out/results.json, results.md and generalisation.png.
@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 import main_finetune  # noqa: E402
 import main_pretrain  # noqa: E402
 import models_mae  # noqa: E402
+import preprocess.synthetic_faces as sf  # noqa: E402
 import util.checkpoint as checkpoint  # noqa: E402
-import util.synthetic_faces as sf  # noqa: E402
 from util.self_blend import self_blend  # noqa: E402
 
 # stage-1 variants: pre-training flags, or None for no pre-training (a randomly initialised checkpoint)

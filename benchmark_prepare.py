@@ -27,7 +27,7 @@ import time
 import cv2
 import numpy as np
 
-from util import faces as F
+from preprocess import faces as F
 
 ASTRONAUT_FACE = (179.0, 83.0, 266.0, 170.0)   # dlib's box on the 512 x 512 astronaut
 

@@ -175,7 +175,7 @@ def write_faces(folder, num, size, fmt):
     import cv2
     import numpy as np
     from util.datasets import scan_folder
-    from util.synthetic_faces import render_face, sample_identity
+    from preprocess.synthetic_faces import render_face, sample_identity
     rng = np.random.default_rng(0)
     ids = [sample_identity(rng) for _ in range(16)]
     for i in range(num):

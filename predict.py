@@ -3,12 +3,12 @@
     python predict.py --checkpoint ft/checkpoint-best.pth photo.jpg clip.mp4 folder/ [--json out.json]
         [--heatmap heatmaps/] [--frames 16] [--landmarker dlib|face_alignment] [--detector hybrid] [--device cpu]
 
-Faces are found and cropped as in data preparation (util.faces: dlib by default, offline, its candidates
+Faces are found and cropped as in data preparation (preprocess.faces: dlib by default, offline, its candidates
 verified by dlib's CNN detector; face_alignment on request), the crop is resized and normalised as the
 checkpoint says (it records architecture, input size and normalisation, so no model flags are needed).
 Only faces the detector verified are scored: the candidates it dropped are counted (`candidates_dropped`)
 and never decide a verdict. An image's score is its most fake-looking face (every face is reported).
-In a video the faces of the sampled frames are joined into tracks by box overlap (util.face_tracks), one
+In a video the faces of the sampled frames are joined into tracks by box overlap (preprocess.face_tracks), one
 per person; a track's score is the mean fake probability over its frames, and the video's score is its
 most fake-looking track among those seen in at least a quarter of the frames that show a face (or the
 longest, when none is; every track is listed). `--heatmap DIR` writes one PNG per face: input |
@@ -29,8 +29,8 @@ import torch
 
 import models_vit
 import util.misc as misc
-from util import faces as face_utils
-from util.face_tracks import track_faces
+from preprocess import faces as face_utils
+from preprocess.face_tracks import track_faces
 from util.datasets import FaceTransform
 from util.fileio import WriteError, output_dir_problem, write_text
 
@@ -188,7 +188,7 @@ class Predictor:
 
 def no_face(path, reasons, frames=False, dropped=0):
     """status and message for an image (one reason) or a video's sampled frames (`frames`, a reason each)
-    without a usable face: util.faces tells no face from a face under its minimum size; `dropped` candidates
+    without a usable face: preprocess.faces tells no face from a face under its minimum size; `dropped` candidates
     failed the detector's verification."""
     small, n = sum(r == face_utils.FACE_TOO_SMALL for r in reasons), len(reasons)
     too_small = f'face too small (under {face_utils.DEFAULT_MIN_FACE} px)'

@@ -39,7 +39,7 @@ BUDGET=25 step benchmark_pretrain.py --data_only --num_images 256 --image_format
 # 4. The entry points themselves on CUDA (compile + bf16 by default): a short pre-training and fine-tuning of the
 #    micro model on synthetic faces, the demo's recipe at a smaller size (stage 2 needs scikit-learn).
 data="$out/e2e_data"
-BUDGET=30 step -m util.synthetic_faces --out "$data" --num 600 --size 64 --frames 1 --artefacts strong --no_progress
+BUDGET=30 step -m preprocess.synthetic_faces --out "$data" --num 600 --size 64 --frames 1 --artefacts strong --no_progress
 BUDGET=120 step main_pretrain.py --data_path "$data/pretrain.csv" --output_dir "$out/e2e_pretrain" \
     --model mae_vit_micro_patch8 --input_size 64 --batch_size 32 --epochs 4 --lr 1e-3 --warmup_epochs 1 \
     --num_workers 4 --device cuda --quiet --no_auto_resume | tail -3 | tee "$out/e2e.txt"

@@ -221,13 +221,13 @@ def test_predict_reports_each_case(corpus, finetuned, tmp_path, dlib_once):
 @pytest.fixture(scope='module')
 def dlib_landmarker():
     pytest.importorskip('dlib')
-    from util import faces as F
+    from preprocess import faces as F
     return F.build_landmarker('dlib')                           # built once: it takes seconds
 
 
 @pytest.fixture
 def dlib_once(monkeypatch, dlib_landmarker):
-    from util import faces as F
+    from preprocess import faces as F
     monkeypatch.setattr(F, 'build_landmarker', lambda *a, **k: dlib_landmarker)
 
 

@@ -1,7 +1,7 @@
 """The documentation's commands stay runnable: nothing here runs a job.
 
 1. Every command in a ```bash block of the Markdown files (README.md, the other top-level *.md, docs/*.md)
-   that starts one of the project's scripts (`python X.py`, `torchrun ... X.py`, `python -m util.X`, the
+   that starts one of the project's scripts (`python X.py`, `torchrun ... X.py`, `python -m preprocess.X`, the
    submitit launchers) is parsed in-process by that script's own parser, `get_args_parser().parse_args(argv)`;
    a script without `get_args_parser()` is parsed by the first `parse_args` call of its `main(argv)`, which
    is stopped there. A rejected command fails with the file, the line and argparse's reason (which names the
@@ -378,9 +378,9 @@ def test_the_checks_catch_rot(tmp_path):
 
 
 def test_scripts_without_get_args_parser_are_parsed_by_their_main():
-    ns, reason = parse('util.synthetic_faces', ['--out', 'x', '--num', '8'])
+    ns, reason = parse('preprocess.synthetic_faces', ['--out', 'x', '--num', '8'])
     assert reason is None and ns.out == 'x' and ns.num == 8
-    ns, reason = parse('util.synthetic_faces', ['--out', 'x'])
+    ns, reason = parse('preprocess.synthetic_faces', ['--out', 'x'])
     assert ns is None and '--num' in reason
     ns, reason = parse('submitit_pretrain', ['--job_dir', '/shared/j', '--nodes', '2', '--epochs', '3'])
     assert reason is None and ns.nodes == 2 and ns.epochs == 3

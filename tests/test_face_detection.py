@@ -1,4 +1,4 @@
-"""Faces in the wild (util/faces.py detectors, util/face_tracks.py): CPU, offline, dlib's own models.
+"""Faces in the wild (preprocess/faces.py detectors, preprocess/face_tracks.py): CPU, offline, dlib's own models.
 
 * a few scenes of benchmark_detect.py's roll x size grid and its photos without faces: the default
   detector finds every face and no false face;
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import benchmark_detect as B
-from util import faces as F
-from util.face_tracks import box_iou, track_faces
+from preprocess import faces as F
+from preprocess.face_tracks import box_iou, track_faces
 
 pytest.importorskip('dlib')
 

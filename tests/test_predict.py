@@ -78,7 +78,7 @@ def test_wrong_checkpoint_kind(pretrained_tiny, media):
 
 
 class SmallFaces:
-    """A landmarker that finds one 20-px face in every image: below util.faces' minimum face size."""
+    """A landmarker that finds one 20-px face in every image: below preprocess.faces' minimum face size."""
 
     def detect_batch(self, images):
         return [([(10.0, 10.0, 30.0, 30.0)], [1.0]) for _ in images]
@@ -192,7 +192,7 @@ def test_suit_patch_is_not_a_face(finetune_tiny, tmp_path):
 @pytest.fixture(scope='module')
 def two_people(tmp_path_factory):
     """Two synthetic people side by side; the left one's face is larger in every other frame."""
-    from util import synthetic_faces as S
+    from preprocess import synthetic_faces as S
     rng = np.random.default_rng(1)
     people = [S.sample_identity(rng) for _ in range(2)]
     path = tmp_path_factory.mktemp('two_people') / 'two.avi'

@@ -1,4 +1,4 @@
-"""Tests for util/faces.py and prepare_faces.py (issue 3): CPU, offline.
+"""Tests for preprocess/faces.py and prepare_faces.py (issue 3): CPU, offline.
 
 * the real dlib landmarker on skimage's astronaut photo;
 * a short video written here with OpenCV, prepared twice (the second run does nothing);
@@ -18,7 +18,9 @@ import pytest
 import skimage.data
 
 import prepare_faces
-from util import faces as F
+from preprocess import faces as F
+from preprocess import worker
+from preprocess.journal import JOURNAL_DIR, Journal
 
 ASTRONAUT_BOX = (179.0, 83.0, 266.0, 170.0)     # dlib's face box on the 512 x 512 astronaut
 
@@ -106,7 +108,7 @@ def eye_nose_mouth_chin(lm):
 
 
 # ---------------------------------------------------------------------------------
-# util/faces.py
+# preprocess/faces.py
 # ---------------------------------------------------------------------------------
 
 def test_dlib_astronaut_one_face_in_anatomical_order(prep_dlib):
@@ -249,7 +251,8 @@ def test_read_video_frames_even_spacing_short_and_broken(tmp_path):
 
 
 def test_modules_import_without_dlib_and_face_alignment(tmp_path):
-    """util.faces and prepare_faces import where dlib / face_alignment / torch are absent."""
+    """preprocess.faces, preprocess.synthetic_faces and prepare_faces import where dlib / face_alignment / torch
+    are absent."""
     import subprocess
     code = ('import sys\n'
             'class Block:\n'
@@ -257,10 +260,10 @@ def test_modules_import_without_dlib_and_face_alignment(tmp_path):
             '        if name.split(".")[0] in ("dlib", "face_alignment", "torch", "_dlib_pybind11"):\n'
             '            raise ImportError("blocked " + name)\n'
             'sys.meta_path.insert(0, Block())\n'
-            'import util.faces, prepare_faces\n'
+            'import preprocess.faces, preprocess.synthetic_faces, prepare_faces\n'
             'assert not {"dlib", "face_alignment", "torch"} & set(sys.modules)\n'
             'try:\n'
-            '    util.faces.build_landmarker("dlib")\n'
+            '    preprocess.faces.build_landmarker("dlib")\n'
             'except RuntimeError as e:\n'
             '    assert "dlib-bin" in str(e)\n'
             'else:\n'
@@ -379,7 +382,7 @@ def test_interrupted_run_keeps_finished_items_and_resumes(tmp_path, prep_stub, m
     for k in range(3):
         write_video(tmp_path / 'in' / f'v{k}.mp4', 6)
     out = tmp_path / 'out'
-    real = prepare_faces.process_item
+    real = worker.process_item
     calls = []
 
     def flaky(item):
@@ -387,7 +390,7 @@ def test_interrupted_run_keeps_finished_items_and_resumes(tmp_path, prep_stub, m
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(item)
-    monkeypatch.setattr(prepare_faces, 'process_item', flaky)
+    monkeypatch.setattr(worker, 'process_item', flaky)
     summary = prepare_faces.main(args_for(tmp_path / 'in', out, '--frames_per_video', 2))
     assert summary['interrupted'] and summary['processed'] == 1
     assert len(read_csv(out / 'in_all.csv')) == 2                    # manifest of what finished
@@ -395,7 +398,7 @@ def test_interrupted_run_keeps_finished_items_and_resumes(tmp_path, prep_stub, m
     # a crash in the middle of a journal line loses nothing else
     with open(out / '.prepare' / 'in.jsonl', 'a') as f:
         f.write('{"key": "v1.mp4", "rows": [[')
-    monkeypatch.setattr(prepare_faces, 'process_item', real)
+    monkeypatch.setattr(worker, 'process_item', real)
     summary = prepare_faces.main(args_for(tmp_path / 'in', out, '--frames_per_video', 2))
     assert summary['processed'] == 2 and summary['already_done'] == 1 and not summary['interrupted']
     assert len(read_csv(out / 'in_all.csv')) == 6
@@ -458,14 +461,15 @@ import os
 import sys
 sys.path.insert(0, {root!r})
 import prepare_faces
-from util import faces as F
+from preprocess import faces as F
+from preprocess import worker
 
 
 def cannot_build(*a, **k):
     raise RuntimeError('CUDA error: out of memory')
 
 
-def killed_on_v2(item, process_item=prepare_faces.process_item):
+def killed_on_v2(item, process_item=worker.process_item):
     if item['key'] == 'v2.mp4':
         os._exit(9)
     return process_item(item)
@@ -475,7 +479,7 @@ if __name__ == '__mp_main__':
     if os.environ['CASE'] == 'init':
         F.build_landmarker = cannot_build
     else:
-        prepare_faces.process_item = killed_on_v2
+        worker.process_item = killed_on_v2
 elif __name__ == '__main__':
     try:
         prepare_faces.main(prepare_faces.get_args_parser().parse_args(sys.argv[1:]))
@@ -498,7 +502,7 @@ def test_worker_failure_is_one_error_and_finished_items_are_kept(tmp_path, case,
                           timeout=180, env=dict(os.environ, CASE=case))
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.strip().splitlines()       # one line, no traceback, no hang
-    kept = len(prepare_faces.Journal(out, 'in').items)
+    kept = len(Journal(out, 'in').items)
     if case == 'init':
         assert line.startswith('error: a worker process could not build its landmarker: CUDA error: out of memory')
         assert kept == 0
@@ -784,7 +788,7 @@ def test_single_files_of_one_folder_build_one_mixed_manifest(tmp_path, prep_stub
     assert prepare_faces.main(args_for(clips / 'fake.mp4', out, '--label', 1))['processed'] == 0
     assert prepare_faces.main(args_for(clips, out, '--label', 1))['already_done'] == 2
     # a journal of an earlier version, which keyed a single file by itself, still matches
-    journal = out / prepare_faces.JOURNAL_DIR / 'clips.jsonl'
+    journal = out / JOURNAL_DIR / 'clips.jsonl'
     lines = journal.read_text().splitlines()
     for k, line in enumerate(lines):
         rec = json.loads(line)

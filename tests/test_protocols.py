@@ -179,7 +179,7 @@ def test_protocol_flags_fail_at_start_in_one_line(tmp_path):
 # ---------------------------------------------------------------------- frame protocol (prepare_faces.py --perturb)
 def MiddleFace():
     """A stand-in landmarker: one 'face' in the middle of every frame (keeps these runs fast)."""
-    from util import faces as F
+    from preprocess import faces as F
 
     class Stub(F.Landmarker):
         name = 'stub'
@@ -198,7 +198,7 @@ def test_frame_protocol_writes_its_own_deterministic_manifests(tmp_path, monkeyp
     import cv2
     import prepare_faces
     from skimage import data
-    from util import faces as F
+    from preprocess import faces as F
     monkeypatch.setattr(F, 'build_landmarker', lambda *a, **k: MiddleFace())
     root = tmp_path / 'ffpp'
     (tmp_path / 'splits').mkdir()
@@ -247,7 +247,7 @@ def test_frame_protocol_writes_its_own_deterministic_manifests(tmp_path, monkeyp
 
 # ---------------------------------------------------------------------- synthetic forgery families
 def test_forgery_families_are_deterministic_local_and_recorded(tmp_path):
-    from util.synthetic_faces import (FORGERY_FAMILIES, family_method, generate_dataset, render_face,
+    from preprocess.synthetic_faces import (FORGERY_FAMILIES, family_method, generate_dataset, render_face,
                                       sample_identity)
     target, source = sample_identity(np.random.default_rng(1)), sample_identity(np.random.default_rng(2))
     real, lm_real = render_face(target, np.random.default_rng(5), 96)

@@ -11,8 +11,8 @@ import main_finetune
 import main_pretrain
 import util.checkpoint as checkpoint
 import util.self_blend as sb
+from preprocess.synthetic_faces import generate_dataset, render_face, sample_identity
 from util.datasets import FaceTransform, Sample
-from util.synthetic_faces import generate_dataset, render_face, sample_identity
 
 
 @pytest.fixture(scope='module')

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
+from preprocess.synthetic_faces import render_face, sample_identity
 from util.self_blend import UnusableLandmarks, self_blend
-from util.synthetic_faces import render_face, sample_identity
 
 
 @pytest.fixture(scope='module')
@@ -88,8 +88,8 @@ def test_real_photo_astronaut_crops_blend_inside_the_face():
     import skimage.data
     import torch
 
+    from preprocess.faces import DlibLandmarker, crop_face
     from util.datasets import FaceTransform
-    from util.faces import DlibLandmarker, crop_face
     from util.self_blend import PseudoFakePairs
     photo = skimage.data.astronaut()
     dlib = DlibLandmarker()
