@@ -25,8 +25,8 @@ import torch
 
 import models_vit
 import util.misc as misc
-from util.benchmarking import device_name, sync, time_steps
 from engine_finetune import reconstruction_loss
+from util.benchmarking import device_name, sync, time_steps
 from util.datasets import normalize_batch
 from util.lr_decay import param_groups_lrd
 
@@ -102,6 +102,7 @@ def face_samples(args, folder):
     if args.data_path:
         return [Sample(s.path, None, max(s.label, 0), s.video, s.dataset) for s in load_samples(args.data_path)]
     import cv2
+
     from preprocess.synthetic_faces import render_face, sample_identity
     rng = np.random.default_rng(0)
     ids = [sample_identity(rng) for _ in range(16)]
@@ -120,6 +121,7 @@ def time_eval_e2e(args, device, batch, amp_dtype, compiled, samples):
     normalised on the device). Rates are taken after the first warmup + 2 x num_workers batches, once the
     prefetch queues (2 batches per worker) have filled or drained, over --e2e_batches batches in all."""
     from torch.utils.data import DataLoader
+
     from engine_finetune import ShardSampler
     from util.datasets import FaceDataset, FaceTransform
     ds = FaceDataset(samples, FaceTransform(args.input_size, train=False, normalize=False), require_label=True)
@@ -223,6 +225,7 @@ def time_predict_cpu(args):
                input_size=args.input_size, model_ms_per_face=timed(lambda: model_only(crop), max(3, args.steps)))
     try:
         from skimage import data as skdata
+
         from preprocess import faces as face_utils
         landmarker = face_utils.build_landmarker('dlib')
     except (ImportError, RuntimeError) as e:

@@ -73,8 +73,8 @@ def random_face_alignment_weights(torch_home):
     """Random FAN and S3FD state dicts under the names face_alignment expects; the
     S3FD classifiers are set to 'background everywhere' so nothing is detected."""
     import torch
-    from face_alignment.models import FAN
     from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
     folder = os.path.join(torch_home, 'hub', 'checkpoints')
     os.makedirs(folder, exist_ok=True)
     files = F.face_alignment_weight_files()

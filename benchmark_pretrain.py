@@ -174,8 +174,9 @@ def write_faces(folder, num, size, fmt):
     """Synthetic face crops with landmarks, stored as a folder dataset."""
     import cv2
     import numpy as np
-    from util.datasets import scan_folder
+
     from preprocess.synthetic_faces import render_face, sample_identity
+    from util.datasets import scan_folder
     rng = np.random.default_rng(0)
     ids = [sample_identity(rng) for _ in range(16)]
     for i in range(num):

@@ -27,14 +27,22 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 import models_vit
 import util.checkpoint as checkpoint
 import util.misc as misc
-from engine_finetune import (BalancedSampler, ShardSampler, ce_criterion, evaluate_frames, evaluate_samples,
-                             format_table, train_one_epoch, uses_recon, write_eval_report)
-from util.datasets import (ExitOnDataError, FaceDataset, FaceTransform, NO_LABEL, Sample, drop_duplicates,
-                           read_manifest)
-from util.fileio import WriteError, output_dir_problem
-from util.augment import TimmTrainTransform
-from util.lr_decay import param_groups_lrd
+from engine_finetune import (
+    BalancedSampler,
+    ShardSampler,
+    ce_criterion,
+    evaluate_frames,
+    evaluate_samples,
+    format_table,
+    train_one_epoch,
+    uses_recon,
+    write_eval_report,
+)
 from util import protocols
+from util.augment import TimmTrainTransform
+from util.datasets import NO_LABEL, ExitOnDataError, FaceDataset, FaceTransform, Sample, drop_duplicates, read_manifest
+from util.fileio import WriteError, output_dir_problem
+from util.lr_decay import param_groups_lrd
 from util.metrics import compute_metrics
 from util.perturb import VIDEO_KINDS, parse_spec
 

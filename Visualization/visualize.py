@@ -35,15 +35,14 @@ import torch
 if __package__ in (None, ''):                      # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import models_mae                                                      # noqa: E402
-import util.checkpoint as checkpoint                                  # noqa: E402
-import util.misc as misc                                              # noqa: E402
-from util.datasets import (IMAGENET_MEAN, IMAGENET_STD, NO_LABEL, FaceTransform, Sample,  # noqa: E402
-                           load_samples, read_image_rgb)
-from util.fileio import WriteError, atomic_write                    # noqa: E402
-from util.freq import filter_spectrum, log_magnitude_spectrum      # noqa: E402
-from util.landmarks import load_landmarks                          # noqa: E402
-from util.losses import denormalize_patches, to_gray                # noqa: E402
+import models_mae  # noqa: E402
+import util.checkpoint as checkpoint  # noqa: E402
+import util.misc as misc  # noqa: E402
+from util.datasets import IMAGENET_MEAN, IMAGENET_STD, NO_LABEL, FaceTransform, Sample, load_samples, read_image_rgb  # noqa: E402
+from util.fileio import WriteError, atomic_write  # noqa: E402
+from util.freq import filter_spectrum, log_magnitude_spectrum  # noqa: E402
+from util.landmarks import load_landmarks  # noqa: E402
+from util.losses import denormalize_patches, to_gray  # noqa: E402
 from util.masking import MASK_STRATEGIES, REGION_NAMES, visible_regions  # noqa: E402
 
 error = partial(misc.usage_error, 'visualize.py')      # raise error('--flag ...: what to do')
@@ -394,7 +393,7 @@ def figure_discrepancy(result, column_titles, display=None):
 def load_detector(path, device='cpu'):
     """The detector of a fine-tuning checkpoint for figure 4; refused when its decoder is not the pre-trained
     one (fine-tuned from an encoder-only checkpoint with --recon none): it would show a random decoder."""
-    import models_vit                               # stage 2; imported here so figures 1-3 do not need it
+    import models_vit  # stage 2; imported here so figures 1-3 do not need it
     try:
         model, meta = models_vit.load_detector(path, device)
     except (FileNotFoundError, ValueError) as e:

@@ -596,8 +596,8 @@ class FanLandmarker(Landmarker):
                  flip_input=False, det_threshold=0.5, det_max_side=DEFAULT_DET_MAX_SIDE,
                  allow_download=True):
         import torch
-        from face_alignment.models import FAN
         from face_alignment.detection.sfd.net_s3fd import s3fd
+        from face_alignment.models import FAN
         self.torch = torch
         self.device = device
         self.batch_size = max(1, int(batch_size))

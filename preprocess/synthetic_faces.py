@@ -53,8 +53,18 @@ import numpy as np
 
 from util import formats
 from util.fileio import atomic_write
-from util.landmarks import (INNER_FACE, INNER_LIPS, JAW, LEFT_BROW, LEFT_EYE, NOSE_BRIDGE, NOSTRILS,
-                            OUTER_LIPS, RIGHT_BROW, RIGHT_EYE)
+from util.landmarks import (
+    INNER_FACE,
+    INNER_LIPS,
+    JAW,
+    LEFT_BROW,
+    LEFT_EYE,
+    NOSE_BRIDGE,
+    NOSTRILS,
+    OUTER_LIPS,
+    RIGHT_BROW,
+    RIGHT_EYE,
+)
 
 MANIFEST_COLUMNS = [*formats.MANIFEST_COLUMNS, "identity", "split", "method"]   # the shared ones, then ours
 

@@ -16,9 +16,9 @@ import torch
 import main_finetune
 import models_mae
 import models_vit
+import util.checkpoint as checkpoint
 from engine_finetune import BalancedSampler, recon_labels_after_mixing, reconstruction_loss, uses_recon
 from util.datasets import FaceDataset, FaceTransform, Sample, read_manifest
-import util.checkpoint as checkpoint
 from util.lr_decay import param_groups_lrd
 from util.pos_embed import resize_pos_embed
 

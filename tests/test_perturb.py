@@ -55,6 +55,7 @@ def test_pixelation_is_bilinear_down_and_up_scaling(img):
 
 def test_jpeg_matches_pillow_at_the_same_quality(img):
     import io
+
     from PIL import Image
     for lv, q in enumerate(PERTURBATIONS['jpeg'], 1):
         buf = io.BytesIO()

@@ -283,8 +283,8 @@ def prep_fa_home(tmp_path_factory):
     """A TORCH_HOME holding random FAN and S3FD state dicts under face_alignment's names."""
     torch = pytest.importorskip('torch')
     pytest.importorskip('face_alignment')
-    from face_alignment.models import FAN
     from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
     home = tmp_path_factory.mktemp('torch_home')
     folder = home / 'hub' / 'checkpoints'
     folder.mkdir(parents=True)

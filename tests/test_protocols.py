@@ -196,8 +196,9 @@ def MiddleFace():
 
 def test_frame_protocol_writes_its_own_deterministic_manifests(tmp_path, monkeypatch):
     import cv2
-    import prepare_faces
     from skimage import data
+
+    import prepare_faces
     from preprocess import faces as F
     monkeypatch.setattr(F, 'build_landmarker', lambda *a, **k: MiddleFace())
     root = tmp_path / 'ffpp'
@@ -247,8 +248,13 @@ def test_frame_protocol_writes_its_own_deterministic_manifests(tmp_path, monkeyp
 
 # ---------------------------------------------------------------------- synthetic forgery families
 def test_forgery_families_are_deterministic_local_and_recorded(tmp_path):
-    from preprocess.synthetic_faces import (FORGERY_FAMILIES, family_method, generate_dataset, render_face,
-                                      sample_identity)
+    from preprocess.synthetic_faces import (
+        FORGERY_FAMILIES,
+        family_method,
+        generate_dataset,
+        render_face,
+        sample_identity,
+    )
     target, source = sample_identity(np.random.default_rng(1)), sample_identity(np.random.default_rng(2))
     real, lm_real = render_face(target, np.random.default_rng(5), 96)
     assert set(FORGERY_FAMILIES) == {'swap', 'reenact', 'local_edit', 'upsample', 'resynth'}
@@ -278,6 +284,7 @@ def test_forgery_families_are_deterministic_local_and_recorded(tmp_path):
 # ---------------------------------------------------------------------- EVALUATION.md
 def test_evaluation_md_commands_parse_with_the_scripts_parsers():
     import shlex
+
     import prepare_faces
     import util.metrics
     text = (Path(__file__).resolve().parents[1] / 'EVALUATION.md').read_text()
