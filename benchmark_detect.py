@@ -130,8 +130,8 @@ def evaluate(landmarker, scenes, min_face=40):
         ms, cpu_ms = 1000 * (time.perf_counter() - t), 1000 * (time.process_time() - cpu)
         boxes = [b for b in boxes if max(b[2] - b[0], b[3] - b[1]) >= min_face]
         hit = [sc['truth'] is not None and matches(b, sc['truth']) for b in boxes]
-        rows.append(dict(name=sc['name'], ms=round(ms, 1), cpu_ms=round(cpu_ms, 1), found=any(hit), false=hit.count(False),
-                         rejected=len(rest[0]) if rest else 0,
+        rows.append(dict(name=sc['name'], ms=round(ms, 1), cpu_ms=round(cpu_ms, 1), found=any(hit),
+                         false=hit.count(False), rejected=len(rest[0]) if rest else 0,
                          faces=[[round(float(v), 1) for v in b] + [round(s, 2)] for b, s in zip(boxes, scores)]))
     grid = [r for r, sc in zip(rows, scenes) if sc['truth'] is not None]
     return dict(found=sum(r['found'] for r in grid), grid=len(grid), false_faces=sum(r['false'] for r in rows),

@@ -124,13 +124,15 @@ def time_step(args, batch_size, amp, compiled, device, peak):
             ref, _ = model.float()(imgs[0], masks[0])
             with misc.autocast(device, amp_dtype):
                 got, _ = step_model(imgs[0], masks[0])
-        loss_check = dict(eager_fp32=float(ref), this=float(got), rel_diff=abs(float(got) - float(ref)) / abs(float(ref)))
+        loss_check = dict(eager_fp32=float(ref), this=float(got),
+                          rel_diff=abs(float(got) - float(ref)) / abs(float(ref)))
 
     warmup_s, elapsed, loss = time_steps(step, args.warmup, args.steps, device)
     ms = elapsed / args.steps * 1e3
     img_s = batch_size * args.steps / elapsed
     out = dict(device=device_name(device), torch=torch.__version__, model=args.model, variant=args.variant,
-               batch=batch_size, input_size=args.input_size, amp={None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}[amp_dtype],
+               batch=batch_size, input_size=args.input_size,
+               amp={None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}[amp_dtype],
                compile=compiled, img_s=round(img_s, 1), ms_step=round(ms, 2),
                peak_gib=round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2) if device.type == 'cuda' else None,
                gflop_img=round(gflop, 1), tflops=round(gflop * img_s / 1e3, 1), warmup_s=round(warmup_s, 1),

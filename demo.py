@@ -171,7 +171,8 @@ def finetune_argv(args, pretrained, train_csv, val_csv, test_csv, out_dir):
             '--warmup_epochs', '1', '--smoothing', '0', '--layer_decay', '1', '--recipe', 'light',
             '--num_workers', str(args.num_workers), '--device', args.device, '--seed', str(args.seed),
             '--print_freq', '5', '--no_auto_resume'] \
-        + (['--full_finetune'] if args.trainable_blocks is None else ['--trainable_blocks', str(args.trainable_blocks)]) \
+        + (['--full_finetune'] if args.trainable_blocks is None
+           else ['--trainable_blocks', str(args.trainable_blocks)]) \
         + ([] if args.verbose else ['--quiet'])
 
 
@@ -259,8 +260,8 @@ def main(args):
 
     total = time.time() - start
     summary = dict(test={k: test.get(k) for k in ('auc', 'video_auc', 'eer', 'ap', 'acc')},
-                   best_val_auc=ft.get('best_val_auc'), **protocols, timings_s={k: round(v, 1) for k, v in timings.items()},
-                   total_s=round(total, 1), args=vars(args))
+                   best_val_auc=ft.get('best_val_auc'), **protocols,
+                   timings_s={k: round(v, 1) for k, v in timings.items()}, total_s=round(total, 1), args=vars(args))
     (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=str))
     print('\n=== done ===')
     print('held-out identities: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary['test'].items() if v is not None))

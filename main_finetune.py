@@ -105,7 +105,8 @@ def parse_args(argv=None):
 
 def get_args_parser():
     parser = argparse.ArgumentParser('MIFAE fine-tuning (deepfake detection)', add_help=False)
-    parser.add_argument('--batch_size', default=64, type=int, help='batch size per GPU (effective: batch_size * accum_iter * #gpus)')
+    parser.add_argument('--batch_size', default=64, type=int,
+                        help='batch size per GPU (effective: batch_size * accum_iter * #gpus)')
     t = parser.add_argument_group('training (--eval ignores these, and the model, optimizer and mixup groups)')
     t.add_argument('--epochs', default=100, type=int)
     t.add_argument('--accum_iter', default=1, type=int, help='accumulate gradients over this many iterations')
@@ -149,15 +150,18 @@ def get_args_parser():
     g = parser.add_argument_group('mixup / cutmix (timm; off when both alphas are 0)')
     g.add_argument('--mixup', type=float, default=0.8, help='mixup alpha')
     g.add_argument('--cutmix', type=float, default=1.0, help='cutmix alpha')
-    g.add_argument('--cutmix_minmax', type=float, nargs=2, default=None, help='cutmix box ratio range (overrides alpha)')
+    g.add_argument('--cutmix_minmax', type=float, nargs=2, default=None,
+                   help='cutmix box ratio range (overrides alpha)')
     g.add_argument('--mixup_prob', type=float, default=1.0, help='probability of mixing a batch')
     g.add_argument('--mixup_switch_prob', type=float, default=0.5, help='probability of cutmix when both are on')
     g.add_argument('--mixup_mode', type=str, default='batch', choices=['batch', 'pair', 'elem'])
 
     g = parser.add_argument_group('data')
     t.add_argument('--train_manifest', default='', help='labelled manifest CSV to train on (e.g. FF++ c23 train)')
-    t.add_argument('--val_manifest', default='', help='labelled manifest CSV (source domain) that picks the best checkpoint')
-    g.add_argument('--test_manifests', nargs='+', default=[], help='manifest CSVs to evaluate (after training, or with --eval)')
+    t.add_argument('--val_manifest', default='',
+                   help='labelled manifest CSV (source domain) that picks the best checkpoint')
+    g.add_argument('--test_manifests', nargs='+', default=[],
+                   help='manifest CSVs to evaluate (after training, or with --eval)')
     t.add_argument('--balance', action='store_true', help='draw real and fake training faces equally often '
                                                           '(default: the natural class ratio)')
     t.add_argument('--no_balance', action='store_false', dest='balance')
@@ -177,7 +181,8 @@ def get_args_parser():
     g.add_argument('--no_pin_mem', action='store_false', dest='pin_mem')
     parser.set_defaults(pin_mem=True)
     g.add_argument('--eval_batch_size', default=None, type=int, help='evaluation batch size (default 2 x batch_size)')
-    g.add_argument('--threshold', default=0.5, type=float, help='fake probability above which a face counts as fake (ACC)')
+    g.add_argument('--threshold', default=0.5, type=float,
+                   help='fake probability above which a face counts as fake (ACC)')
 
     g = parser.add_argument_group('evaluation protocols (EVALUATION.md)')
     g.add_argument('--group_by', default=None, choices=protocols.GROUP_KEYS,
@@ -849,8 +854,9 @@ def main(args):
         stats.update(best_val_auc=best_auc, best_epoch=best_epoch)
         if getattr(args, 'changed_flags', None) and epoch == args.start_epoch:     # --allow_changed_flags: on record
             stats['changed_flags'] = args.changed_flags
-        save_epoch(args, model_without_ddp, optimizer, epoch, scaler, improved, detector=meta, recipe=recipe, best_val_auc=best_auc,
-                   best_epoch=best_epoch, val=val, log_stats=stats)        # log_stats: see checkpoint.complete_log
+        save_epoch(args, model_without_ddp, optimizer, epoch, scaler, improved, detector=meta, recipe=recipe,
+                   best_val_auc=best_auc, best_epoch=best_epoch, val=val,
+                   log_stats=stats)        # log_stats: see checkpoint.complete_log
         misc.log_epoch(args.output_dir, epoch, stats)
     if log_writer is not None:
         log_writer.close()

@@ -30,7 +30,8 @@ error = partial(misc.usage_error, 'main_pretrain.py')     # raise error('--flag 
 
 def get_args_parser():
     parser = argparse.ArgumentParser('MIFAE pre-training', add_help=False)
-    parser.add_argument('--batch_size', default=64, type=int, help='batch size per GPU (effective: batch_size * accum_iter * #gpus)')
+    parser.add_argument('--batch_size', default=64, type=int,
+                        help='batch size per GPU (effective: batch_size * accum_iter * #gpus)')
     parser.add_argument('--epochs', default=400, type=int)
     parser.add_argument('--accum_iter', default=1, type=int, help='accumulate gradients over this many iterations')
 
@@ -49,7 +50,8 @@ def get_args_parser():
     g.add_argument('--lamda', default=1.0, type=float, help='weight of the frequency loss')
     g.add_argument('--freq_loss', default='reference', choices=list(FREQ_LOSSES),
                    help="reference: the reference code's loss, mean of sqrt(|F(pred[c]) - F(grey)|^2 + 1e-7) over the "
-                        "masked bins and the RGB channels; ffl: Jiang et al.'s focal frequency loss of the grey prediction")
+                        "masked bins and the RGB channels; ffl: Jiang et al.'s focal frequency loss of the grey "
+                        "prediction")
     g.add_argument('--ffl_alpha', default=1.0, type=float,
                    help='focal frequency loss exponent of --freq_loss ffl (0 = plain mean squared distance)')
 
@@ -62,7 +64,8 @@ def get_args_parser():
     g.add_argument('--clip_grad', type=float, default=None, help='max gradient norm (off by default)')
 
     g = parser.add_argument_group('data')
-    g.add_argument('--data_path', default='', type=str, help='manifest CSV or folder of faces with sidecar .npy landmarks')
+    g.add_argument('--data_path', default='', type=str,
+                   help='manifest CSV or folder of faces with sidecar .npy landmarks')
     g.add_argument('--min_crop_scale', default=0.2, type=float, help='RandomResizedCrop minimum area fraction')
     g.add_argument('--strict_data', action='store_true', help='an unreadable image is an error, not skipped')
     g.add_argument('--include_fakes', action='store_true',
@@ -244,12 +247,14 @@ def main(args):
         raise
 
     if args.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == 'cuda' else None)
+        model = torch.nn.parallel.DistributedDataParallel(model,
+                                                          device_ids=[args.gpu] if device.type == 'cuda' else None)
     model = misc.maybe_compile(model, device, args.compile)
 
     if misc.is_main_process():
         print(f'{args.model}: {sum(p.numel() for p in model_without_ddp.parameters()) / 1e6:.1f}M parameters, '
-              f'{len(dataset)} images, mask {args.mask_strategy} {args.mask_ratio}, radius {model_without_ddp.mask_radius:.3g}')
+              f'{len(dataset)} images, mask {args.mask_strategy} {args.mask_ratio}, '
+              f'radius {model_without_ddp.mask_radius:.3g}')
         print(f'effective batch size {eff_batch} = {args.batch_size} x {args.accum_iter} accum x '
               f'{misc.get_world_size()} processes; lr {args.lr:.3e} (blr {args.blr:.3e} x {eff_batch} / 256)')
         print(json.dumps({k: v for k, v in vars(args).items()}, default=str))

@@ -3,9 +3,9 @@
 Spatial branch (facial-region-guided masking): the encoder sees the visible 25% of the patches, the
 spatial decoder (MAE's, 8 x 512 for ViT-B) predicts the removed ones; MSE on removed patches.
 Frequency branch (high-frequency masking): the encoder -- same blocks, own cls token -- sees all
-patches of the low-pass image; a light frequency decoder (on the spatial decoder's decoder_embed) predicts an image whose spectrum must match
-the grey original's in the masked high-frequency bins (the reference code's loss, or Jiang et al.'s
-focal frequency loss with --freq_loss ffl).
+patches of the low-pass image; a light frequency decoder (on the spatial decoder's decoder_embed)
+predicts an image whose spectrum must match the grey original's in the masked high-frequency bins
+(the reference code's loss, or Jiang et al.'s focal frequency loss with --freq_loss ffl).
 loss = spatial + lamda * frequency.
 
 Shapes are static throughout: a mask removes a fixed number of patches, visible tokens are picked with

@@ -212,7 +212,8 @@ def load_pretrained(model, path, decoder_path=None, model_name='the model'):
     """Initialise encoder and frozen decoder from a pre-training checkpoint (MIFAE or original MAE).
 
     The encoder's pos_embed is resized to this input size; the fixed sin-cos decoder_pos_embed is the
-    decoder file's (the positions the decoder learnt with), rebuilt only for another patch grid; mask_token and the frequency branch are ignored; a checkpoint's head is loaded only when
+    decoder file's (the positions the decoder learnt with), rebuilt only for another patch grid;
+    mask_token and the frequency branch are ignored; a checkpoint's head is loaded only when
     it is a fine-tuning checkpoint of the same kind. Raises ValueError naming the file and the keys whose
     shapes differ, or the missing encoder keys. Returns dict(decoder_loaded, norm_pix_loss, args):
     norm_pix_loss as recorded by the file the decoder comes from, args those of `path` (a dict).
@@ -229,7 +230,8 @@ def load_pretrained(model, path, decoder_path=None, model_name='the model'):
     state = dict(state)
     if 'pos_embed' in state and state['pos_embed'].ndim == 3 and 'pos_embed' in own:
         grid = model.img_size // model.patch_size
-        if state['pos_embed'].shape[1] - 1 != grid * grid and state['pos_embed'].shape[-1] == own['pos_embed'].shape[-1]:
+        if (state['pos_embed'].shape[1] - 1 != grid * grid
+                and state['pos_embed'].shape[-1] == own['pos_embed'].shape[-1]):
             old = int(round((state['pos_embed'].shape[1] - 1) ** .5))
             state['pos_embed'] = resize_pos_embed(state['pos_embed'], grid)
             print(f'{path}: pos_embed resized from a {old}x{old} to a {grid}x{grid} patch grid')

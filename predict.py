@@ -50,7 +50,8 @@ def get_args_parser():
                    help='dlib: face detector (hybrid: rolled HOG proposals verified by the CNN; see '
                         'docs/face_detection.md); face_alignment uses its own S3FD')
     p.add_argument('--weights_dir', default=None, help='folder with the face_alignment weight files')
-    p.add_argument('--margin', default=1.3, type=float, help='face crop side / landmark box side (as in prepare_faces.py)')
+    p.add_argument('--margin', default=1.3, type=float,
+                   help='face crop side / landmark box side (as in prepare_faces.py)')
     p.add_argument('--largest_face_only', action='store_true', help='images: score only the largest face')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--batch_size', default=32, type=int, help='faces per forward pass')
@@ -141,7 +142,8 @@ class Predictor:
             return dict(res, **no_face(path, [reason], dropped=len(dropped)))
         probs, panels = self.score_crops([f['crop'] for f in found], with_heatmaps)
         res.update(status='ok', prob=float(probs.max()), faces=[
-            dict(face=i, box=[round(v, 1) for v in f['box']], prob=float(p)) for i, (f, p) in enumerate(zip(found, probs))])
+            dict(face=i, box=[round(v, 1) for v in f['box']], prob=float(p))
+            for i, (f, p) in enumerate(zip(found, probs))])
         res['_panels'] = panels
         return res
 

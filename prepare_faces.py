@@ -71,7 +71,8 @@ def get_args_parser():
     p.add_argument('--landmarker', default='face_alignment', choices=['face_alignment', 'dlib'])
     p.add_argument('--detector', default=F.DEFAULT_DETECTOR, choices=list(F.DETECTORS),
                    help='dlib: face detector (hybrid: HOG proposals on the image and rolled copies, each verified '
-                        'by the CNN; hog: upright HOG only; cnn: the CNN on the whole frame). See docs/face_detection.md')
+                        'by the CNN; hog: upright HOG only; cnn: the CNN on the whole frame). '
+                        'See docs/face_detection.md')
     p.add_argument('--device', default='auto', help='face_alignment: cuda, cpu or auto')
     p.add_argument('--weights_dir', default=None, help='face_alignment: folder with its weight files')
     p.add_argument('--no_download', action='store_true', help='face_alignment: never download weights')

@@ -326,7 +326,8 @@ class DlibLandmarker(Landmarker):
         self.predictor = dlib.shape_predictor(model_path or dlib_model_path())
         self.cnn = None
         if detector in ('hybrid', 'cnn'):
-            self.cnn = dlib.cnn_face_detection_model_v1(cnn_model_path or dlib_model_path('mmod_human_face_detector.dat'))
+            self.cnn = dlib.cnn_face_detection_model_v1(
+                cnn_model_path or dlib_model_path('mmod_human_face_detector.dat'))
 
     @staticmethod
     def _gray(img):

@@ -82,8 +82,8 @@ def finetune_tiny(pretrained_tiny, synthetic_data, tmp_path_factory):
     argv = ['--finetune', pretrained_tiny / 'checkpoint-last.pth', '--train_manifest', train, '--val_manifest', val,
             '--test_manifests', synthetic_data['test'], '--output_dir', out, '--input_size', FINETUNE['input_size'],
             '--batch_size', FINETUNE['batch_size'], '--epochs', FINETUNE['epochs'], '--lr', FINETUNE['lr'],
-            '--trainable_blocks', FINETUNE['trainable_blocks'], '--warmup_epochs', 1, '--num_workers', 0, '--recipe', 'light',
-            '--device', 'cpu', '--quiet', '--print_freq', 5, '--no_auto_resume']
+            '--trainable_blocks', FINETUNE['trainable_blocks'], '--warmup_epochs', 1, '--num_workers', 0,
+            '--recipe', 'light', '--device', 'cpu', '--quiet', '--print_freq', 5, '--no_auto_resume']
     args = main_finetune.get_args_parser().parse_args([str(a) for a in argv])
     result = main_finetune.main(args)
     return dict(out=out, result=result, train=train, val=val, test=synthetic_data['test'],

@@ -403,15 +403,16 @@ def test_video_with_real_and_fake_frames_fails_at_start(finetune_tiny, pretraine
     msg = re.escape(f"val_mixed.csv: video '{real['video']}' has both real and fake frames")
     base = ['--finetune', pretrained_tiny / 'checkpoint-last.pth', '--train_manifest', finetune_tiny['train'],
             '--input_size', 112, '--epochs', 1, '--device', 'cpu', '--num_workers', 0, '--quiet', '--no_auto_resume']
-    for name, extra in (('val', ['--val_manifest', mixed]), ('test', ['--test_manifests', finetune_tiny['test'], mixed])):
+    for name, extra in (('val', ['--val_manifest', mixed]),
+                        ('test', ['--test_manifests', finetune_tiny['test'], mixed])):
         out = tmp_path / name
         with pytest.raises(SystemExit, match=msg):
             main_finetune.main(ft_args(base + extra + ['--output_dir', out]))
         assert not (out / 'checkpoint-last.pth').exists()
     with pytest.raises(SystemExit, match=msg):
-        main_finetune.main(ft_args(['--eval', '--resume', finetune_tiny['out'] / 'checkpoint-best.pth', '--test_manifests',
-                                    finetune_tiny['test'], mixed, '--output_dir', tmp_path / 'eval', '--device', 'cpu',
-                                    '--num_workers', 0, '--quiet']))
+        main_finetune.main(ft_args(['--eval', '--resume', finetune_tiny['out'] / 'checkpoint-best.pth',
+                                    '--test_manifests', finetune_tiny['test'], mixed, '--output_dir', tmp_path / 'eval',
+                                    '--device', 'cpu', '--num_workers', 0, '--quiet']))
     assert 'Evaluating' not in capsys.readouterr().out
 
 
@@ -496,7 +497,8 @@ def test_mae_namespace_args_and_norm_pix_of_the_decoder_file(pretrained_tiny, fi
 # ---------------------------------------------------------------------- one-line errors, flags not dropped
 def test_more_bad_input_fails_in_one_line(finetune_tiny, pretrained_tiny, synthetic_data, tmp_path, capsys):
     rows = read_rows(finetune_tiny['train'])
-    fakes = write_rows(Path(finetune_tiny['train']).with_name('only_fakes.csv'), [r for r in rows if r['label'] == '1'][:8])
+    fakes = write_rows(Path(finetune_tiny['train']).with_name('only_fakes.csv'),
+                       [r for r in rows if r['label'] == '1'][:8])
     def argv(*extra, train=finetune_tiny['train'], out=tmp_path):
         return ft_args(['--finetune', pretrained_tiny / 'checkpoint-last.pth', '--train_manifest', train,
                         '--output_dir', out, '--input_size', 112, '--device', 'cpu', '--num_workers', 0, '--quiet',
@@ -516,14 +518,15 @@ def test_more_bad_input_fails_in_one_line(finetune_tiny, pretrained_tiny, synthe
     bench = benchmark_finetune.get_args_parser().parse_args(
         ['--mode', 'eval_e2e', '--device', 'cpu', '--model', 'vit_tiny_patch16', '--input_size', '32', '--batch_size',
          '512', '--num_workers', '0', '--compile', 'off', '--data_path', str(synthetic_data['test'])])
-    with pytest.raises(SystemExit, match=r'eval_e2e: \d+ images in --data_path .* give no full batch of --batch_size 512'):
+    with pytest.raises(SystemExit,
+                       match=r'eval_e2e: \d+ images in --data_path .* give no full batch of --batch_size 512'):
         benchmark_finetune.main(bench)
 
 
 def test_eval_notes_the_flags_it_ignores(finetune_tiny, tmp_path, capsys):
-    argv = ['--eval', '--resume', finetune_tiny['out'] / 'checkpoint-best.pth', '--test_manifests', finetune_tiny['test'],
-            '--output_dir', tmp_path, '--device', 'cpu', '--num_workers', 0, '--quiet', '--input_size', 128,
-            '--global_pool', '--epochs', 3, '--balance', '--batch_size', 32]
+    argv = ['--eval', '--resume', finetune_tiny['out'] / 'checkpoint-best.pth',
+            '--test_manifests', finetune_tiny['test'], '--output_dir', tmp_path, '--device', 'cpu', '--num_workers', 0,
+            '--quiet', '--input_size', 128, '--global_pool', '--epochs', 3, '--balance', '--batch_size', 32]
     main_finetune.main(ft_args(argv))
     notes = [line for line in capsys.readouterr().out.splitlines() if 'note:' in line]
     assert len(notes) == 1 and notes[0].endswith('ignoring --epochs 3, --balance, --input_size 128, --global_pool')

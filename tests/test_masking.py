@@ -21,7 +21,8 @@ def random_face_landmarks(rng, size=224):
     lm[31:36] = np.stack([cx + s * np.linspace(-0.15, 0.15, 5), np.full(5, cy + 0.15 * s)], 1)
     for base, ox in ((36, -0.45), (42, 0.15)):
         ang = np.linspace(0, 2 * np.pi, 7)[:6]
-        lm[base:base + 6] = np.stack([cx + s * (ox + 0.15 + 0.15 * np.cos(ang)), cy - 0.3 * s + 0.06 * s * np.sin(ang)], 1)
+        lm[base:base + 6] = np.stack([cx + s * (ox + 0.15 + 0.15 * np.cos(ang)),
+                                      cy - 0.3 * s + 0.06 * s * np.sin(ang)], 1)
     ang = np.linspace(0, 2 * np.pi, 13)[:12]
     lm[48:60] = np.stack([cx + 0.35 * s * np.cos(ang), cy + 0.45 * s + 0.12 * s * np.sin(ang)], 1)
     ang = np.linspace(0, 2 * np.pi, 9)[:8]

@@ -30,7 +30,8 @@ def test_large_factories_on_meta_device(name, patch, enc_params):
     with torch.device('meta'):
         model = models_mae.MODELS[name]()
     assert model.patch_size == patch and model.num_patches == (224 // patch) ** 2
-    enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith(('patch_embed', 'blocks', 'norm.', 'cls_token')))
+    enc = sum(p.numel() for n, p in model.named_parameters()
+              if n.startswith(('patch_embed', 'blocks', 'norm.', 'cls_token')))
     assert abs(enc - enc_params) / enc_params < 0.01
     assert len(model.decoder_blocks) == 8 and model.decoder_embed.out_features == 512
 
@@ -67,11 +68,11 @@ def test_visible_tokens_return_to_their_own_positions():
     pred = model.forward_decoder(latent, ids_restore)              # [N, L, 768]
     pos = model.pos_embed[0, 1:, :dd]                              # [L, dd]
     for n in range(3):
-        for l in range(16):
-            if mask[n, l]:
-                assert torch.allclose(pred[n, l, :dd], torch.full((dd,), -7.0))
+        for j in range(16):
+            if mask[n, j]:
+                assert torch.allclose(pred[n, j, :dd], torch.full((dd,), -7.0))
             else:
-                assert torch.allclose(pred[n, l, :dd], pos[l], atol=1e-6)
+                assert torch.allclose(pred[n, j, :dd], pos[j], atol=1e-6)
 
 
 def test_both_branches_send_gradient_into_the_shared_encoder():

@@ -97,7 +97,8 @@ def test_face_too_small_is_not_called_no_face(finetune_tiny, media):
                                                                          'sampled frame(s)')
     mixed = predict.no_face('v.mp4', ['no face', 'face too small'], frames=True)
     assert mixed == dict(status='no_face',
-                         message='v.mp4: face too small (under 40 px) in 1 of 2 sampled frame(s), no face in the other 1')
+                         message='v.mp4: face too small (under 40 px) in 1 of 2 sampled frame(s), '
+                                 'no face in the other 1')
 
 
 def test_outputs_and_device_are_checked_before_any_work(finetune_tiny, media, tmp_path, capsys):
@@ -159,7 +160,8 @@ class VerifyingStub:
     """A landmarker whose detector verified one face per image and dropped two candidates."""
 
     def detect_batch(self, images):
-        return [([(100.0, 60.0, 260.0, 220.0, 0.0)], [1.0], [(10.0, 10.0, 60.0, 60.0, 0.0), (300.0, 20.0, 380.0, 100.0, 40.0)])
+        return [([(100.0, 60.0, 260.0, 220.0, 0.0)], [1.0],
+                 [(10.0, 10.0, 60.0, 60.0, 0.0), (300.0, 20.0, 380.0, 100.0, 40.0)])
                 for _ in images]
 
     def landmarks_batch(self, images, boxes_per_image):

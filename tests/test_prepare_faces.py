@@ -848,6 +848,7 @@ def test_video_per_folder_makes_each_frame_folder_one_video(tmp_path, prep_stub,
     loads, seen = [], []
     real_load, real_extract = F.load_image_rgb, F.extract_faces_batch
     monkeypatch.setattr(F, 'load_image_rgb', lambda p: loads.append(p) or real_load(p))
-    monkeypatch.setattr(F, 'extract_faces_batch', lambda imgs, *a, **k: seen.append(len(loads)) or real_extract(imgs, *a, **k))
+    monkeypatch.setattr(F, 'extract_faces_batch',
+                        lambda imgs, *a, **k: seen.append(len(loads)) or real_extract(imgs, *a, **k))
     prepare_faces.main(args_for(src / 'a', tmp_path / 'all', '--video_per_folder', '--frames_per_video', 0))
     assert seen == [8, 10]

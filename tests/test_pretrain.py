@@ -194,7 +194,8 @@ def test_contradicting_flags_are_rejected_with_one_line(flags, reason, tmp_path)
 
 def test_seed_readme_command_parses_and_radius_alias():
     argv = ['--batch_size', '64', '--model', 'mae_vit_base_patch16', '--norm_pix_loss', '--mask_ratio', '0.75',
-            '--mask_radius', '16', '--epochs', '800', '--warmup_epochs', '40', '--blr', '1.5e-4', '--weight_decay', '0.05']
+            '--mask_radius', '16', '--epochs', '800', '--warmup_epochs', '40', '--blr', '1.5e-4',
+            '--weight_decay', '0.05']
     args = main_pretrain.get_args_parser().parse_args(argv)
     assert args.mask_radius == 16 and args.norm_pix_loss and args.epochs == 800
     assert main_pretrain.get_args_parser().parse_args(['--radius', '12']).mask_radius == 12

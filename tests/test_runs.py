@@ -52,15 +52,17 @@ def micro(synthetic_data, tmp_path_factory):
                                                         norm_pix_loss=False, mask_ratio=0.75)), pre)
     train = synthetic_data['train']
     return dict(pre=pre, folder=folder, train=subset(train, 'runs_train.csv', 16, 16),
-                val=subset(train, 'runs_val.csv', 8, 8, skip=16), test=subset(synthetic_data['test'], 'runs_test.csv', 8, 8),
+                val=subset(train, 'runs_val.csv', 8, 8, skip=16),
+                test=subset(synthetic_data['test'], 'runs_test.csv', 8, 8),
                 pretrain=subset(synthetic_data['pretrain'], 'runs_pretrain.csv', 16, 0))
 
 
 def ft_argv(micro, out, *extra, epochs=3):
     return [str(a) for a in ['--finetune', micro['pre'], '--train_manifest', micro['train'], '--val_manifest',
                              micro['val'], '--test_manifests', micro['test'], '--output_dir', out, '--input_size', 32,
-                             '--batch_size', 8, '--epochs', epochs, '--lr', 2e-3, '--warmup_epochs', 1, '--full_finetune',
-                             '--device', 'cpu', '--num_workers', 0, '--quiet', '--print_freq', 2, '--seed', 1, *extra]]
+                             '--batch_size', 8, '--epochs', epochs, '--lr', 2e-3, '--warmup_epochs', 1,
+                             '--full_finetune', '--device', 'cpu', '--num_workers', 0, '--quiet', '--print_freq', 2,
+                             '--seed', 1, *extra]]
 
 
 def ft_args(micro, out, *extra, epochs=3):
@@ -68,9 +70,9 @@ def ft_args(micro, out, *extra, epochs=3):
 
 
 def pre_args(micro, out, *extra, epochs=2):
-    argv = ['--data_path', micro['pretrain'], '--output_dir', out, '--model', 'mae_vit_micro_patch8', '--input_size', 32,
-            '--batch_size', 8, '--epochs', epochs, '--warmup_epochs', 1, '--device', 'cpu', '--num_workers', 0,
-            '--quiet', '--print_freq', 1, *extra]
+    argv = ['--data_path', micro['pretrain'], '--output_dir', out, '--model', 'mae_vit_micro_patch8',
+            '--input_size', 32, '--batch_size', 8, '--epochs', epochs, '--warmup_epochs', 1, '--device', 'cpu',
+            '--num_workers', 0, '--quiet', '--print_freq', 1, *extra]
     return main_pretrain.get_args_parser().parse_args([str(a) for a in argv])
 
 
@@ -130,7 +132,8 @@ def test_output_dir_that_is_a_file_is_refused_by_every_stage(micro, tmp_path):
     ev = ['--eval', '--resume', str(micro['pre']), '--test_manifests', str(micro['test']), '--device', 'cpu']
     one_line(main_finetune.check_args, main_finetune.get_args_parser().parse_args(ev + ['--output_dir', str(blocker)]),
              match=msg)
-    one_line(main_finetune.check_args, main_finetune.get_args_parser().parse_args(ev + ['--output_dir', str(READ_ONLY)]),
+    one_line(main_finetune.check_args,
+             main_finetune.get_args_parser().parse_args(ev + ['--output_dir', str(READ_ONLY)]),
              match=f'cannot write to {READ_ONLY}')
 
 
@@ -145,8 +148,8 @@ def test_a_checkpoint_holding_no_dict_is_one_line_everywhere(micro, tmp_path):
     torch.save([1, 2, 3], bad)
     with pytest.raises(ValueError, match=r'list.pth: holds a list, not a checkpoint'):
         checkpoint.load(bad)
-    ev = ['--eval', '--resume', bad, '--test_manifests', micro['test'], '--output_dir', tmp_path / 'e', '--device', 'cpu',
-          '--num_workers', 0, '--quiet']
+    ev = ['--eval', '--resume', bad, '--test_manifests', micro['test'], '--output_dir', tmp_path / 'e',
+          '--device', 'cpu', '--num_workers', 0, '--quiet']
     one_line(main_finetune.main, main_finetune.get_args_parser().parse_args([str(a) for a in ev]),
              match='holds a list, not a checkpoint')
     one_line(main_finetune.main, ft_args(micro, tmp_path / 'f', '--finetune', bad, '--no_auto_resume'),
@@ -178,7 +181,8 @@ def test_disk_full_while_saving_names_the_file_and_keeps_the_previous_one(micro,
     out = tmp_path / 'run'                                     # through a training run: one line, exit
     full_disk(monkeypatch)
     msg = one_line(main_pretrain.main, pre_args(micro, out, epochs=1))
-    assert msg.startswith('main_pretrain.py: error: no space left on ') and 'checkpoint-last.pth; nothing was written' in msg
+    assert (msg.startswith('main_pretrain.py: error: no space left on ')
+            and 'checkpoint-last.pth; nothing was written' in msg)
 
 
 # ---------------------------------------------------------------------- numbered cases
@@ -275,7 +279,8 @@ def test_lost_best_checkpoint_is_repaired_from_the_last_one(micro, tmp_path, cap
 # ---------------------------------------------------------------------- the crash test
 def run_killed(micro, out, kill_after, epochs):
     """main_finetune.py in its own process, SIGKILLed right after `kill_after` (file[:k]) is in place."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), **{checkpoint.KILL_HOOK: kill_after})  # as here
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()),  # as here
+               **{checkpoint.KILL_HOOK: kill_after})
     res = subprocess.run([sys.executable, 'main_finetune.py', *ft_argv(micro, out, epochs=epochs)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == -9, res.stdout[-2000:] + res.stderr[-2000:]       # killed, not failed

@@ -222,8 +222,8 @@ def test_cli(tmp_path):
     assert 12 <= len(rows) <= 20
     assert (out / rows[0]["path"]).is_file()
     # --artefacts strong: the same faces (same seed), only the fakes differ
-    res = subprocess.run([sys.executable, "-m", "preprocess.synthetic_faces", "--out", str(tmp_path / "strong"), "--num", "16",
-                          "--size", "64", "--frames", "2", "--seed", "1", "--artefacts", "strong"],
+    res = subprocess.run([sys.executable, "-m", "preprocess.synthetic_faces", "--out", str(tmp_path / "strong"),
+                          "--num", "16", "--size", "64", "--frames", "2", "--seed", "1", "--artefacts", "strong"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     for r in rows:

@@ -172,7 +172,8 @@ def test_figure4_from_a_detector_checkpoint(finetune_tiny, pretrained_tiny, tmp_
                                              '--out', str(tmp_path)])
     written = viz.main(args)
     assert list(written) == [4]
-    layout = viz.Layout(4, 4, viz.display_size(finetune_tiny['input_size']), title_h=26)   # 2 real + 2 fake; + Grad-CAM row
+    # 2 real + 2 fake; + Grad-CAM row
+    layout = viz.Layout(4, 4, viz.display_size(finetune_tiny['input_size']), title_h=26)
     img = png(written[4])
     assert img.shape[1::-1] == layout.size
     assert_not_blank(img, layout)

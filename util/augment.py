@@ -23,7 +23,7 @@ class TimmTrainTransform:
         primary, secondary, _ = create_transform(
             input_size, is_training=True, scale=scale, auto_augment=None if aa in (None, 'none') else aa,
             interpolation='bicubic', mean=IMAGENET_MEAN, std=IMAGENET_STD, separate=True)
-        self.size, self.normalize = input_size, False                        # uint8 out, as FaceTransform(normalize=False)
+        self.size, self.normalize = input_size, False          # uint8 out, as FaceTransform(normalize=False)
         self.parts = [*primary.transforms, *secondary.transforms]
 
     def __call__(self, img, landmarks=None, generator=None):

@@ -215,7 +215,8 @@ def _robustness_png(path, doc, levels):
     fig, axes = plt.subplots(1, len(sets), figsize=(4.6 * len(sets), 3.8), dpi=110, squeeze=False)
     for ax, (name, entry) in zip(axes[0], sets):
         for j, (kind, per) in enumerate(entry.get('perturbations', {}).items()):
-            pts = [(lv, per[str(lv)]['auc']) for lv in levels if per.get(str(lv)) and per[str(lv)].get('auc') is not None]
+            pts = [(lv, per[str(lv)]['auc']) for lv in levels
+                   if per.get(str(lv)) and per[str(lv)].get('auc') is not None]
             if pts:
                 ax.plot(*zip(*pts), marker='o', ms=3, lw=1.4, color=f'C{j % 10}', label=kind)
         clean = (entry.get('clean') or {}).get('auc')

@@ -57,7 +57,8 @@ def build_parser(entry, prog, description):
     g.add_argument('--cluster', default='slurm', choices=['slurm', 'local'],
                    help="local: submitit's LocalExecutor on this machine (one node, --ngpus processes), for tests")
     g.add_argument('--dry_run', action='store_true',
-                   help='print the Slurm parameters, the final arguments, the effective batch size and lr; submit nothing')
+                   help='print the Slurm parameters, the final arguments, the effective batch size and lr; '
+                        'submit nothing')
     # Parsed on a login node without GPUs: decide the device and output folder after parsing.
     parser.set_defaults(device=None, output_dir=None)
     for flag, note in (('--output_dir', 'default here: --job_dir'), ('--device', 'default here: cuda on Slurm')):
@@ -102,7 +103,8 @@ def finalize_args(args, entry, prog):
     if args.master_port is not None and not 0 < args.master_port < 65536:
         fail(prog, f'--master_port {args.master_port} is not a TCP port')
     if args.device is None:      # the login node usually has no GPU: Slurm jobs train on CUDA
-        args.device = 'cuda' if args.cluster == 'slurm' else importlib.import_module(entry).get_args_parser().get_default('device')
+        args.device = ('cuda' if args.cluster == 'slurm'
+                       else importlib.import_module(entry).get_args_parser().get_default('device'))
     if args.output_dir is None:
         args.output_dir = args.job_dir
     for name in PATH_FLAGS:                     # the job may start elsewhere: no relative paths
