@@ -8,7 +8,7 @@
   4. evaluation on held-out identities (frame / video AUC, EER, AP, ACC), then the evaluation protocols of
      EVALUATION.md: the AUC per forgery family never seen in training (preprocess.synthetic_faces.FORGERY_FAMILIES;
      the detector is fine-tuned on swaps only) and a robustness table (crop protocol, util/perturb.py)
-  5. the four figures (Visualization/visualize.py)
+  5. the five figures (Visualization/visualize.py)
 
   python demo.py                      # micro model on 64-px faces, about 2 minutes on 2 idle CPU cores
   python demo.py --quick              # the same pipeline, much smaller (seconds; used by the tests)
@@ -255,6 +255,7 @@ def main(args):
         written[4] = viz.write_discrepancy_figure(detector, samples, out / 'figures',
                                                   viz.manifest_groups(manifests['test']), args.seed,
                                                   device=args.device, per_group=2)
+        written[5] = viz.write_self_blend_figure(samples, out / 'figures', seed=args.seed)
         return written
     written = run_stage('figures', figures, timings)
 

@@ -405,7 +405,9 @@ def check_pseudo_fake_args(args):
     if args.batch_size < 2 or args.batch_size % 2:
         raise error(f'--pseudo_fakes sbi needs an even --batch_size (real + fake pairs), got {args.batch_size}')
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
-        if {'mixup', 'cutmix', 'cutmix_minmax'} & set(getattr(args, 'given', ())):
+        given, parser = getattr(args, 'given', None), get_args_parser()
+        if any(k in given if given is not None else getattr(args, k) != parser.get_default(k)
+               for k in ('mixup', 'cutmix', 'cutmix_minmax')):
             raise error('--pseudo_fakes sbi does not combine with --mixup / --cutmix '
                         '(a face that cannot be self-blended leaves an odd batch)')
         args.mixup, args.cutmix, args.cutmix_minmax = 0.0, 0.0, None
@@ -751,8 +753,8 @@ def run_eval(args, device, amp_dtype):
 # ---------------------------------------------------------------------- main
 def main(args):
     recipe = None if args.eval else apply_recipe(args, set(args.given) if hasattr(args, 'given') else None)
+    check_pseudo_fake_args(args)                               # before check_args: it may turn mixup off
     check_args(args)
-    check_pseudo_fake_args(args)
     if recipe is not None:                                     # as --pseudo_fakes left it
         recipe = {k: getattr(args, k) for k in recipe}
     device = misc.setup_run(args)

@@ -241,10 +241,8 @@ def main(args):
     try:
         checkpoint.resume_training(args, model_without_ddp, optimizer, scaler)
     except (FileNotFoundError, ValueError) as e:
+        refuse_old_freq_decoder(args)                      # the older frequency decoder: say so, and what to do
         raise error(f'cannot resume: {e}') from None
-    except SystemExit:
-        refuse_old_freq_decoder(args)
-        raise
 
     if args.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model,

@@ -35,6 +35,8 @@ def test_tiny_grid_writes_consistent_table_json_and_figure(tmp_path):
 def test_families_follow_the_generator_table(monkeypatch):
     def flat(target, source, rng, size):
         return np.full((size, size, 3), 128, np.uint8), None
+    assert list(bg.forgery_families()) == [*bg.sf.FORGERY_FAMILIES, bg.SBI_FAMILY]
+    monkeypatch.setattr(bg.sf, 'FORGERY_FAMILIES', None)            # a generator without a table: its swaps
     assert list(bg.forgery_families())[:2] == ['swap_strong', 'swap_subtle']
     monkeypatch.setattr(bg.sf, 'FORGERY_FAMILIES', {'flat': flat}, raising=False)
     fams = bg.forgery_families()

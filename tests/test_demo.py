@@ -45,7 +45,7 @@ def test_quick_demo_runs_and_writes_everything(tmp_path, capsys):
     assert summary['test']['auc'] == pytest.approx(report['sets']['test']['auc'])
     assert json.loads((out / 'summary.json').read_text())['test'] == summary['test']
 
-    # the four figures, real images with content
+    # the five figures, real images with content
     for num, name in sorted(demo.viz.FIGURE_FILES.items()):
         path = out / 'figures' / name
         assert path.is_file() and str(path) in printed, name

@@ -357,7 +357,8 @@ def test_unusable_samples_replaced_in_training_dropped_in_evaluation(synthetic_d
     for i in bad:
         item = train[i]
         assert item['replaced'] >= 1 and item['index'] not in bad and item['has_landmarks']
-        assert set(item) == {'img', 'label', 'index', 'has_landmarks', 'replaced', 'mask'}   # as pre-training reads
+        assert set(item) == {'img', 'label', 'index', 'has_landmarks', 'replaced', 'mask',
+                             'mask_fallback'}                                        # as stage 1 reads
     printed = capsys.readouterr().out
     assert all(f'[data] skipped: {tmp_path / f}' in printed for f in ('nan.npy', 'short.npy', 'corrupt.png'))
 

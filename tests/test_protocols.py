@@ -158,7 +158,7 @@ def test_train_methods_keeps_reals_and_chosen_fakes(synthetic_data, pretrained_t
     assert f'{n_df} of {n_df + sum(r["method"] == "Face2Face" for r in rows)} fakes' in out
     assert f'all {n_real} reals' in out
     with pytest.raises(SystemExit, match=r'--train_methods NT: no such fake .*Deepfakes, Face2Face'):
-        main_finetune.main(ft_args(argv[:-1] + ['NT']))
+        main_finetune.main(ft_args([tmp_path / 'ft2' if a == tmp_path / 'ft' else a for a in argv[:-1]] + ['NT']))
 
 
 def test_protocol_flags_fail_at_start_in_one_line(tmp_path):

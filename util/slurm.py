@@ -237,7 +237,10 @@ def submit(entry, argv=None, prog=None, description=None):
     problem = None
     if hasattr(module, 'check_args'):
         try:
-            module.check_args(copy.deepcopy(args))
+            checked = copy.deepcopy(args)
+            if str(args.device).startswith('cuda'):     # the job's GPUs are on the compute nodes, not here
+                checked.device = 'cpu'
+            module.check_args(checked)
         except SystemExit as e:
             problem = str(e)
     if args.dry_run:
