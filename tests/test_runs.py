@@ -62,7 +62,7 @@ def ft_argv(micro, out, *extra, epochs=3):
                              micro['val'], '--test_manifests', micro['test'], '--output_dir', out, '--input_size', 32,
                              '--batch_size', 8, '--epochs', epochs, '--lr', 2e-3, '--warmup_epochs', 1,
                              '--full_finetune', '--device', 'cpu', '--num_workers', 0, '--quiet', '--print_freq', 2,
-                             '--seed', 1, *extra]]
+                             '--seed', 0, '--recipe', 'light', *extra]]
 
 
 def ft_args(micro, out, *extra, epochs=3):
