@@ -248,7 +248,7 @@ def main(args):
 
     # 5. figures
     def figures():
-        model = viz.load_pretrained(pretrained, args.device)
+        model = viz.load_autoencoder(pretrained, args.device)
         samples = viz.load_samples(manifests['test'])
         written = viz.write_pretrain_figures(model, samples, out / 'figures', num_images=args.num_images,
                                              num_freq_images=2, seed=args.seed)

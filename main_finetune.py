@@ -271,12 +271,8 @@ def check_args(args):
         if not args.train_manifest:
             fail('--train_manifest is required to train (or pass --eval to evaluate)')
         manifests += [args.train_manifest] + ([args.val_manifest] if args.val_manifest else [])
-        if problem := misc.run_problem(args):
-            fail(problem)
-        try:
-            checkpoint.check_fresh_output(args)
-        except ValueError as e:
-            fail(str(e))
+        if problem := checkpoint.start_problem(args):
+                fail(problem)
         resuming = checkpoint.find_resume_checkpoint(args)
         if not args.finetune and not resuming:
             fail('--finetune <pre-training checkpoint> is required (unless resuming a fine-tuning run)')

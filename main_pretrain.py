@@ -122,12 +122,8 @@ def check_args(args):
         fail(f'--data_path {args.data_path} does not exist')
     if args.amp == 'fp16' and not str(args.device).startswith('cuda'):
         fail('--amp fp16 needs a CUDA device (use bf16 or none on CPU)')
-    if problem := misc.run_problem(args):
+    if problem := checkpoint.start_problem(args):
         fail(problem)
-    try:
-        checkpoint.check_fresh_output(args)
-    except ValueError as e:
-        fail(str(e))
     try:
         checkpoint.check_resume_args(args, get_args_parser(), hard=RESUME_SHAPE_FLAGS, harmless=RESUME_HARMLESS)
     except (FileNotFoundError, ValueError) as e:

@@ -132,7 +132,7 @@ def _model_args(ckpt, path):
     return Namespace(**args)
 
 
-def load_pretrained(path, device='cpu'):
+def load_autoencoder(path, device='cpu'):
     """The MIFAE of a main_pretrain.py checkpoint, in eval mode, rebuilt from the arguments it carries."""
     import main_pretrain
     try:
@@ -526,7 +526,7 @@ def main(args):
     detector = load_detector(args.detector, args.device) if 4 in args.figures and args.detector else None
     written = {}
     if any(f in args.figures for f in (1, 2, 3)):
-        model = load_pretrained(args.checkpoint, args.device)
+        model = load_autoencoder(args.checkpoint, args.device)
         if 3 in args.figures and model.old_freq_decoder:
             raise SystemExit(f'visualize.py: error: --checkpoint {args.checkpoint}: {model.old_freq_decoder}; '
                              f'figure 3 needs a checkpoint trained with it (figures 1, 2 and 4 still work)')

@@ -17,6 +17,16 @@ torch.set_num_threads(2)
 TINY = dict(model='mae_vit_tiny_patch16', input_size=112)
 
 
+def write_rows(path, rows):
+    """Manifest rows (dicts) written as a CSV at `path`. -> path"""
+    import csv
+    with open(path, 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 @pytest.fixture(scope='session')
 def synthetic_data(tmp_path_factory):
     """Real and fake synthetic faces (128 px) with manifests: all / train / test / pretrain."""

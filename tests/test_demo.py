@@ -96,7 +96,7 @@ def test_bad_options_are_one_line_errors(tmp_path):
 
 
 def test_notebook_cells_run_on_the_demo_output(demo_default, monkeypatch):
-    """Visualization/mifae_visualize.ipynb, cell by cell, on the demo's checkpoints: its four figures are written
+    """Visualization/mifae_visualize.ipynb, cell by cell, on the demo's checkpoints: its five figures are written
     and displayed (IPython's display is stood in for: it is not a dependency)."""
     import json
     import sys
@@ -119,7 +119,7 @@ def test_notebook_cells_run_on_the_demo_output(demo_default, monkeypatch):
               MANIFEST=out / 'data' / 'test.csv', OUT=out / 'figures_notebook', DEVICE='cpu')
     for code in cells[1:]:
         exec(code, ns)
-    assert [Path(p).name for p in shown] == [demo.viz.FIGURE_FILES[k] for k in (1, 2, 3, 4)]
+    assert [Path(p).name for p in shown] == [demo.viz.FIGURE_FILES[k] for k in (1, 2, 3, 4, 5)]
     for p in shown:
         assert png_ok(p), p
 

@@ -17,6 +17,7 @@ import main_finetune
 import models_mae
 import models_vit
 import util.checkpoint as checkpoint
+from conftest import write_rows
 from engine_finetune import BalancedSampler, recon_labels_after_mixing, reconstruction_loss, uses_recon
 from util.datasets import FaceDataset, FaceTransform, Sample, read_manifest
 from util.lr_decay import param_groups_lrd
@@ -25,14 +26,6 @@ from util.pos_embed import resize_pos_embed
 
 def ft_args(argv):
     return main_finetune.get_args_parser().parse_args([str(a) for a in argv])
-
-
-def write_rows(path, rows):
-    with open(path, 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def read_rows(path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import main_finetune
+from conftest import write_rows
 from util import protocols
 from util.datasets import Sample
 from util.metrics import compute_metrics
@@ -21,14 +22,6 @@ def ft_args(argv):
 def read_rows(path):
     with open(path, newline='') as f:
         return list(csv.DictReader(f))
-
-
-def write_rows(path, rows):
-    with open(path, 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def S(video, label, method='', dataset='d', frame=0):

@@ -157,7 +157,7 @@ def test_a_checkpoint_holding_no_dict_is_one_line_everywhere(micro, tmp_path):
     one_line(main_pretrain.main, pre_args(micro, tmp_path / 'p', '--resume', bad), match='holds a list')
     one_line(predict.main, ['--checkpoint', str(bad), 'a.png', '--device', 'cpu'], match='holds a list')
     import Visualization.visualize as viz
-    one_line(viz.load_pretrained, bad, match='holds a list')
+    one_line(viz.load_autoencoder, bad, match='holds a list')
 
 
 # ---------------------------------------------------------------------- a full disk: one line, old file kept

@@ -40,7 +40,7 @@ def assert_not_blank(img, layout):
 
 @pytest.fixture(scope='module')
 def figures(pretrained_tiny, synthetic_data, tmp_path_factory):
-    model = viz.load_pretrained(pretrained_tiny / 'checkpoint-last.pth')
+    model = viz.load_autoencoder(pretrained_tiny / 'checkpoint-last.pth')
     samples = load_samples(synthetic_data['test'])
     out = tmp_path_factory.mktemp('figures')
     written = viz.write_pretrain_figures(model, samples, out, (1, 2, 3), num_images=3, num_freq_images=2, seed=SEED)
@@ -136,7 +136,7 @@ def test_bad_inputs_are_one_line_errors(pretrained_tiny, synthetic_data, tmp_pat
     bogus = tmp_path / 'bogus.pth'
     torch.save({'model': {}}, bogus)
     with pytest.raises(SystemExit, match='no training arguments'):
-        viz.load_pretrained(bogus)
+        viz.load_autoencoder(bogus)
 
 
 def test_discrepancy_figure_grid_and_group_columns(tmp_path):
@@ -179,7 +179,7 @@ def test_figure4_from_a_detector_checkpoint(finetune_tiny, pretrained_tiny, tmp_
     assert_not_blank(img, layout)
     assert sorted(set(viz.manifest_groups(test_csv))) == ['real', 'synthetic_swap']
     with pytest.raises(SystemExit, match='fine-tuning'):     # a detector is not a pre-training checkpoint
-        viz.load_pretrained(finetune_tiny['out'] / 'checkpoint-best.pth')
+        viz.load_autoencoder(finetune_tiny['out'] / 'checkpoint-best.pth')
     with pytest.raises(SystemExit, match='--detector'):      # and vice versa
         viz.write_discrepancy_figure(pretrained_tiny / 'checkpoint-last.pth', load_samples(test_csv), tmp_path)
 

@@ -263,6 +263,18 @@ def run_files(folder, patterns=RUN_FILES):
     return sorted(p for pat in patterns for p in folder.glob(pat)) if folder.is_dir() else []
 
 
+def start_problem(args):
+    """The first problem of a training run's flags and folder, as one line, or None: misc.run_problem (device,
+    --output_dir, numbers), then check_fresh_output (another run's files in the folder)."""
+    if problem := misc.run_problem(args):
+        return problem
+    try:
+        check_fresh_output(args)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def check_fresh_output(args):
     """A run that resumes nothing must not write over another run's checkpoints and log.txt: ValueError
     unless --overwrite, which starts afresh (no auto-resume; `move_aside` is due after set-up)."""
