@@ -438,10 +438,10 @@ def pseudo_fake_loader(samples, args):
         sampler = DistributedSampler(ds, num_replicas=world, rank=misc.get_rank(), shuffle=True, seed=args.seed)
     else:
         sampler = RandomSampler(ds)
-    return sampler, DataLoader(ds, sampler=sampler, batch_size=pairs, num_workers=args.num_workers,
-                               collate_fn=collate_pairs, drop_last=True,
-                               pin_memory=args.pin_mem and str(args.device).startswith('cuda'),
-                               persistent_workers=args.num_workers > 0)
+    return sampler, ExitOnDataError(DataLoader(ds, sampler=sampler, batch_size=pairs, num_workers=args.num_workers,
+                                               collate_fn=collate_pairs, drop_last=True,
+                                               pin_memory=args.pin_mem and str(args.device).startswith('cuda'),
+                                               persistent_workers=args.num_workers > 0), 'main_finetune.py')
 
 
 def train_loader(samples, args):

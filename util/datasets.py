@@ -223,6 +223,25 @@ class DataError(ValueError):
         super().__init__(msg)
 
 
+def read_replacing(read, index, num, strict, report):
+    """`read(index)`, or when it raises ValueError: the reason reported (`report(msg)`) and another index among
+    `num` drawn at random from torch's stream, at most 50 times in a row. -> (value, index, replaced).
+    DataError (one line) with `strict`, or on the 51st unusable sample: most of the data set is unusable."""
+    replaced, idx = 0, index
+    while True:
+        try:
+            return read(idx), idx, replaced
+        except ValueError as e:
+            if strict:
+                raise DataError(f'{e} (--strict_data)') from None
+            report(str(e))
+            replaced += 1
+            if replaced > 50:
+                raise DataError(f'{replaced} unusable samples drawn in a row, the last {e}: most of '
+                                f'the data set is unusable') from None
+            idx = int(torch.randint(num, (1,)).item())
+
+
 class ExitOnDataError:
     """A DataLoader whose DataError (from any worker) ends the program with one line `<prog>: error: <msg>`
     instead of a stack trace; everything else is the loader's."""
@@ -313,24 +332,20 @@ class FaceDataset(Dataset):
         return img, lm if landmarks_in_image(lm, *img.shape[:2]) else None
 
     def __getitem__(self, index):
-        replaced, idx, unusable = 0, index, False
-        while True:
-            sample = self.samples[idx]
+        unusable = False
+        if self.drop_unusable:                         # evaluation: left out and counted, never replaced
+            idx, replaced = index, 0
             try:
-                img, lm = self._read(sample)
-                break
+                img, lm = self._read(self.samples[idx])
             except ValueError as e:
                 if self.strict:
                     raise DataError(f'{e} (--strict_data)') from None
                 self._report_once(str(e))
-                if self.drop_unusable:
-                    unusable, lm = True, None
-                    break
-                replaced += 1
-                if replaced > 50:
-                    raise DataError(f'{replaced} unusable samples drawn in a row, the last {e}: most of '
-                                            f'the data set is unusable') from None
-                idx = int(torch.randint(len(self.samples), (1,)).item())
+                unusable, lm = True, None
+        else:
+            (img, lm), idx, replaced = read_replacing(lambda i: self._read(self.samples[i]), index,
+                                                      len(self.samples), self.strict, self._report_once)
+        sample = self.samples[idx]
         if unusable:
             size = self.transform.size
             x = torch.zeros(3, size, size, dtype=torch.float32 if self.transform.normalize else torch.uint8)

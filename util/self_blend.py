@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from util.datasets import read_image_rgb
+from util.datasets import DataError, read_image_rgb, read_replacing
 from util.landmarks import NUM_LANDMARKS, load_landmarks
 
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
@@ -185,19 +185,10 @@ class PseudoFakePairs(Dataset):
             print(f'[data] {msg}', flush=True)
 
     def _read_real(self, index):
-        replaced, idx = 0, index
-        while True:
-            sample = self.reals[idx]
-            try:
-                return read_image_rgb(sample.path), sample, idx, replaced
-            except ValueError as e:
-                if self.strict:
-                    raise
-                self._report_once(f'skipped: {e}')
-                replaced += 1
-                if replaced > 50:
-                    raise RuntimeError(f'more than 50 unusable samples in a row (last: {sample.path})') from e
-                idx = int(torch.randint(len(self.reals), (1,)).item())
+        """(image, sample, index, replaced): an unreadable real is replaced as FaceDataset replaces it."""
+        img, idx, replaced = read_replacing(lambda i: read_image_rgb(self.reals[i].path), index, len(self.reals),
+                                            self.strict, lambda msg: self._report_once(f'skipped: {msg}'))
+        return img, self.reals[idx], idx, replaced
 
     def _partner(self, img, sample, seed):
         """(fake uint8 [H, W, 3], or None when the face cannot be self-blended)."""
@@ -207,7 +198,7 @@ class PseudoFakePairs(Dataset):
                 return read_image_rgb(fake.path)
             except ValueError as e:
                 if self.strict:
-                    raise
+                    raise DataError(f'{e} (--strict_data)') from None
                 self._report_once(f'skipped: {e}')                            # fall back to a pseudo-fake
         try:
             lm = load_landmarks(sample.landmarks) if sample.landmarks else None
