@@ -423,8 +423,10 @@ def pseudo_fake_loader(samples, args):
         raise error(f'--train_manifest {args.train_manifest} holds no real faces: '
                     f'--pseudo_fakes sbi makes its fakes from real ones')
     ratio = args.pseudo_fakes_ratio if args.pseudo_fakes_ratio is not None else (0.5 if fakes else 1.0)
-    ds = PseudoFakePairs(reals, FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0),
-                                              normalize=False), fakes, ratio, strict=args.strict_data)
+    try:        # mostly unreadable reals, or with --strict_data one: one line naming files
+        ds = PseudoFakePairs(reals, train_transform(args), fakes, ratio, strict=args.strict_data)
+    except ValueError as e:
+        raise error(f'--train_manifest {args.train_manifest}: {e}') from None
     pairs, world = args.batch_size // 2, misc.get_world_size()
     if len(ds) < pairs * world:
         raise error(f'--train_manifest {args.train_manifest}: {len(ds)} real faces '
@@ -444,16 +446,19 @@ def pseudo_fake_loader(samples, args):
                                                persistent_workers=args.num_workers > 0), 'main_finetune.py')
 
 
+def train_transform(args):
+    """The training crop + flip (uint8 out): timm's with RandAugment --aa (PIL), or FaceTransform's (OpenCV)."""
+    if args.aa == 'none':
+        return FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0), normalize=False)
+    try:
+        return TimmTrainTransform(args.input_size, (args.min_crop_scale, 1.0), args.aa)
+    except (ValueError, KeyError, AssertionError) as e:
+        raise error(f'--aa {args.aa} is not a timm augmentation policy ({e})') from None
+
+
 def train_loader(samples, args):
-    if args.aa != 'none':                                  # timm's crop, flip and RandAugment (PIL)
-        try:
-            transform = TimmTrainTransform(args.input_size, (args.min_crop_scale, 1.0), args.aa)
-        except (ValueError, KeyError, AssertionError) as e:
-            raise error(f'--aa {args.aa} is not a timm augmentation policy ({e})') from None
-    else:
-        transform = FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0), normalize=False)
     try:        # a mostly unusable set, or with --strict_data an unusable sample: one line naming files
-        ds = FaceDataset(samples, transform, strict=args.strict_data, require_label=True)
+        ds = FaceDataset(samples, train_transform(args), strict=args.strict_data, require_label=True)
     except ValueError as e:
         raise error(f'--train_manifest {args.train_manifest}: {e}') from None
     world = misc.get_world_size()

@@ -44,6 +44,40 @@ def test_pairs_share_crop_and_flip(face_files, monkeypatch):
     assert len(seen) > len(ds)                       # crops and flips do vary from draw to draw
 
 
+def test_pairs_share_randaugment_and_leave_global_streams_alone(face_files, monkeypatch):
+    """--aa: timm's crop, flip and RandAugment, seeded per pair from the loader's stream, are one for the pair."""
+    import random
+
+    from util.augment import TimmTrainTransform
+    monkeypatch.setattr(sb, 'self_blend', lambda img, lm, rng: (img.copy(), np.zeros(img.shape[:2], np.float32)))
+    ds = sb.PseudoFakePairs(face_files, TimmTrainTransform(48, (0.3, 1.0), 'rand-m9-mstd0.5-inc1'))
+    torch.manual_seed(0)
+    random.seed(1)
+    np.random.seed(1)
+    py, npy = random.random(), np.random.random()
+    random.seed(1)
+    np.random.seed(1)
+    seen = set()
+    for _ in range(4):
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item['img'].dtype == torch.uint8 and item['img'].shape == (2, 3, 48, 48)
+            assert torch.equal(item['img'][0], item['img'][1])
+            seen.add(item['img'][0].float().mean().item())
+    assert len(seen) > len(ds)
+    assert random.random() == py and np.random.random() == npy          # seeded for the call, then restored
+
+
+def test_mostly_unreadable_reals_are_refused_when_built(face_files, tmp_path):
+    from util.datasets import DataError
+    broken = tmp_path / 'broken.png'
+    broken.write_bytes(b'not a png')
+    bad = [Sample(str(broken), None, 0, f'b{i}', 'd') for i in range(5)]
+    with pytest.raises(DataError, match=r'5 of 7 samples checked \(evenly spaced over 7\) are unusable'):
+        sb.PseudoFakePairs(bad + face_files[:2], FaceTransform(48, normalize=False))
+    assert len(sb.PseudoFakePairs(bad[:1] + face_files, FaceTransform(48, normalize=False))) == 5
+
+
 def test_pairs_differ_inside_face_only_and_collate(face_files):
     ds = sb.PseudoFakePairs(face_files, FaceTransform(48, train=False, normalize=False))
     torch.manual_seed(1)

@@ -7,6 +7,8 @@ the worker on a PIL image and return uint8 [3, S, S]; random erasing needs the n
 (its 'pixel' mode draws N(0, 1) noise in normalised units), so it runs on the device batch right after
 normalisation, as timm's own prefetching loader does.
 """
+import random
+
 import numpy as np
 import torch
 from PIL import Image
@@ -16,7 +18,11 @@ from util.datasets import IMAGENET_MEAN, IMAGENET_STD
 
 class TimmTrainTransform:
     """timm's RandomResizedCrop (scale, bicubic) + flip + RandAugment `aa` ('none': off) on an RGB uint8
-    [H, W, 3] array. -> (uint8 tensor [3, S, S], None); landmarks are not moved (stage 2 needs none)."""
+    [H, W, 3] array. -> (uint8 tensor [3, S, S], None); landmarks are not moved (stage 2 needs none).
+
+    timm draws from Python's, NumPy's and torch's global streams. With a torch `generator`, all three are
+    seeded from it for this call and restored afterwards: one generator state, one crop, flip and set of
+    RandAugment operations (a real face and its self-blended partner are augmented alike)."""
 
     def __init__(self, input_size, scale=(0.08, 1.0), aa='rand-m9-mstd0.5-inc1'):
         from timm.data import create_transform
@@ -28,9 +34,26 @@ class TimmTrainTransform:
 
     def __call__(self, img, landmarks=None, generator=None):
         pil = Image.fromarray(np.ascontiguousarray(img))
+        if generator is None:
+            pil = self._apply(pil)
+        else:
+            seed = int(torch.randint(2 ** 31, (1,), generator=generator).item())
+            py_state, np_state = random.getstate(), np.random.get_state()
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    random.seed(seed)
+                    np.random.seed(seed)
+                    torch.manual_seed(seed)
+                    pil = self._apply(pil)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+        return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous(), None
+
+    def _apply(self, pil):
         for t in self.parts:
             pil = t(pil)
-        return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous(), None
+        return pil
 
 
 def device_random_erasing(prob, mode='pixel', count=1, device='cpu'):

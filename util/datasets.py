@@ -242,6 +242,23 @@ def read_replacing(read, index, num, strict, report):
             idx = int(torch.randint(num, (1,)).item())
 
 
+def probe_usable(read, num_items, num, strict):
+    """Read `num` of `num_items` evenly spaced items with `read(index)`; DataError (one line with the counts and
+    the first reasons) when more than half of them raise ValueError, or with `strict` when one does."""
+    picks = sorted(set(np.linspace(0, num_items - 1, min(num, num_items)).round().astype(int)))
+    bad = []
+    for i in picks:
+        try:
+            read(int(i))
+        except ValueError as e:
+            if strict:
+                raise DataError(f'{e} (--strict_data)') from None
+            bad.append(str(e))
+    if 2 * len(bad) > len(picks):
+        raise DataError(f'{len(bad)} of {len(picks)} samples checked (evenly spaced over '
+                        f'{num_items}) are unusable, e.g. {"; ".join(bad[:3])}')
+
+
 class ExitOnDataError:
     """A DataLoader whose DataError (from any worker) ends the program with one line `<prog>: error: <msg>`
     instead of a stack trace; everything else is the loader's."""
@@ -296,23 +313,7 @@ class FaceDataset(Dataset):
         self.drop_unusable = drop_unusable
         self._reported = set()
         if not drop_unusable and probe:
-            self.check_usable(probe)
-
-    def check_usable(self, num):
-        """Read `num` evenly spaced samples; DataError when more than half of them are unusable (with `strict`,
-        when one is)."""
-        picks = sorted(set(np.linspace(0, len(self.samples) - 1, min(num, len(self.samples))).round().astype(int)))
-        bad = []
-        for i in picks:
-            try:
-                self._read(self.samples[i])
-            except ValueError as e:
-                if self.strict:
-                    raise DataError(f'{e} (--strict_data)') from None
-                bad.append(str(e))
-        if 2 * len(bad) > len(picks):
-            raise DataError(f'{len(bad)} of {len(picks)} samples checked (evenly spaced over '
-                                    f'{len(self.samples)}) are unusable, e.g. {"; ".join(bad[:3])}')
+            probe_usable(lambda i: self._read(self.samples[i]), len(samples), probe, strict)
 
     def __len__(self):
         return len(self.samples)

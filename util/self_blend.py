@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from util.datasets import DataError, read_image_rgb, read_replacing
+from util.datasets import DataError, probe_usable, read_image_rgb, read_replacing
 from util.landmarks import NUM_LANDMARKS, load_landmarks
 
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
@@ -164,17 +164,22 @@ class PseudoFakePairs(Dataset):
     The partner is the face's self-blended pseudo-fake, or, with probability 1 - `ratio` when `fakes` (real
     fake Samples) are given, a random one of those. A real face whose landmarks are unusable (missing,
     unreadable, degenerate) cannot be self-blended: its item is the real face alone, with `no_blend` 1.
-    An unreadable real image is replaced by another real and counted in `replaced`, as FaceDataset does.
+    An unreadable real image is replaced by another real and counted in `replaced`, as FaceDataset does, and
+    the reals are probed when built (DataError when more than half of `probe` evenly spaced ones are unreadable).
+    `transform(img, None, generator=g)` gets the same seeded generator for both faces of a pair (FaceTransform,
+    or util.augment.TimmTrainTransform for RandAugment), so they share every random choice of the augmentation.
     Item: img uint8 [K, 3, S, S] (real first), label [K] (0, 1), index, replaced, no_blend; K = 2 (or 1).
     All randomness comes from torch's stream (restored on resume; DataLoader seeds it per worker).
     """
 
-    def __init__(self, reals, transform, fakes=(), ratio=1.0, strict=False):
+    def __init__(self, reals, transform, fakes=(), ratio=1.0, strict=False, probe=64):
         if not reals:
             raise ValueError('no real faces to self-blend')
         self.reals, self.fakes, self.transform = list(reals), list(fakes), transform
         self.ratio = 1.0 if not self.fakes else ratio
         self.strict, self._reported = strict, set()
+        if probe:
+            probe_usable(lambda i: read_image_rgb(self.reals[i].path), len(self.reals), probe, strict)
 
     def __len__(self):
         return len(self.reals)
@@ -214,7 +219,7 @@ class PseudoFakePairs(Dataset):
         g = torch.Generator()
         xs = []
         for face in (img, fake) if fake is not None else (img,):
-            g.manual_seed(seed)                                                # the same crop and flip
+            g.manual_seed(seed)                                                # the same crop, flip, ...
             xs.append(self.transform(face, None, generator=g)[0])
         return dict(img=torch.stack(xs), label=torch.tensor([0, 1][:len(xs)]), index=idx, replaced=replaced,
                     no_blend=int(fake is None))
