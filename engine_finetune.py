@@ -124,7 +124,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp
     optimizer.zero_grad(set_to_none=True)
 
     meter = misc.LossMeter(LOSS_NAMES, epoch, steps, device)
-    replaced, start = 0, time.time()
+    replaced, alone, start = 0, None, time.time()
     lr = optimizer.param_groups[0]['lr']
     zero = torch.zeros((), device=device)
     eraser = device_random_erasing(getattr(args, 'reprob', 0), getattr(args, 'remode', 'pixel'),
@@ -140,6 +140,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp
             imgs = eraser(imgs)
         labels = batch['label'].to(device, non_blocking=True)
         replaced += int(batch['replaced'].sum())
+        if 'no_blend' in batch:                                      # self-blended pairs: reals left alone
+            alone = (alone or 0) + int(batch['no_blend'].sum())
         targets = labels
         if mixup_fn is not None:
             imgs, targets = mixup_fn(imgs, labels)
@@ -171,6 +173,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp
 
     stats = {f'train_{k}' if k == 'loss' else k: v for k, v in meter.epoch_mean().items()}
     stats.update(lr=lr, unreadable_images=replaced, epoch_time_s=round(time.time() - start, 2))
+    if alone is not None:
+        stats['reals_without_fake'] = alone       # not self-blendable, or the crop cut the blend away
     return stats
 
 

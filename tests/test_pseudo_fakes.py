@@ -29,43 +29,49 @@ def face_files(tmp_path_factory):
     return samples
 
 
-def test_pairs_share_crop_and_flip(face_files, monkeypatch):
-    # with a "blend" that changes nothing, a pair under one crop and flip is two identical images
-    monkeypatch.setattr(sb, 'self_blend', lambda img, lm, rng: (img.copy(), np.zeros(img.shape[:2], np.float32)))
+def test_pairs_share_crop_and_flip(face_files):
     ds = sb.PseudoFakePairs(face_files, FaceTransform(48, train=True, scale=(0.3, 1.0), normalize=False))
-    torch.manual_seed(0)
+    img = sb.read_image_rgb(face_files[0].path)
     seen = set()
-    for _ in range(6):
-        for i in range(len(ds)):
-            item = ds[i]
-            assert item['img'].shape == (2, 3, 48, 48) and item['label'].tolist() == [0, 1]
-            assert torch.equal(item['img'][0], item['img'][1])
-            seen.add(item['img'][0].float().mean().item())
-    assert len(seen) > len(ds)                       # crops and flips do vary from draw to draw
+    for seed in range(12):
+        real, partner = ds.augment((img, img.copy()), seed)     # one face twice: one crop and flip, one image
+        assert real.shape == (3, 48, 48) and torch.equal(real, partner)
+        seen.add(real.float().mean().item())
+    assert len(seen) > 4                             # crops and flips do vary from draw to draw
 
 
-def test_pairs_share_randaugment_and_leave_global_streams_alone(face_files, monkeypatch):
+def test_pairs_share_randaugment_and_leave_global_streams_alone(face_files):
     """--aa: timm's crop, flip and RandAugment, seeded per pair from the loader's stream, are one for the pair."""
     import random
 
     from util.augment import TimmTrainTransform
-    monkeypatch.setattr(sb, 'self_blend', lambda img, lm, rng: (img.copy(), np.zeros(img.shape[:2], np.float32)))
     ds = sb.PseudoFakePairs(face_files, TimmTrainTransform(48, (0.3, 1.0), 'rand-m9-mstd0.5-inc1'))
-    torch.manual_seed(0)
+    img = sb.read_image_rgb(face_files[1].path)
     random.seed(1)
     np.random.seed(1)
     py, npy = random.random(), np.random.random()
     random.seed(1)
     np.random.seed(1)
     seen = set()
-    for _ in range(4):
-        for i in range(len(ds)):
-            item = ds[i]
-            assert item['img'].dtype == torch.uint8 and item['img'].shape == (2, 3, 48, 48)
-            assert torch.equal(item['img'][0], item['img'][1])
-            seen.add(item['img'][0].float().mean().item())
-    assert len(seen) > len(ds)
+    for seed in range(12):
+        real, partner = ds.augment((img, img.copy()), seed)
+        assert real.dtype == torch.uint8 and real.shape == (3, 48, 48) and torch.equal(real, partner)
+        seen.add(real.float().mean().item())
+    assert len(seen) > 4
     assert random.random() == py and np.random.random() == npy          # seeded for the call, then restored
+    torch.manual_seed(0)
+    item = ds[1]                                                         # a real pair through RandAugment
+    assert item['img'].shape == (2, 3, 48, 48) and not torch.equal(item['img'][0], item['img'][1])
+
+
+def test_crop_without_the_blend_leaves_the_real_alone(face_files):
+    """A crop outside the blended region would make a "fake" identical to its real: the item keeps the real only."""
+    def corner(img, landmarks=None, generator=None):                  # the top-left corner: never blended
+        torch.rand(1, generator=generator)
+        return torch.from_numpy(np.ascontiguousarray(img[:8, :8])).permute(2, 0, 1), None
+    ds = sb.PseudoFakePairs(face_files, corner)
+    item = ds[0]
+    assert item['img'].shape == (1, 3, 8, 8) and item['label'].tolist() == [0] and item['no_blend'] == 1
 
 
 def test_mostly_unreadable_reals_are_refused_when_built(face_files, tmp_path):
@@ -136,6 +142,7 @@ def test_reals_only_manifest_trains_and_evaluates(micro, tmp_path, capsys):
     assert f'{micro["n_reals"]} real faces, each with a fake partner' in out
     assert 'learns a single class' not in out
     assert np.isfinite(result['train_loss']) and result['l1_fake'] > 0 and result['l1_real'] > 0
+    assert 0 <= result['reals_without_fake'] < micro['n_reals']
     test = next(iter(result['test'].values()))
     assert test['auc'] is not None and (tmp_path / 'ft' / 'eval.json').is_file()
 

@@ -163,7 +163,8 @@ class PseudoFakePairs(Dataset):
 
     The partner is the face's self-blended pseudo-fake, or, with probability 1 - `ratio` when `fakes` (real
     fake Samples) are given, a random one of those. A real face whose landmarks are unusable (missing,
-    unreadable, degenerate) cannot be self-blended: its item is the real face alone, with `no_blend` 1.
+    unreadable, degenerate) cannot be self-blended: its item is the real face alone, with `no_blend` 1; so is a
+    face whose crop leaves its partner identical to it (the blended region cut away: a "fake" that is the real).
     An unreadable real image is replaced by another real and counted in `replaced`, as FaceDataset does, and
     the reals are probed when built (DataError when more than half of `probe` evenly spaced ones are unreadable).
     `transform(img, None, generator=g)` gets the same seeded generator for both faces of a pair (FaceTransform,
@@ -212,17 +213,23 @@ class PseudoFakePairs(Dataset):
             self._report_once(f'{sample.path}: used as a plain real (not self-blended): {e}')
             return None
 
+    def augment(self, faces, seed):
+        """Each face under the transform with one generator state: the same crop, flip, ... -> [uint8 [3, S, S]]"""
+        g, out = torch.Generator(), []
+        for face in faces:
+            g.manual_seed(seed)
+            out.append(self.transform(face, None, generator=g)[0])
+        return out
+
     def __getitem__(self, index):
         img, sample, idx, replaced = self._read_real(index)
         seed = int(torch.randint(2 ** 62, (1,)).item())
         fake = self._partner(img, sample, seed)
-        g = torch.Generator()
-        xs = []
-        for face in (img, fake) if fake is not None else (img,):
-            g.manual_seed(seed)                                                # the same crop, flip, ...
-            xs.append(self.transform(face, None, generator=g)[0])
+        xs = self.augment((img, fake) if fake is not None else (img,), seed)
+        if len(xs) == 2 and torch.equal(xs[0], xs[1]):     # the crop cut the blended region away: no fake left
+            xs.pop()
         return dict(img=torch.stack(xs), label=torch.tensor([0, 1][:len(xs)]), index=idx, replaced=replaced,
-                    no_blend=int(fake is None))
+                    no_blend=int(len(xs) == 1))
 
 
 def collate_pairs(items):
