@@ -17,7 +17,9 @@ training randomness). Every run goes through main_pretrain.main / main_finetune.
 Forgery families come from preprocess/synthetic_faces.py: its FORGERY_FAMILIES (or FAMILIES) table of
 name -> fn(target identity, source identity, rng, size) -> (RGB uint8, landmarks) when it has one, else face
 swaps at the `strong` and `subtle` artefact levels (SWAP_ARTEFACTS). Self-blended fakes of held-out reals
-(`sbi`) are always a family. Writes --out/results.json, results.md and generalisation.png.
+(`sbi`) are always a family. A real-photo test set (`photo_sbi`: crops of skimage's astronaut with dlib's
+landmarks, and their self-blended fakes) is scored as well where dlib is installed (--no_photo: not).
+Writes --out/results.json, results.md and generalisation.png.
 """
 import argparse
 import csv
@@ -54,11 +56,12 @@ STAGE1_NAMES = dict(none='no pre-training', mae='vanilla MAE', facial='facial-re
                     freq='frequency branch only', mifae='full MIFAE')
 STAGE2 = {'swap': 'real + face-swap fakes', 'sbi': 'reals + self-blended pseudo-fakes'}
 SBI_FAMILY = 'sbi'
+PHOTO = 'photo_sbi'      # a real photo's face crops and their self-blended fakes (needs dlib for landmarks)
 
 # (defaults, --quick)
 PRESETS = dict(
-    default=dict(num_identities=96, test_identities=32, frames=2, size=64, input_size=64, pre_epochs=8,
-                 ft_epochs=8, batch_size=16),
+    default=dict(num_identities=96, test_identities=32, frames=2, size=64, input_size=64, pre_epochs=16,
+                 ft_epochs=20, batch_size=16),
     quick=dict(num_identities=8, test_identities=4, frames=1, size=32, input_size=32, pre_epochs=1,
                ft_epochs=1, batch_size=4),
 )
@@ -78,10 +81,14 @@ def get_args_parser():
     p.add_argument('--frames', default=None, type=int, help='images per identity (default 2; quick 1)')
     p.add_argument('--size', default=None, type=int, help='side of the synthetic images (default 64; quick 32)')
     p.add_argument('--input_size', default=None, type=int, help='network input (default 64; quick 32)')
-    p.add_argument('--pre_epochs', default=None, type=int, help='pre-training epochs (default 8; quick 1)')
-    p.add_argument('--ft_epochs', default=None, type=int, help='fine-tuning epochs (default 8; quick 1)')
+    p.add_argument('--pre_epochs', default=None, type=int, help='pre-training epochs (default 16; quick 1)')
+    p.add_argument('--ft_epochs', default=None, type=int, help='fine-tuning epochs (default 20; quick 1)')
     p.add_argument('--batch_size', default=None, type=int, help='both stages (default 16; quick 4)')
     p.add_argument('--lr', default=1e-3, type=float, help='absolute learning rate of both stages')
+    p.add_argument('--no_photo', dest='photo', action='store_false',
+                   help=f'leave out the real-photo test set ({PHOTO}: astronaut crops and their self-blended fakes)')
+    p.add_argument('--recipe', default='light', choices=list(main_finetune.RECIPES),
+                   help="main_finetune.py's stage-2 recipe (light: no mixup / RandAugment, crops of 50-100%%)")
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', default=2, type=int, help='torch CPU threads')
     p.add_argument('--out', default=str(ROOT / 'benchmark_generalisation_output'), help='output folder')
@@ -141,9 +148,39 @@ def make_forgery(fn, target, source, rng, size):
 
 
 # ---------------------------------------------------------------------- data
-def write_faces(out, seed, args, families, train_family):
-    """Faces of one seed: training identities (reals; swap fakes of `train_family` among them) and held-out
-    identities (reals and one fake per real for every family). -> dict of manifest paths"""
+def photo_face():
+    """skimage's astronaut (a real photo) and dlib's 68 landmarks of its face, or None where dlib is missing."""
+    try:
+        import skimage.data
+
+        from preprocess.faces import DlibLandmarker
+        dlib = DlibLandmarker()
+    except (ImportError, RuntimeError):
+        return None
+    photo = skimage.data.astronaut()
+    faces = dlib.landmarks(photo, dlib.detect(photo))
+    return (photo, faces[0]) if len(faces) else None
+
+
+def photo_crops(photo, num, size, rng):
+    """`num` crops of the photo's face at random framings (centre moved by up to 10% of the face, side 1.2-1.6
+    faces) with their landmarks -> [(RGB uint8 [size, size, 3], landmarks [68, 2])]"""
+    from preprocess.faces import crop_face
+    image, lm = photo
+    extent = float((lm.max(0) - lm.min(0)).max())
+    crops = []
+    for _ in range(num):
+        c, side = lm.mean(0) + rng.uniform(-0.1, 0.1, 2) * extent, extent * rng.uniform(1.2, 1.6)
+        crop, lmc, _ = crop_face(image, lm, size=size, box=(c[0] - side / 2, c[1] - side / 2, c[0] + side / 2,
+                                                            c[1] + side / 2), margin=1.0)
+        crops.append((crop, lmc))
+    return crops
+
+
+def write_faces(out, seed, args, families, train_family, photo=None):
+    """Faces of one seed: training identities (reals; swap fakes of `train_family` among them), held-out
+    identities (reals and one fake per real for every family) and, with `photo` (image, landmarks), as many
+    crops of that real photo's face and their self-blended fakes (test set PHOTO). -> dict of manifest paths"""
     rng = np.random.default_rng(seed)
     n_tr, n_te = args.num_identities, args.test_identities
     ids = [sf.sample_identity(rng) for _ in range(n_tr + n_te)]
@@ -175,6 +212,14 @@ def write_faces(out, seed, args, families, train_family):
                 rows['train_reals'].append(real)
                 rows['train_swap'] += [real, dict(save(fake, lm, f'faces/train_{train_family}/id{i:04d}_{f}'),
                                                   label=1, video=f'train_fake_{i:04d}', dataset='synthetic')]
+    if photo is not None:
+        rows[f'test_{PHOTO}'] = []
+        for k, (crop, lm) in enumerate(photo_crops(photo, n_te * args.frames, args.size, rng)):
+            fake = self_blend(crop, lm, rng)[0]
+            rows[f'test_{PHOTO}'] += [dict(save(crop, lm, f'faces/photo/real_{k:04d}'), label=0, video=f'photo_{k:04d}',
+                                           dataset='photo'),
+                                      dict(save(fake, lm, f'faces/photo/sbi_{k:04d}'), label=1,
+                                           video=f'photo_sbi_{k:04d}', dataset='photo')]
     paths = {}
     for name, rs in rows.items():
         paths[name] = out / f'{name}.csv'
@@ -216,6 +261,7 @@ def finetune(checkpoint, data, paths, out_dir, seed, variant, args):
             '--input_size', str(args.input_size), '--batch_size', str(args.batch_size), '--epochs', str(args.ft_epochs),
             '--lr', str(args.lr), '--warmup_epochs', '1', '--smoothing', '0', '--layer_decay', '1', '--full_finetune',
             '--num_workers', '0', '--device', args.device, '--seed', str(seed), '--no_auto_resume', '--quiet',
+            '--recipe', args.recipe,
             '--recon', 'none' if STAGE1[variant] is None else 'real']     # no pre-training: no decoder to ask
     if data == 'sbi':
         argv += ['--pseudo_fakes', 'sbi']
@@ -238,7 +284,8 @@ def summarise(runs, families, train_family):
         stat = lambda v: dict(mean=float(np.mean(v)), sd=float(np.std(v, ddof=1)) if len(v) > 1 else None)  # noqa: E731
         out.append(dict(stage1=s1, stage2=s2, train_family=trained, unseen_families=unseen, seeds=len(rs),
                         train_auc=stat([r['auc'][trained] for r in rs]), unseen_auc=stat(per_seed_unseen),
-                        family_auc={f: stat([r['auc'][f] for r in rs]) for f in families}))
+                        family_auc={f: stat([r['auc'][f] for r in rs]) for f in families},
+                        photo_auc=stat([r['auc'][PHOTO] for r in rs]) if PHOTO in rs[0]['auc'] else None))
     return out
 
 
@@ -249,15 +296,20 @@ def fmt(s):
 def markdown(summary, families, meta):
     head = ['stage 1', 'stage 2 data', 'training family', 'AUC training family', 'AUC unseen families (mean)']
     head += [f'AUC {f}' for f in families]
+    photo = any(c['photo_auc'] for c in summary)
+    head += ['AUC real photo (sbi)'] if photo else []
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for c in summary:
         lines.append('| ' + ' | '.join([STAGE1_NAMES[c['stage1']], STAGE2[c['stage2']], c['train_family'],
                                         fmt(c['train_auc']), fmt(c['unseen_auc'])]
-                                       + [fmt(c['family_auc'][f]) for f in families]) + ' |')
+                                       + [fmt(c['family_auc'][f]) for f in families]
+                                       + ([fmt(c['photo_auc']) if c['photo_auc'] else '–'] if photo else [])) + ' |')
     lines.append('')
     lines.append(f'Frame AUC on {meta["test_faces"]} held-out real faces and as many fakes per family; mean ± sd over '
                  f'{meta["seeds"]} seed(s); {meta["model"]} at {meta["input_size"]} px, {meta["pre_epochs"]} + '
-                 f'{meta["ft_epochs"]} epochs; {meta["total_s"]:.0f} s on {meta["device"]}.')
+                 f'{meta["ft_epochs"]} epochs; {meta["total_s"]:.0f} s on {meta["device"]}.'
+                 + (' Real photo: as many crops of one real photo (skimage\'s astronaut, dlib landmarks) at random '
+                    'framings and their self-blended fakes.' if photo else ''))
     return '\n'.join(lines) + '\n'
 
 
@@ -277,6 +329,9 @@ def figure(summary, path):
                yerr=None if None in sds else sds, capsize=3, color=f'C{j}')
         ax.plot(xs, [cells[k]['train_auc']['mean'] for k in ks], 'k_', markersize=14, mew=2,
                 label='training family' if j == 0 else None)
+        if all(cells[k]['photo_auc'] for k in ks):
+            ax.plot(xs, [cells[k]['photo_auc']['mean'] for k in ks], 'rx', markersize=7, mew=1.5,
+                    label='real photo (sbi)' if j == 0 else None)
     ax.axhline(0.5, color='grey', lw=0.8, ls='--')
     ax.set_xticks(range(len(s1)), [textwrap.fill(STAGE1_NAMES[k], 16) for k in s1], fontsize=8)
     ax.set_ylim(0.3, 1.0)
@@ -311,13 +366,16 @@ def run_grid(args):
     grid = [(seed, s1, s2) for seed in range(args.seeds) for s1 in args.stage1 for s2 in args.stage2]
     print(f'{len(grid)} runs: stage 1 {", ".join(args.stage1)} x stage 2 {", ".join(args.stage2)} x {args.seeds} '
           f'seed(s); families {", ".join(families)} (training swaps: {train_family})', flush=True)
+    photo = photo_face() if args.photo else None
+    if args.photo and photo is None:
+        print(f'no {PHOTO} column: dlib (or its face in the photo) is missing', flush=True)
     runs, start, data, ckpts = [], time.time(), {}, {}
     bar = tqdm(grid, desc='ablation', dynamic_ncols=True, file=sys.stdout)
     for seed, s1, s2 in bar:
         bar.set_postfix_str(f'seed {seed}: {s1} -> {s2}')
         root = out / f'seed{seed}'
         if seed not in data:
-            data[seed] = write_faces(root / 'data', seed, args, families, train_family)
+            data[seed] = write_faces(root / 'data', seed, args, families, train_family, photo)
         t = time.time()
         if (seed, s1) not in ckpts:
             ckpts[seed, s1] = pretrain(s1, data[seed]['pretrain'], root / f'pre_{s1}', seed, args)

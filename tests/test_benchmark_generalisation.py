@@ -14,8 +14,10 @@ def test_tiny_grid_writes_consistent_table_json_and_figure(tmp_path):
     families = list(bg.forgery_families())
     assert bg.SBI_FAMILY in families and len(families) >= 3
     assert len(result['runs']) == 2 * 2 * 2
+    photo = bg.photo_face() is not None                              # dlib installed: the real-photo set too
     for r in result['runs']:
-        assert set(r['auc']) == set(families) and all(0 <= v <= 1 for v in r['auc'].values())
+        assert set(r['auc']) == set(families) | ({bg.PHOTO} if photo else set())
+        assert all(0 <= v <= 1 for v in r['auc'].values())
     saved = json.loads((tmp_path / 'results.json').read_text())
     assert saved['summary'] == result['summary'] and len(saved['summary']) == 4
     for cell in result['summary']:
@@ -27,9 +29,27 @@ def test_tiny_grid_writes_consistent_table_json_and_figure(tmp_path):
         unseen = [np.mean([r['auc'][f] for f in cell['unseen_families']]) for r in runs]
         assert np.isclose(cell['unseen_auc']['mean'], np.mean(unseen))
         assert np.isclose(cell['unseen_auc']['sd'], np.std(unseen, ddof=1))
+        if photo:
+            assert np.isclose(cell['photo_auc']['mean'], np.mean([r['auc'][bg.PHOTO] for r in runs]))
     md = (tmp_path / 'results.md').read_text()
     assert md.count('\n| ') == 4 and 'full MIFAE' in md and 'no pre-training' in md
+    assert ('AUC real photo (sbi)' in md) == photo
     assert (tmp_path / 'generalisation.png').stat().st_size > 5000
+
+
+def test_photo_crops_frame_the_real_face():
+    """The real-photo test set: crops of the astronaut's face at several framings, each self-blendable."""
+    import pytest
+    photo = bg.photo_face()
+    if photo is None:
+        pytest.skip('dlib is not installed')
+    crops = bg.photo_crops(photo, 4, 64, np.random.default_rng(0))
+    assert len({c.tobytes() for c, _ in crops}) == 4
+    for crop, lm in crops:
+        assert crop.shape == (64, 64, 3) and crop.std() > 20
+        assert (lm >= 0).all() and (lm < 64).all() and np.ptp(lm, axis=0).min() > 25
+        fake, mask = bg.self_blend(crop, lm, np.random.default_rng(1))
+        assert np.array_equal(fake[mask == 0], crop[mask == 0]) and (mask > 0).mean() > 0.2
 
 
 def test_families_follow_the_generator_table(monkeypatch):
