@@ -3,6 +3,7 @@ the forgery families come from the synthetic-face generator's table when it has 
 import json
 
 import numpy as np
+import pytest
 
 import benchmark_generalisation as bg
 
@@ -35,11 +36,13 @@ def test_tiny_grid_writes_consistent_table_json_and_figure(tmp_path):
     assert md.count('\n| ') == 4 and 'full MIFAE' in md and 'no pre-training' in md
     assert ('AUC real photo (sbi)' in md) == photo
     assert (tmp_path / 'generalisation.png').stat().st_size > 5000
+    with pytest.raises(SystemExit, match='holds an earlier grid'):      # refused before any work, nothing lost
+        bg.main(args)
+    assert json.loads((tmp_path / 'results.json').read_text())['summary'] == result['summary']
 
 
 def test_photo_crops_frame_the_real_face():
     """The real-photo test set: crops of the astronaut's face at several framings, each self-blendable."""
-    import pytest
     photo = bg.photo_face()
     if photo is None:
         pytest.skip('dlib is not installed')
