@@ -88,7 +88,8 @@ def get_args_parser():
     p.add_argument('--no_photo', dest='photo', action='store_false',
                    help=f'leave out the real-photo test set ({PHOTO}: astronaut crops and their self-blended fakes)')
     p.add_argument('--recipe', default='light', choices=list(main_finetune.RECIPES),
-                   help="main_finetune.py's stage-2 recipe (light: no mixup / RandAugment, crops of 50-100%%)")
+                   help="main_finetune.py's stage-2 recipe (light: no mixup / RandAugment); every recipe runs with "
+                        "--drop_path 0 --min_crop_scale 1 here")
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', default=2, type=int, help='torch CPU threads')
     p.add_argument('--out', default=str(ROOT / 'benchmark_generalisation_output'), help='output folder')

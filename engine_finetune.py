@@ -124,7 +124,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp
     optimizer.zero_grad(set_to_none=True)
 
     meter = misc.LossMeter(LOSS_NAMES, epoch, steps, device)
-    replaced, alone, start = 0, None, time.time()
+    replaced, start = 0, time.time()
+    alone = 0 if getattr(args, 'pseudo_fakes', 'none') != 'none' else None   # self-blended pairs: reals left alone
     lr = optimizer.param_groups[0]['lr']
     zero = torch.zeros((), device=device)
     eraser = device_random_erasing(getattr(args, 'reprob', 0), getattr(args, 'remode', 'pixel'),
@@ -140,8 +141,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, amp
             imgs = eraser(imgs)
         labels = batch['label'].to(device, non_blocking=True)
         replaced += int(batch['replaced'].sum())
-        if 'no_blend' in batch:                                      # self-blended pairs: reals left alone
-            alone = (alone or 0) + int(batch['no_blend'].sum())
+        if alone is not None:
+            alone += int(batch['no_blend'].sum())
         targets = labels
         if mixup_fn is not None:
             imgs, targets = mixup_fn(imgs, labels)

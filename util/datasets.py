@@ -242,6 +242,19 @@ def read_replacing(read, index, num, strict, report):
             idx = int(torch.randint(num, (1,)).item())
 
 
+class ReportOnce:
+    """report(msg): prints `[data] <prefix><msg>` the first time `msg` comes (per process: each loader worker
+    names a bad file once)."""
+
+    def __init__(self, prefix=''):
+        self.prefix, self.seen = prefix, set()
+
+    def __call__(self, msg):
+        if msg not in self.seen:
+            self.seen.add(msg)
+            print(f'[data] {self.prefix}{msg}', flush=True)
+
+
 def probe_usable(read, num_items, num, strict):
     """Read `num` of `num_items` evenly spaced items with `read(index)`; DataError (one line with the counts and
     the first reasons) when more than half of them raise ValueError, or with `strict` when one does."""
@@ -311,17 +324,12 @@ class FaceDataset(Dataset):
         self.mask_strategy, self.patch_size = mask_strategy, patch_size
         self.mask_ratio, self.num_regions, self.strict = mask_ratio, num_regions, strict
         self.drop_unusable = drop_unusable
-        self._reported = set()
+        self._report_once = ReportOnce('skipped: ')
         if not drop_unusable and probe:
             probe_usable(lambda i: self._read(self.samples[i]), len(samples), probe, strict)
 
     def __len__(self):
         return len(self.samples)
-
-    def _report_once(self, msg):
-        if msg not in self._reported:
-            self._reported.add(msg)
-            print(f'[data] skipped: {msg}', flush=True)
 
     def _read(self, sample):
         """(RGB image, landmarks [68, 2] or None); ValueError naming the file when either is unusable.

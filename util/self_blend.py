@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from util.datasets import DataError, probe_usable, read_image_rgb, read_replacing
+from util.datasets import DataError, ReportOnce, probe_usable, read_image_rgb, read_replacing
 from util.landmarks import NUM_LANDMARKS, load_landmarks
 
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
@@ -178,17 +178,12 @@ class PseudoFakePairs(Dataset):
             raise ValueError('no real faces to self-blend')
         self.reals, self.fakes, self.transform = list(reals), list(fakes), transform
         self.ratio = 1.0 if not self.fakes else ratio
-        self.strict, self._reported = strict, set()
+        self.strict, self._report_once = strict, ReportOnce()
         if probe:
             probe_usable(lambda i: read_image_rgb(self.reals[i].path), len(self.reals), probe, strict)
 
     def __len__(self):
         return len(self.reals)
-
-    def _report_once(self, msg):
-        if msg not in self._reported:
-            self._reported.add(msg)
-            print(f'[data] {msg}', flush=True)
 
     def _read_real(self, index):
         """(image, sample, index, replaced): an unreadable real is replaced as FaceDataset replaces it."""
