@@ -454,6 +454,8 @@ def train_transform(args):
         return TimmTrainTransform(args.input_size, (args.min_crop_scale, 1.0), args.aa)
     except (ValueError, KeyError, AssertionError) as e:
         raise error(f'--aa {args.aa} is not a timm augmentation policy ({e})') from None
+    except RuntimeError as e:                                  # a Pillow the recipe cannot run on
+        raise error(str(e)) from None
 
 
 def train_loader(samples, args):

@@ -16,6 +16,19 @@ from PIL import Image
 from util.datasets import IMAGENET_MEAN, IMAGENET_STD
 
 
+def check_posterize_zero_bits():
+    """RandAugment's increasing posterize keeps 4 down to 0 bits; at magnitude 9 + std 0.5 about 1 draw in 500
+    asks for 0 (a black image). Pillow 13 refuses bits=0 with a ValueError, which would end an epoch at random;
+    requirements.txt pins a Pillow that accepts it. Checked here once, so that a wrong Pillow fails at start."""
+    from PIL import ImageOps
+    try:
+        ImageOps.posterize(Image.new('RGB', (1, 1)), 0)
+    except ValueError:
+        import PIL
+        raise RuntimeError(f'RandAugment needs a Pillow that posterizes to 0 bits (Pillow {PIL.__version__} '
+                         'refuses it); install the pinned pillow from requirements.txt, or pass --aa none') from None
+
+
 class TimmTrainTransform:
     """timm's RandomResizedCrop (scale, bicubic) + flip + RandAugment `aa` ('none': off) on an RGB uint8
     [H, W, 3] array. -> (uint8 tensor [3, S, S], None); landmarks are not moved (stage 2 needs none).
@@ -29,6 +42,8 @@ class TimmTrainTransform:
         primary, secondary, _ = create_transform(
             input_size, is_training=True, scale=scale, auto_augment=None if aa in (None, 'none') else aa,
             interpolation='bicubic', mean=IMAGENET_MEAN, std=IMAGENET_STD, separate=True)
+        if aa not in (None, 'none'):
+            check_posterize_zero_bits()
         self.size, self.normalize = input_size, False          # uint8 out, as FaceTransform(normalize=False)
         self.parts = [*primary.transforms, *secondary.transforms]
 
