@@ -30,6 +30,8 @@ import time
 import cv2
 import numpy as np
 
+from util.misc import num_threads
+
 FRAME = (640, 480)                                 # width, height of every scene
 ASTRONAUT_FACE = (179.0, 83.0, 266.0, 170.0)       # dlib's box on the 512 x 512 astronaut
 SUIT = (280, 512, 20, 380)                         # rows, cols of the astronaut's suit: patch, no face
@@ -151,9 +153,12 @@ def _machine():
 
 
 def main(args):
+    with num_threads(args.threads):
+        return run(args)
+
+
+def run(args):
     from preprocess import faces as F
-    if args.threads:
-        cv2.setNumThreads(args.threads)
     scenes = build_scenes([float(a) for a in args.angles.split(',')], [int(s) for s in args.sizes.split(',')])
     results = []
     print(f'{len(scenes)} scenes of {FRAME[0]}x{FRAME[1]} on {_machine()}')

@@ -200,8 +200,6 @@ def time_train(args, device, batch, amp_dtype, compiled):
 
 # ---------------------------------------------------------------------- predict latency on the CPU
 def time_predict_cpu(args):
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device('cpu')
     model = build(args, device)
     from util.datasets import FaceTransform
@@ -256,7 +254,8 @@ def main(args):
         samples = face_samples(args, tmp) if 'eval_e2e' in args.mode else None
         for mode in args.mode:
             if mode == 'predict_cpu':
-                print(json.dumps(time_predict_cpu(args)), flush=True)
+                with misc.num_threads(args.threads):
+                    print(json.dumps(time_predict_cpu(args)), flush=True)
                 continue
             for compiled in compiles:
                 for bs in args.batch_size:

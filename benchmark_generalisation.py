@@ -42,6 +42,7 @@ import main_pretrain  # noqa: E402
 import models_mae  # noqa: E402
 import preprocess.synthetic_faces as sf  # noqa: E402
 import util.checkpoint as checkpoint  # noqa: E402
+from util.misc import num_threads  # noqa: E402
 from util.self_blend import self_blend  # noqa: E402
 
 # stage-1 variants: pre-training flags, or None for no pre-training (a randomly initialised checkpoint)
@@ -348,12 +349,8 @@ def figure(summary, path):
 # ---------------------------------------------------------------------- main
 def main(args):
     args = resolve(args)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with num_threads(args.threads):
         return run_grid(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run_grid(args):

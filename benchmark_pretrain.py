@@ -158,7 +158,6 @@ def time_data(args):
             samples = write_faces(tmp, args.num_images, args.image_size, args.image_format)
         ds = FaceDataset(samples, FaceTransform(args.input_size, train=True, normalize=False), mask_strategy='facial',
                          patch_size=16, mask_ratio=0.75)
-        torch.set_num_threads(1)                  # a DataLoader worker runs single-threaded
         for i in range(min(16, len(ds))):         # warm caches
             ds[i]
         t0 = time.perf_counter()
@@ -190,7 +189,8 @@ def write_faces(folder, num, size, fmt):
 
 def main(args):
     if args.data_only:
-        print(json.dumps(time_data(args)), flush=True)
+        with misc.num_threads(1):                 # a DataLoader worker runs single-threaded
+            print(json.dumps(time_data(args)), flush=True)
         return
     device = torch.device(args.device)
     if device.type == 'cuda':

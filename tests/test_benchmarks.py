@@ -1,7 +1,9 @@
 """The benchmark scripts run (CPU) and their kernel-time breakdown sorts kernels into the right categories."""
 import json
 
+import numpy as np
 import pytest
+import torch
 
 import benchmark_pretrain
 from util.benchmarking import breakdown, category
@@ -51,3 +53,20 @@ def test_data_only_mode_times_one_worker(capsys):
     benchmark_pretrain.main(args)
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r['mode'] == 'data_only' and r['images'] >= 8 and r['img_s_per_worker'] > 0
+
+
+def test_benchmarks_and_self_blending_leave_the_thread_count_as_found(capsys):
+    """The thread count changes a run's numbers (sums split otherwise): whatever sets it for a while restores it,
+    so a demo or training run after a benchmark in the same process trains as it would alone."""
+    import cv2
+
+    from preprocess.synthetic_faces import render_face, sample_identity
+    from util.self_blend import self_blend
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    benchmark_pretrain.main(benchmark_pretrain.get_args_parser().parse_args(
+        ['--data_only', '--num_images', '4', '--image_size', '64', '--input_size', '32']))
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == before
+    rng = np.random.default_rng(0)
+    img, lm = render_face(sample_identity(rng), rng, size=64)
+    self_blend(img, lm, rng)
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == before

@@ -127,3 +127,37 @@ def test_notebook_cells_run_on_the_demo_output(demo_default, monkeypatch):
 def png_ok(path):
     img = np.asarray(Image.open(path).convert('RGB'), np.float32)
     return img.shape[0] > 300 and img.std() > 20
+
+
+def _quick(out, seed):
+    """demo --quick into `out`: (summary without its timings and paths, the held-out families' score file)."""
+    summary = demo.main(demo.get_args_parser().parse_args(['--quick', '--seed', str(seed), '--out', str(out),
+                                                           '--device', 'cpu']))
+    kept = {k: v for k, v in summary.items() if k not in ('timings_s', 'total_s', 'args')}
+    return kept, (out / 'families' / 'scores_families_test.csv').read_text()
+
+
+@pytest.mark.slow
+def test_demo_result_does_not_depend_on_what_ran_before(tmp_path, capsys):
+    """demo.main twice in one process, with other project work between the two runs: the same summary and the
+    same scores to the last digit. The work between includes a benchmark that times one loader worker on one
+    thread, which used to leave the process single-threaded (and so trained the second run to other weights)."""
+    import benchmark_pretrain
+    import predict
+    from preprocess.synthetic_faces import render_face, sample_identity
+    from util.self_blend import self_blend
+
+    first = _quick(tmp_path / 'a', seed=0)
+    benchmark_pretrain.main(benchmark_pretrain.get_args_parser().parse_args(
+        ['--data_only', '--num_images', '4', '--image_size', '64', '--input_size', '32']))
+    rng = np.random.default_rng(3)
+    img, lm = render_face(sample_identity(rng), rng, size=64)
+    self_blend(img, lm, rng)
+    from skimage import data as skdata
+    Image.fromarray(skdata.astronaut()).save(tmp_path / 'astronaut.png')
+    predict.main([str(tmp_path / 'astronaut.png'), '--checkpoint', str(tmp_path / 'a' / 'finetune' /
+                  'checkpoint-best.pth'), '--device', 'cpu', '--quiet'])
+    second = _quick(tmp_path / 'b', seed=0)
+    capsys.readouterr()
+    assert second[0] == first[0]
+    assert second[1].replace('/b/', '/a/') == first[1]
