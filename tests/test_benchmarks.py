@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-import benchmark_pretrain
-from util.benchmarking import breakdown, category
+from benchmarks import pretrain as benchmark_pretrain
+from benchmarks.common import breakdown, category
 
 
 @pytest.mark.parametrize('name,cat', [
