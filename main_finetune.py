@@ -33,10 +33,8 @@ from engine_finetune import (
     ce_criterion,
     evaluate_frames,
     evaluate_samples,
-    format_table,
     train_one_epoch,
     uses_recon,
-    write_eval_report,
 )
 from util import protocols
 from util.augment import TimmTrainTransform
@@ -45,6 +43,7 @@ from util.fileio import WriteError, output_dir_problem
 from util.lr_decay import param_groups_lrd
 from util.metrics import compute_metrics
 from util.perturb import VIDEO_KINDS, parse_spec
+from util.reports import format_table, write_eval_report
 
 error = partial(misc.usage_error, 'main_finetune.py')     # raise error('--flag ...: what to do')
 

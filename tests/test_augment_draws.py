@@ -118,7 +118,7 @@ def test_self_blended_pairs_survive_many_draws(tmp_path):
     """The pseudo-fake path end to end: self-blending + RandAugment on both faces, 600 items."""
     import cv2
 
-    from preprocess.synthetic_faces import render_face, sample_identity
+    from synthetic.faces import render_face, sample_identity
     from util.augment import TimmTrainTransform
     from util.datasets import Sample
     from util.self_blend import PseudoFakePairs

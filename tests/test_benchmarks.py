@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import benchmark_pretrain
-from util.benchmarking import breakdown, category
+from benchmarks import pretrain as benchmark_pretrain
+from benchmarks.common import breakdown, category
 
 
 @pytest.mark.parametrize('name,cat', [

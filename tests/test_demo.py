@@ -27,7 +27,7 @@ def test_quick_demo_runs_and_writes_everything(tmp_path, capsys):
     assert not ids['val'] & ids['test']
 
     # evaluation protocols: held-out AUC per forgery family, robustness at crop protocol
-    from preprocess.synthetic_faces import FORGERY_FAMILIES
+    from synthetic.faces import FORGERY_FAMILIES
     from util.perturb import FRAME_KINDS
     assert set(summary['families']) == set(FORGERY_FAMILIES) and 'AUC per forgery family' in printed
     assert set(summary['robustness']['auc']) == set(FRAME_KINDS)

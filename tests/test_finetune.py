@@ -508,7 +508,7 @@ def test_more_bad_input_fails_in_one_line(finetune_tiny, pretrained_tiny, synthe
     main_finetune.main(argv('--no_balance', '--batch_size', 8, '--epochs', 1, train=fakes, out=tmp_path / 'fakes'))
     assert 'warning: --train_manifest' in capsys.readouterr().out
 
-    import benchmark_finetune
+    from benchmarks import finetune as benchmark_finetune
     bench = benchmark_finetune.get_args_parser().parse_args(
         ['--mode', 'eval_e2e', '--device', 'cpu', '--model', 'vit_tiny_patch16', '--input_size', '32', '--batch_size',
          '512', '--num_workers', '0', '--compile', 'off', '--data_path', str(synthetic_data['test'])])

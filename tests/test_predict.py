@@ -184,7 +184,7 @@ def test_a_rejected_candidate_is_never_scored(finetune_tiny, media, monkeypatch)
 
 def test_suit_patch_is_not_a_face(finetune_tiny, tmp_path):
     """The astronaut's suit rolled by 20 deg: HOG alone scores its mission patch; the default detector drops it."""
-    import benchmark_detect
+    from benchmarks import detect as benchmark_detect
     path = tmp_path / 'suit.png'
     cv2.imwrite(str(path), benchmark_detect.negative_scene('suit_rolled')[:, :, ::-1])
     res = predict.Predictor(finetune_tiny['out'] / 'checkpoint-best.pth', 'cpu').predict_image(str(path))
@@ -194,7 +194,7 @@ def test_suit_patch_is_not_a_face(finetune_tiny, tmp_path):
 @pytest.fixture(scope='module')
 def two_people(tmp_path_factory):
     """Two synthetic people side by side; the left one's face is larger in every other frame."""
-    from preprocess import synthetic_faces as S
+    from synthetic import faces as S
     rng = np.random.default_rng(1)
     people = [S.sample_identity(rng) for _ in range(2)]
     path = tmp_path_factory.mktemp('two_people') / 'two.avi'

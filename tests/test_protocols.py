@@ -241,7 +241,7 @@ def test_frame_protocol_writes_its_own_deterministic_manifests(tmp_path, monkeyp
 
 # ---------------------------------------------------------------------- synthetic forgery families
 def test_forgery_families_are_deterministic_local_and_recorded(tmp_path):
-    from preprocess.synthetic_faces import (
+    from synthetic.faces import (
         FORGERY_FAMILIES,
         family_method,
         generate_dataset,

@@ -77,15 +77,6 @@ def compute_metrics(labels, scores, videos=None, threshold=0.5):
     return out
 
 
-def roc_points(labels, scores):
-    """(fpr, tpr) of the ROC for plotting; None with one class."""
-    labels = np.asarray(labels).astype(np.int64)
-    if np.unique(labels).size < 2:
-        return None
-    fpr, tpr, _ = roc_curve(labels, np.asarray(scores, np.float64))
-    return fpr, tpr
-
-
 def score_file_results(path, group_by=None, threshold=0.5):
     """The evaluation table's rows recomputed from a scores_<set>.csv alone: {name: metrics} for the whole
     set and, with group_by='method', for each manipulation's fakes against all the reals."""
@@ -116,7 +107,7 @@ def main(argv=None):
             results.update(score_file_results(path, args.group_by, args.threshold))
         except (ValueError, FileNotFoundError, KeyError) as e:
             p.exit(2, f'python -m util.metrics: error: {path}: {e}\n')
-    from engine_finetune import format_table
+    from util.reports import format_table
     print(format_table(results))
     return results
 

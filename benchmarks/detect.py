@@ -17,8 +17,8 @@ size of the true centre and its size is within a factor 2 of it; every other rep
 (detect + verify, without landmarks), the landmarker built beforehand, one warm-up frame; the
 CPU time of the process (all its threads) is printed beside it, a figure a busy machine disturbs less.
 
-    python benchmark_detect.py                       # every option, the whole grid
-    python benchmark_detect.py --detector hybrid --threads 1
+    python -m benchmarks.detect                       # every option, the whole grid
+    python -m benchmarks.detect --detector hybrid --threads 1
 """
 import argparse
 import json

@@ -8,8 +8,8 @@ decoding, detection + landmarks, and crop + write, and the CPU time per face
 (``cpu_ms_per_face``: all threads of this process; with ``--threads 1`` that is the
 work of one core, a figure that holds on a busy machine too).
 
-    python benchmark_prepare.py --landmarker dlib --device cpu --threads 1
-    python benchmark_prepare.py --landmarker face_alignment --device cuda --random_weights
+    python -m benchmarks.prepare --landmarker dlib --device cpu --threads 1
+    python -m benchmarks.prepare --landmarker face_alignment --device cuda --random_weights
 
 ``--random_weights`` (face_alignment without its real weights, e.g. offline): FAN and
 S3FD get random weights saved in a temporary TORCH_HOME; the detector is set to find
