@@ -60,7 +60,7 @@ def test_benchmarks_and_self_blending_leave_the_thread_count_as_found(capsys):
     so a demo or training run after a benchmark in the same process trains as it would alone."""
     import cv2
 
-    from preprocess.synthetic_faces import render_face, sample_identity
+    from synthetic.faces import render_face, sample_identity
     from util.self_blend import self_blend
     before = torch.get_num_threads(), cv2.getNumThreads()
     benchmark_pretrain.main(benchmark_pretrain.get_args_parser().parse_args(

@@ -142,9 +142,9 @@ def test_demo_result_does_not_depend_on_what_ran_before(tmp_path, capsys):
     """demo.main twice in one process, with other project work between the two runs: the same summary and the
     same scores to the last digit. The work between includes a benchmark that times one loader worker on one
     thread, which used to leave the process single-threaded (and so trained the second run to other weights)."""
-    import benchmark_pretrain
     import predict
-    from preprocess.synthetic_faces import render_face, sample_identity
+    from benchmarks import pretrain as benchmark_pretrain
+    from synthetic.faces import render_face, sample_identity
     from util.self_blend import self_blend
 
     first = _quick(tmp_path / 'a', seed=0)
