@@ -169,7 +169,8 @@ def main(args):
     journal = Journal(args.output, tag)
     settings = _settings(args)
     if journal.settings is not None and not _same_settings(journal.settings, settings):
-        if not args.overwrite:
+        produced = any(rec['rows'] for rec in journal.items.values())
+        if not args.overwrite and produced:
             changed = {k: (journal.settings.get(k), settings.get(k))
                        for k in sorted(journal.settings.keys() | settings.keys())
                        if journal.settings.get(k) != settings.get(k)}

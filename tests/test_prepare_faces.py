@@ -346,6 +346,22 @@ def test_face_alignment_weights_from_weights_dir_and_missing(prep_fa_home, tmp_p
     assert not (tmp_path / 'out' / 'faces').exists()
 
 
+def test_run_that_produced_nothing_does_not_block_a_rerun(tmp_path, prep_stub, monkeypatch):
+    """Offline, the default landmarker stops before any item with a hint to use dlib; the rerun with the hint
+    (other settings) goes ahead, where a run that wrote faces keeps its protection."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'empty_home'))
+    (tmp_path / 'in').mkdir()
+    cv2.imwrite(str(tmp_path / 'in' / 'a.png'), astronaut())
+    out = tmp_path / 'out'
+    first = ['--input', str(tmp_path / 'in'), '--output', str(out), '--no_download', '--no_progress']
+    with pytest.raises(F.WeightsNotFoundError, match='--landmarker dlib'):
+        prepare_faces.main(prepare_faces.get_args_parser().parse_args(first))
+    summary = prepare_faces.main(args_for(tmp_path / 'in', out))
+    assert summary['processed'] == 1 and summary['faces'] == 1
+    with pytest.raises(prepare_faces.LayoutError, match='other settings'):
+        prepare_faces.main(args_for(tmp_path / 'in', out, '--size', 128))
+
+
 # ---------------------------------------------------------------------------------
 # prepare_faces.py: a real video with dlib, resumability, interruption
 # ---------------------------------------------------------------------------------
