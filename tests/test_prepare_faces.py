@@ -564,6 +564,23 @@ def test_bad_inputs_land_in_failures_csv(tmp_path, prep_use_dlib):
     assert summary['failures']['no face'] == 4
 
 
+def test_summary_counts_this_runs_failures(tmp_path, prep_use_dlib, capsys):
+    """Two inputs into one folder: the second's summary counts its own failures and points to the file that
+    lists every run's."""
+    (tmp_path / 'blank').mkdir()
+    cv2.imwrite(str(tmp_path / 'blank' / 'wall.png'), np.full((120, 160, 3), 128, np.uint8))
+    (tmp_path / 'photos').mkdir()
+    cv2.imwrite(str(tmp_path / 'photos' / 'a.png'), astronaut()[:, :, ::-1])
+    out = tmp_path / 'out'
+    first = prepare_faces.main(args_for(tmp_path / 'blank', out))
+    assert first['failures'] == {'no face': 1}
+    capsys.readouterr()
+    second = prepare_faces.main(args_for(tmp_path / 'photos', out))
+    assert second['faces'] == 1 and second['failures'] == {} and second['failures_in_folder'] == 1
+    assert f'failures: none  (every run\'s into {out}: 1, listed in {out / "failures.csv"})' in capsys.readouterr().out
+    assert len(read_csv(out / 'failures.csv')) == 1
+
+
 def test_unknown_layouts_say_what_is_missing(tmp_path):
     (tmp_path / 'empty').mkdir()
     (tmp_path / 'splits').mkdir()
