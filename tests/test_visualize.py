@@ -1,5 +1,7 @@
 """Figures of Visualization/visualize.py: grid size, not blank, facial-region masks hide the right patches,
 norm-pix de-normalisation and the frequency recombination."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -137,6 +139,44 @@ def test_bad_inputs_are_one_line_errors(pretrained_tiny, synthetic_data, tmp_pat
     torch.save({'model': {}}, bogus)
     with pytest.raises(SystemExit, match='no training arguments'):
         viz.load_autoencoder(bogus)
+
+
+def test_data_mistakes_are_one_line_errors(synthetic_data, tmp_path):
+    """A manifest header typo, an empty folder, a text file named .jpg: one line naming the file, no traceback
+    (figure 5 needs no checkpoint, so the command gets as far as reading the faces)."""
+    import shutil
+    face = load_samples(synthetic_data['test'])[0]
+    text = tmp_path / 'text.jpg'
+    text.write_text('path,landmarks,label\n' * 20)
+    shutil.copyfile(face.landmarks, tmp_path / 'text.npy')
+    typo = tmp_path / 'typo.csv'
+    typo.write_text('path,landmark,label,video,dataset\nx.png,x.npy,0,v,d\n')
+    (tmp_path / 'empty').mkdir()
+    cases = ((['--manifest', typo], f'{typo}: manifest header lacks column(s) landmarks'),
+             (['--images', tmp_path / 'empty'], f'{tmp_path / "empty"}: no images'),
+             (['--images', text], f'{text}: cannot decode image'))
+    for argv, words in cases:
+        args = viz.get_args_parser().parse_args([*map(str, argv), '--figures', '5', '--out', str(tmp_path)])
+        with pytest.raises(SystemExit) as e:
+            viz.main(args)
+        line = str(e.value.code)
+        assert line.startswith('visualize.py: error: ') and words in line and '\n' not in line
+
+
+@pytest.mark.slow
+def test_data_mistake_on_the_command_line_prints_no_traceback(synthetic_data, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    text = tmp_path / 'text.jpg'
+    text.write_text('path,landmarks,label\n' * 20)
+    shutil.copyfile(load_samples(synthetic_data['test'])[0].landmarks, tmp_path / 'text.npy')
+    run = subprocess.run([sys.executable, 'Visualization/visualize.py', '--images', str(text), '--figures', '5',
+                          '--out', str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         cwd=Path(viz.__file__).resolve().parents[1])
+    assert run.returncode == 1 and 'Traceback' not in run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f'visualize.py: error: {text}: cannot decode image')
 
 
 def test_discrepancy_figure_grid_and_group_columns(tmp_path):
