@@ -17,15 +17,15 @@ figure is regenerated exactly. Images are shown de-normalised; with --norm_pix_l
 are de-normalised with the mean and variance of the corresponding target patch before display.
 
 Every panel is a square of `display` pixels at a fixed place in the PNG (see `Layout`), so a figure's size
-is a function of its rows and columns only.
+is a function of its rows and columns only (a figure too narrow to hold its title in the header at 5 pt gets
+a taller header).
 """
 import argparse
 import csv
 import io
 import sys
-import textwrap
 from argparse import Namespace
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -85,17 +85,40 @@ def display_size(img_size, target=128):
     return img_size * max(1, int(round(target / img_size)))
 
 
+def fit_title(title, width, height, dpi, sizes=(8, 7, 6, 5), linespacing=1.1):
+    """The title's lines and font size (bold points) that fit a band of width x height pixels: the largest of
+    `sizes` at which the words wrap, as measured by the renderer, into the band; else the smallest size and the
+    height its lines need. Every word is kept. -> (lines, size, height)"""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+    renderer = RendererAgg(1, 1, dpi)
+    for size in sizes:
+        font = FontProperties(size=size, weight='bold')
+        measure = lambda text: renderer.get_text_width_height_descent(text, font, ismath=False)[0]
+        lines = []
+        for word in title.split():
+            if lines and measure(f'{lines[-1]} {word}') <= width:
+                lines[-1] += f' {word}'
+            else:
+                lines.append(word)
+        need = len(lines) * size * linespacing * dpi / 72 + 4
+        if need <= height and max(map(measure, lines)) <= width:
+            break
+    return lines, size, max(height, int(need + 0.999))
+
+
 class GridFigure:
-    """A matplotlib figure (no pyplot: works headless and in notebooks) with panels placed by a Layout."""
+    """A matplotlib figure (no pyplot: works headless and in notebooks) with panels placed by a Layout; the
+    title is fitted into the header band (fit_title), which grows only for a figure too narrow for it."""
 
     def __init__(self, layout, title):
         from matplotlib.figure import Figure
-        self.layout = layout
+        lines, size, header_h = fit_title(title, layout.size[0] - 2 * layout.pad, layout.header_h, layout.dpi)
+        self.layout = layout = replace(layout, header_h=header_h)
         w, h = layout.size
         self.fig = Figure(figsize=(w / layout.dpi, h / layout.dpi), dpi=layout.dpi)
-        title = '\n'.join(textwrap.wrap(title, max(20, int(w / 7.5)))[:2])   # ~7 px a character, bold 8 pt
-        self.fig.text(0.5, 1 - (layout.header_h / 2) / h, title, ha='center', va='center', fontsize=8,
-                      fontweight='bold', linespacing=1.1)
+        self.fig.text(0.5, 1 - (layout.header_h / 2) / h, '\n'.join(lines), ha='center', va='center',
+                      fontsize=size, fontweight='bold', linespacing=1.1)
 
     def panel(self, row, col, img, title='', **imshow_kw):
         """Show an [H, W(, 3)] array in panel (row, col) with nearest-neighbour up-scaling. -> Axes"""

@@ -179,6 +179,22 @@ def test_data_mistake_on_the_command_line_prints_no_traceback(synthetic_data, tm
     assert line.startswith(f'visualize.py: error: {text}: cannot decode image')
 
 
+@pytest.mark.parametrize('cols, side', [(1, 16), (2, 16), (2, 32), (3, 32)])
+def test_figure4_title_is_whole_and_inside_the_figure(cols, side):
+    """Narrow figures: every word of the title is drawn, inside the figure and its header band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    x = torch.rand(cols, 3, side, side)
+    result = dict(input=x, recon=x, diff=x.mean(1), prob=torch.rand(cols), cam=torch.rand(cols, side, side))
+    g, _ = viz.figure_discrepancy(result, [f'set {c}' for c in range(cols)])
+    canvas = FigureCanvasAgg(g.fig)
+    canvas.draw()
+    [title] = g.fig.texts
+    box, (w, h) = title.get_window_extent(canvas.get_renderer()), g.layout.size
+    assert 0 <= box.x0 and box.x1 <= w and h - g.layout.header_h <= box.y0 and box.y1 <= h
+    assert title.get_text().split() == ('Reconstruction discrepancy: detector tokens -> frozen decoder (heat maps '
+                                        f'share one scale, 0 to {float(result["diff"].max()):.2f})').split()
+
+
 def test_discrepancy_figure_grid_and_group_columns(tmp_path):
     g = 3
     x = torch.rand(g, 3, 32, 32)
