@@ -285,4 +285,8 @@ def main(args):
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser('MIFAE pre-training', parents=[get_args_parser()])
-    main(parser.parse_args())
+    args = parser.parse_args()
+    try:
+        main(args)
+    except KeyboardInterrupt:
+        raise SystemExit(checkpoint.report_interrupt('main_pretrain.py', args))

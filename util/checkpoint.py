@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -183,6 +184,21 @@ def find_resume_checkpoint(args):
               f'that loads', flush=True)
     args.resume = fallback[0]
     return args.resume
+
+
+def report_interrupt(script, args):
+    """Ctrl-C in a training run or an evaluation: one line on stderr saying what is kept and that the same
+    command continues. -> the exit status, 130 (as a shell reports SIGINT)"""
+    out = Path(args.output_dir) if getattr(args, 'output_dir', '') else None
+    if getattr(args, 'eval', False):
+        kept = 'the evaluation writes nothing before its end; run the same command again'
+    elif out is not None and (out / LAST).is_file() and (epoch := epoch_of(out / LAST)) is not None:
+        kept = f'{out / LAST} (epoch {epoch}) is kept; run the same command again to continue from it'
+    else:
+        kept = 'no epoch had been saved yet; run the same command again to start'
+    if misc.is_main_process():
+        print(f'\n{script}: interrupted: {kept}', file=sys.stderr, flush=True)
+    return 130
 
 
 # ---------------------------------------------------------------------- flags a resumed run may change
