@@ -125,7 +125,8 @@ def check_args(args):
     if problem := checkpoint.start_problem(args):
         fail(problem)
     try:
-        checkpoint.check_resume_args(args, get_args_parser(), hard=RESUME_SHAPE_FLAGS, harmless=RESUME_HARMLESS)
+        checkpoint.check_resume_args(args, get_args_parser(), hard=RESUME_SHAPE_FLAGS, harmless=RESUME_HARMLESS,
+                                     pretraining=True)
     except (FileNotFoundError, ValueError) as e:
         fail(f'cannot resume: {e}')
 

@@ -356,3 +356,14 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_continues(micro, t
     err = capsys.readouterr().err
     assert 'Traceback' not in err and err.strip().splitlines()[-1] == (
         'main_finetune.py: interrupted: no epoch had been saved yet; run the same command again to start')
+
+
+def test_a_fine_tuning_checkpoint_given_to_pre_training_is_named_as_such(micro, tmp_path):
+    ft = tmp_path / 'ft'
+    main_finetune.main(ft_args(micro, ft, epochs=1))
+    best = ft / 'checkpoint-best.pth'
+    msg = one_line(main_pretrain.main, pre_args(micro, tmp_path / 'pre', '--resume', best))
+    assert msg == (f'main_pretrain.py: error: cannot resume: {best} is a fine-tuning (stage 2) checkpoint: continue '
+                   f'it with main_finetune.py --resume; pre-training resumes from a pre-training checkpoint (or '
+                   f'choose another --output_dir)')
+    one_line(main_pretrain.main, pre_args(micro, ft), match=f'{ft / "checkpoint-last.pth"} is a fine-tuning (stage 2)')

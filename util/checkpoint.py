@@ -241,17 +241,22 @@ def changed_flags(saved, args, flags, derived=()):
     return out
 
 
-def check_resume_args(args, parser, hard=(), skip=(), harmless=(), derived=('lr', 'model')):
+def check_resume_args(args, parser, hard=(), skip=(), harmless=(), derived=('lr', 'model'), pretraining=False):
     """Before any work: the checkpoint a run resumes from must have been written with the same method flags.
 
     `hard` flags (tensor shapes) can never differ; other method flags (`method_flags(parser, harmless)`
     less `skip`) only with --allow_changed_flags, which notes them and sets args.changed_flags (the first
-    epoch's log.txt line records them). Raises ValueError with the list of what differs. -> path or None"""
+    epoch's log.txt line records them). With `pretraining`, a fine-tuning checkpoint is refused as such.
+    Raises ValueError with the list of what differs. -> path or None"""
     path = find_resume_checkpoint(args)
     args.changed_flags = None
     if not path:
         return None
     ckpt = load(path, mmap=True)
+    if pretraining and isinstance(ckpt.get('detector'), dict):
+        raise ValueError(f'{path} is a fine-tuning (stage 2) checkpoint: continue it with main_finetune.py '
+                         f'--resume; pre-training resumes from a pre-training checkpoint (or choose another '
+                         f'--output_dir)')
     saved = args_of(ckpt)
     flags = [k for k in method_flags(parser, harmless) if k not in skip]
     changed = changed_flags(saved, args, flags, derived)
