@@ -887,4 +887,8 @@ def main(args):
 
 
 if __name__ == '__main__':
-    main(parse_args())
+    args = parse_args()
+    try:
+        main(args)
+    except KeyboardInterrupt:
+        raise SystemExit(checkpoint.report_interrupt('main_finetune.py', args))

@@ -125,7 +125,8 @@ def check_args(args):
     if problem := checkpoint.start_problem(args):
         fail(problem)
     try:
-        checkpoint.check_resume_args(args, get_args_parser(), hard=RESUME_SHAPE_FLAGS, harmless=RESUME_HARMLESS)
+        checkpoint.check_resume_args(args, get_args_parser(), hard=RESUME_SHAPE_FLAGS, harmless=RESUME_HARMLESS,
+                                     pretraining=True)
     except (FileNotFoundError, ValueError) as e:
         fail(f'cannot resume: {e}')
 
@@ -285,4 +286,8 @@ def main(args):
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser('MIFAE pre-training', parents=[get_args_parser()])
-    main(parser.parse_args())
+    args = parser.parse_args()
+    try:
+        main(args)
+    except KeyboardInterrupt:
+        raise SystemExit(checkpoint.report_interrupt('main_pretrain.py', args))

@@ -11,9 +11,10 @@ and never decide a verdict. An image's score is its most fake-looking face (ever
 In a video the faces of the sampled frames are joined into tracks by box overlap (preprocess.face_tracks), one
 per person; a track's score is the mean fake probability over its frames, and the video's score is its
 most fake-looking track among those seen in at least a quarter of the frames that show a face (or the
-longest, when none is; every track is listed). `--heatmap DIR` writes one PNG per face: input |
-reconstruction by the frozen decoder from the detector's tokens | |difference| (JET colours, 0 to
---heatmap_max) | Grad-CAM of the fake logit (pytorch-grad-cam, last block, over the input).
+longest, when none is; every track is listed). `--heatmap DIR` writes one PNG per face, its panels titled
+(HEATMAP_PANELS): input | reconstruction by the frozen decoder from the detector's tokens | |difference| (JET
+colours, 0 to --heatmap_max, with its colour bar) | Grad-CAM of the fake logit (pytorch-grad-cam, last block,
+over the input, scaled to its own maximum).
 A file without a face, an unreadable image or video: said so, and the next file is processed.
 """
 import argparse
@@ -206,18 +207,46 @@ def no_face(path, reasons, frames=False, dropped=0):
     return dict(status='face_too_small' if small == n else 'no_face', message=f'{path}: {what}')
 
 
+HEATMAP_PANELS = ('input', 'reconstruction', '|difference|', 'Grad-CAM (fake)')   # titles, left to right
+HEATMAP_LABEL_H, HEATMAP_GAP, HEATMAP_MIN_SIDE = 16, 4, 128     # pixels: title band, gaps, smallest panel side
+
+
+def _label(text, width, height=HEATMAP_LABEL_H, align='center'):
+    """A white band [height, width, 3] with `text` in black, set as large as fits (OpenCV's simplex font)."""
+    band = np.full((height, width, 3), 255, np.uint8)
+    scale = 0.4
+    while scale > 0.2 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width - 2:
+        scale -= 0.025
+    (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x = max(1, (width - w) // 2) if align == 'center' else 1
+    cv2.putText(band, text, (x, (height + h) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return band
+
+
+def _jet(u8):
+    return cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
 def heatmap_panel(inp, recon, diff, vmax=0.25, cam=None):
     """[3, H, W] input and reconstruction in [0, 1], [H, W] |difference| and optionally [H, W] Grad-CAM
-    -> uint8 RGB [H, 3W + 8, 3] (with the Grad-CAM overlay: [H, 4W + 12, 3])."""
+    -> uint8 RGB image: the panels of HEATMAP_PANELS side by side (up-scaled, nearest neighbour, to at least
+    HEATMAP_MIN_SIDE px), each titled, and after |difference| its colour bar from 0 to `vmax` (JET).
+    The Grad-CAM is scaled to its own maximum, so it shows where the detector looked, not how much."""
     to_u8 = lambda t: (t.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
     d = (diff.clamp(0, vmax) / vmax * 255 + 0.5).to(torch.uint8).numpy()
-    heat = cv2.cvtColor(cv2.applyColorMap(d, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    h = heat.shape[0]
-    gap = np.full((h, 4, 3), 255, np.uint8)
-    parts = [to_u8(inp), gap, to_u8(recon), gap, heat]
-    if cam is not None:
-        parts += [gap, models_vit.cam_overlay(inp, cam)]
-    return np.concatenate(parts, axis=1)
+    images = [to_u8(inp), to_u8(recon), _jet(d)] + ([models_vit.cam_overlay(inp, cam)] if cam is not None else [])
+    k = max(1, -(-HEATMAP_MIN_SIDE // images[0].shape[0]))
+    images = [np.repeat(np.repeat(im, k, 0), k, 1) for im in images]
+    side = images[0].shape[0]
+    bar = _jet(np.linspace(255, 0, side).round().astype(np.uint8)[:, None].repeat(10, 1))
+    ticks = np.full((side, 34, 3), 255, np.uint8)
+    ticks[:HEATMAP_LABEL_H] = _label(f'{vmax:g}', 34, align='left')
+    ticks[-HEATMAP_LABEL_H:] = _label('0', 34, align='left')
+    columns = [(title, im) for title, im in zip(HEATMAP_PANELS, images)]
+    columns.insert(3, ('', np.concatenate([bar, np.full((side, 2, 3), 255, np.uint8), ticks], axis=1)))
+    gap = np.full((HEATMAP_LABEL_H + side, HEATMAP_GAP, 3), 255, np.uint8)
+    parts = [p for title, im in columns for p in (gap, np.concatenate([_label(title, im.shape[1]), im]))]
+    return np.concatenate(parts[1:], axis=1)
 
 
 def write_heatmaps(res, out_dir, stem):

@@ -169,7 +169,8 @@ def main(args):
     journal = Journal(args.output, tag)
     settings = _settings(args)
     if journal.settings is not None and not _same_settings(journal.settings, settings):
-        if not args.overwrite:
+        produced = any(rec['rows'] for rec in journal.items.values())
+        if not args.overwrite and produced:
             changed = {k: (journal.settings.get(k), settings.get(k))
                        for k in sorted(journal.settings.keys() | settings.keys())
                        if journal.settings.get(k) != settings.get(k)}
@@ -203,19 +204,20 @@ def main(args):
 
     # 3. manifests and failures
     manifests = write_manifests(args.output, journal, suffix)
-    failure_rows = write_failures(args.output)
+    failure_rows = write_failures(args.output)     # every run's into this folder
 
-    # 4. summary
+    # 4. summary (of this input; other runs into the folder have their own)
     total = Counter()
     for rec in journal.items.values():
         total.update(rec['stats'])
-    reasons = Counter(_reason_kind(r[1]) for r in failure_rows)
+    own = [*journal.listing_failures, *(f for rec in journal.items.values() for f in rec['failures'])]
+    reasons = Counter(_reason_kind(r[1]) for r in own)
     summary = dict(items=len(items), already_done=len(items) - len(pending), processed=run['items'],
                    interrupted=interrupted, seconds=round(time.time() - t0, 1),
                    this_run={k: run[k] for k in ('videos', 'images', 'frames', 'faces')},
                    videos=total['videos'], images=total['images'], frames=total['frames'],
                    frames_unreadable=total['frames_unreadable'], faces=total['faces'],
-                   failures=dict(reasons), manifests=manifests)
+                   failures=dict(reasons), failures_in_folder=len(failure_rows), manifests=manifests)
     _print_summary(summary, args)
     if error:
         raise WorkerError(f'{error}; {run["items"]} items finished and are kept: run the same command '
@@ -285,7 +287,8 @@ def _print_summary(s, args):
              f'  totals: videos {s["videos"]}, photos {s["images"]}, frames {s["frames"]} '
              f'(+{s["frames_unreadable"]} unreadable), faces {s["faces"]}',
              '  failures: ' + (', '.join(f'{k} {v}' for k, v in sorted(s['failures'].items())) or 'none')
-             + f'  (see {os.path.join(args.output, "failures.csv")})']
+             + f'  (every run\'s into {args.output}: {s["failures_in_folder"]}, listed in '
+               f'{os.path.join(args.output, "failures.csv")})']
     lines += [f'  {os.path.join(args.output, name)}: {n} rows' for name, n in s['manifests'].items()]
     print('\n'.join(lines))
 

@@ -17,15 +17,15 @@ figure is regenerated exactly. Images are shown de-normalised; with --norm_pix_l
 are de-normalised with the mean and variance of the corresponding target patch before display.
 
 Every panel is a square of `display` pixels at a fixed place in the PNG (see `Layout`), so a figure's size
-is a function of its rows and columns only.
+is a function of its rows and columns only (a figure too narrow to hold its title in the header at 5 pt gets
+a taller header).
 """
 import argparse
 import csv
 import io
 import sys
-import textwrap
 from argparse import Namespace
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -85,17 +85,40 @@ def display_size(img_size, target=128):
     return img_size * max(1, int(round(target / img_size)))
 
 
+def fit_title(title, width, height, dpi, sizes=(8, 7, 6, 5), linespacing=1.1):
+    """The title's lines and font size (bold points) that fit a band of width x height pixels: the largest of
+    `sizes` at which the words wrap, as measured by the renderer, into the band; else the smallest size and the
+    height its lines need. Every word is kept. -> (lines, size, height)"""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+    renderer = RendererAgg(1, 1, dpi)
+    for size in sizes:
+        font = FontProperties(size=size, weight='bold')
+        measure = lambda text: renderer.get_text_width_height_descent(text, font, ismath=False)[0]
+        lines = []
+        for word in title.split():
+            if lines and measure(f'{lines[-1]} {word}') <= width:
+                lines[-1] += f' {word}'
+            else:
+                lines.append(word)
+        need = len(lines) * size * linespacing * dpi / 72 + 4
+        if need <= height and max(map(measure, lines)) <= width:
+            break
+    return lines, size, max(height, int(need + 0.999))
+
+
 class GridFigure:
-    """A matplotlib figure (no pyplot: works headless and in notebooks) with panels placed by a Layout."""
+    """A matplotlib figure (no pyplot: works headless and in notebooks) with panels placed by a Layout; the
+    title is fitted into the header band (fit_title), which grows only for a figure too narrow for it."""
 
     def __init__(self, layout, title):
         from matplotlib.figure import Figure
-        self.layout = layout
+        lines, size, header_h = fit_title(title, layout.size[0] - 2 * layout.pad, layout.header_h, layout.dpi)
+        self.layout = layout = replace(layout, header_h=header_h)
         w, h = layout.size
         self.fig = Figure(figsize=(w / layout.dpi, h / layout.dpi), dpi=layout.dpi)
-        title = '\n'.join(textwrap.wrap(title, max(20, int(w / 7.5)))[:2])   # ~7 px a character, bold 8 pt
-        self.fig.text(0.5, 1 - (layout.header_h / 2) / h, title, ha='center', va='center', fontsize=8,
-                      fontweight='bold', linespacing=1.1)
+        self.fig.text(0.5, 1 - (layout.header_h / 2) / h, '\n'.join(lines), ha='center', va='center',
+                      fontsize=size, fontweight='bold', linespacing=1.1)
 
     def panel(self, row, col, img, title='', **imshow_kw):
         """Show an [H, W(, 3)] array in panel (row, col) with nearest-neighbour up-scaling. -> Axes"""
@@ -187,13 +210,24 @@ def manifest_groups(csv_path):
     return groups
 
 
+def read_face(sample, landmarks=True):
+    """A sample's image (RGB uint8) and, with `landmarks`, its [68, 2] landmarks or None; an unreadable file
+    is a one-line error naming it. -> image, or (image, landmarks)"""
+    try:
+        img = read_image_rgb(sample.path)
+        if not landmarks:
+            return img
+        return img, load_landmarks(sample.landmarks) if sample.landmarks else None
+    except ValueError as e:
+        raise error(f'{e}; leave it out of --images or the manifest, or pick other faces with --seed') from None
+
+
 def load_batch(samples, input_size):
     """Read and resize samples (no augmentation). -> (imgs [N, 3, S, S] normalised, list of [68, 2] or None)"""
     transform = FaceTransform(input_size, train=False)
     imgs, lms = [], []
     for s in samples:
-        lm = load_landmarks(s.landmarks) if s.landmarks else None
-        x, lm = transform(read_image_rgb(s.path), lm)
+        x, lm = transform(*read_face(s))
         imgs.append(x)
         lms.append(lm)
     return torch.stack(imgs), lms
@@ -416,7 +450,7 @@ def write_discrepancy_figure(detector, samples, out_dir, groups=None, seed=0, di
     else:
         picked = pick_per_group(groups, per_group, seed)[:max_columns]
     tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std, crop_pct=model.crop_pct)
-    imgs = torch.stack([tf(read_image_rgb(samples[i].path))[0] for _, i in picked])
+    imgs = torch.stack([tf(read_face(samples[i], landmarks=False))[0] for _, i in picked])
     result = models_vit.reconstruction_discrepancy(model, imgs.to(device))
     result['cam'] = models_vit.grad_cam(model, imgs.to(device))
     g, _ = figure_discrepancy(result, [name for name, _ in picked], display)
@@ -449,11 +483,11 @@ def write_self_blend_figure(samples, out_dir, num_images=4, seed=0, size=128, di
     from util.self_blend import self_blend
     with_lm = [s for s in samples if s.landmarks]
     if not with_lm:
-        raise SystemExit('figure 5 needs faces with landmarks (sidecar .npy files or a manifest landmarks column)')
+        raise error('figure 5 needs faces with landmarks (sidecar .npy files or a manifest landmarks column)')
     reals, masks, fakes, titles = [], [], [], []
     for i, s in enumerate(pick_samples(with_lm, num_images, seed)):
-        img = read_image_rgb(s.path)
-        fake, mask = self_blend(img, load_landmarks(s.landmarks), np.random.default_rng(seed + i))
+        img, lm = read_face(s)
+        fake, mask = self_blend(img, lm, np.random.default_rng(seed + i))
         shrink = cv2.INTER_AREA if max(img.shape[:2]) > size else cv2.INTER_LINEAR
         reals.append(cv2.resize(img, (size, size), interpolation=shrink))
         fakes.append(cv2.resize(fake, (size, size), interpolation=shrink))
@@ -522,14 +556,17 @@ def write_pretrain_figures(model, samples, out_dir, figures=(1, 2, 3), num_image
 
 def main(args):
     check_args(args)
-    samples = image_samples(args.images) if args.images else load_samples(args.manifest)
+    try:
+        samples = image_samples(args.images) if args.images else load_samples(args.manifest)
+    except (FileNotFoundError, ValueError) as e:       # a manifest's header or rows, a folder without images
+        raise error(str(e)) from None
     detector = load_detector(args.detector, args.device) if 4 in args.figures and args.detector else None
     written = {}
     if any(f in args.figures for f in (1, 2, 3)):
         model = load_autoencoder(args.checkpoint, args.device)
         if 3 in args.figures and model.old_freq_decoder:
-            raise SystemExit(f'visualize.py: error: --checkpoint {args.checkpoint}: {model.old_freq_decoder}; '
-                             f'figure 3 needs a checkpoint trained with it (figures 1, 2 and 4 still work)')
+            raise error(f'--checkpoint {args.checkpoint}: {model.old_freq_decoder}; '
+                        f'figure 3 needs a checkpoint trained with it (figures 1, 2 and 4 still work)')
         written.update(write_pretrain_figures(model, samples, args.out, args.figures, args.num_images,
                                               args.num_freq_images, args.seed, args.num_regions, args.display))
     if 4 in args.figures:

@@ -959,6 +959,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="synthetic", help="value of the manifests' dataset column")
     ap.add_argument("--artefacts", default="subtle", choices=list(SWAP_ARTEFACTS),
                     help="how visible the face swaps are (strong: for small models at 64 px)")
+    ap.add_argument("--families", nargs="+", default=["swap"], choices=list(FORGERY_FAMILIES), metavar="FAMILY",
+                    help=f"forgery families of the fakes of both splits, in turn over the fake videos "
+                         f"({', '.join(FORGERY_FAMILIES)}; default: swap)")
+    ap.add_argument("--test_families", nargs="+", default=[], choices=list(FORGERY_FAMILIES), metavar="FAMILY",
+                    help="for every test pair, one more fake of each of these families not in --families, "
+                         "written to families_test.csv with all the test faces (cross-manipulation test set)")
     ap.add_argument("--no_progress", action="store_true")
     args = ap.parse_args(argv)
     if not 0 <= args.fake_ratio < 1:
@@ -971,7 +977,8 @@ def main(argv: list[str] | None = None) -> int:
         n_id = min_id
     paths = generate_dataset(args.out, num_identities=n_id, frames_per_identity=args.frames, size=args.size,
                              seed=args.seed, fake_ratio=args.fake_ratio, test_fraction=args.test_fraction,
-                             dataset=args.dataset, progress=not args.no_progress, artefacts=args.artefacts)
+                             dataset=args.dataset, progress=not args.no_progress, artefacts=args.artefacts,
+                             families=tuple(dict.fromkeys(args.families)), test_families=tuple(args.test_families))
     with open(paths["all"], newline="", encoding="utf-8") as f:
         total = sum(1 for _ in f) - 1
     print(f"wrote {total} images ({n_id} identities) under {Path(args.out).resolve()}")

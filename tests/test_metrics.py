@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from util.metrics import compute_metrics, eer_from_roc, video_scores
+from util.metrics import compute_metrics, eer_from_roc, main, video_scores
 
 
 def test_classic_four_points():
@@ -82,3 +82,18 @@ def test_bad_input():
         compute_metrics([0, 1], [0.5, math.nan])
     with pytest.raises(ValueError, match='0 \\(real\\) or 1'):
         compute_metrics([0, 2], [0.5, 0.1])
+
+
+def test_command_line_errors_name_the_file_once(tmp_path, capsys):
+    no_path = tmp_path / 'scores_a.csv'
+    no_path.write_text('label,score,video,method\n0,0.2,v,\n')
+    bad_label = tmp_path / 'scores_b.csv'
+    bad_label.write_text('path,label,score,video,method\nx.png,2,0.2,v,\n')
+    for path, words in ((no_path, 'score file lacks column(s) path'),
+                        (bad_label, 'labels must be 0 (real) or 1 (fake)'),
+                        (tmp_path / 'absent.csv', 'no such file')):
+        with pytest.raises(SystemExit) as e:
+            main([str(path)])
+        [line] = capsys.readouterr().err.splitlines()
+        assert e.value.code == 2 and line.startswith(f'python -m util.metrics: error: {path}: {words}')
+        assert line.count(str(path)) == 1

@@ -3,6 +3,7 @@
 dlib finds the astronaut's face offline; the detector is the session's fine-tuned tiny model.
 """
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -53,9 +54,36 @@ def test_image_video_heatmaps_and_json(finetune_tiny, media, tmp_path, capsys):
     pngs = sorted(heat.glob('*.png'))
     assert len(pngs) == 1 + vid['frames_with_face']
     panel = cv2.imread(str(heat / 'astronaut_face0.png'))
-    s = finetune_tiny['input_size']
-    assert panel.shape == (s, 4 * s + 12, 3) and panel.std() > 5        # input | reconstruction | heat map | Grad-CAM
+    side = finetune_tiny['input_size'] * -(-predict.HEATMAP_MIN_SIDE // finetune_tiny['input_size'])
+    assert panel.shape == (predict.HEATMAP_LABEL_H + side, 4 * side + 46 + 4 * predict.HEATMAP_GAP, 3)
+    assert panel.std() > 5                         # input | reconstruction | heat map, colour bar | Grad-CAM
     assert all(f['heatmap'].endswith('.png') for f in vid['frames'])
+
+
+def test_heatmap_panels_are_titled_with_a_colour_bar():
+    """Four titled panels (the docs list the same titles) and the |difference| colour scale beside its panel."""
+    side, vmax = 64, 0.25
+    x = torch.rand(3, side, side)
+    diff = torch.linspace(0, 0.5, side)[None].repeat(side, 1)          # 0 at the left, past vmax at the right
+    img = predict.heatmap_panel(x, x, diff, vmax, cam=torch.rand(side, side))
+    k, lab, gap = 2, predict.HEATMAP_LABEL_H, predict.HEATMAP_GAP          # 64 px panels shown at 128
+    lefts = [0, side * k + gap, 2 * (side * k + gap), 3 * (side * k + gap) + 46 + gap]
+    assert img.shape == (lab + side * k, lefts[-1] + side * k, 3)
+    for left in lefts:                                                     # a title in black over each panel
+        band = img[:lab, left:left + side * k]
+        assert band.min() < 100 and (band == 255).mean() > 0.5
+        assert (img[:lab, left + side * k:left + side * k + gap] == 255).all()
+    jet = lambda v: cv2.applyColorMap(np.array([[v]], np.uint8), cv2.COLORMAP_JET)[0, 0, ::-1]
+    bar = lefts[2] + side * k + gap
+    np.testing.assert_array_equal(img[lab, bar], jet(255))                   # the bar: vmax at the top ...
+    np.testing.assert_array_equal(img[-1, bar], jet(0))                      # ... 0 at the bottom
+    np.testing.assert_array_equal(img[lab + 5, lefts[2] + side * k - 1], jet(255))   # |difference| >= vmax
+    np.testing.assert_array_equal(img[lab + 5, lefts[2]], jet(0))
+    assert img[lab:2 * lab, bar + 12:bar + 46].min() < 100 and img[-lab:, bar + 12:bar + 46].min() < 100  # 0.25, 0
+    guide = (Path(predict.__file__).parent / 'FINETUNE.md').read_text()
+    sentence = guide[guide.index('`--heatmap DIR` writes'):][:400]
+    assert [sentence.index(f'`{t}`') for t in predict.HEATMAP_PANELS] == sorted(
+        sentence.index(f'`{t}`') for t in predict.HEATMAP_PANELS)
 
 
 def test_no_face_unreadable_and_folders_continue(finetune_tiny, media, capsys):

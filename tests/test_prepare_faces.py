@@ -346,6 +346,22 @@ def test_face_alignment_weights_from_weights_dir_and_missing(prep_fa_home, tmp_p
     assert not (tmp_path / 'out' / 'faces').exists()
 
 
+def test_run_that_produced_nothing_does_not_block_a_rerun(tmp_path, prep_stub, monkeypatch):
+    """Offline, the default landmarker stops before any item with a hint to use dlib; the rerun with the hint
+    (other settings) goes ahead, where a run that wrote faces keeps its protection."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'empty_home'))
+    (tmp_path / 'in').mkdir()
+    cv2.imwrite(str(tmp_path / 'in' / 'a.png'), astronaut())
+    out = tmp_path / 'out'
+    first = ['--input', str(tmp_path / 'in'), '--output', str(out), '--no_download', '--no_progress']
+    with pytest.raises(F.WeightsNotFoundError, match='--landmarker dlib'):
+        prepare_faces.main(prepare_faces.get_args_parser().parse_args(first))
+    summary = prepare_faces.main(args_for(tmp_path / 'in', out))
+    assert summary['processed'] == 1 and summary['faces'] == 1
+    with pytest.raises(prepare_faces.LayoutError, match='other settings'):
+        prepare_faces.main(args_for(tmp_path / 'in', out, '--size', 128))
+
+
 # ---------------------------------------------------------------------------------
 # prepare_faces.py: a real video with dlib, resumability, interruption
 # ---------------------------------------------------------------------------------
@@ -546,6 +562,23 @@ def test_bad_inputs_land_in_failures_csv(tmp_path, prep_use_dlib):
     assert {r['source'] for r in rows} >= {'gray.png', 'rgba.png', 'deep16.png', 'cut.avi'}
     assert summary['frames_unreadable'] >= 2 + 1       # two bad photos + the frames past the cut
     assert summary['failures']['no face'] == 4
+
+
+def test_summary_counts_this_runs_failures(tmp_path, prep_use_dlib, capsys):
+    """Two inputs into one folder: the second's summary counts its own failures and points to the file that
+    lists every run's."""
+    (tmp_path / 'blank').mkdir()
+    cv2.imwrite(str(tmp_path / 'blank' / 'wall.png'), np.full((120, 160, 3), 128, np.uint8))
+    (tmp_path / 'photos').mkdir()
+    cv2.imwrite(str(tmp_path / 'photos' / 'a.png'), astronaut()[:, :, ::-1])
+    out = tmp_path / 'out'
+    first = prepare_faces.main(args_for(tmp_path / 'blank', out))
+    assert first['failures'] == {'no face': 1}
+    capsys.readouterr()
+    second = prepare_faces.main(args_for(tmp_path / 'photos', out))
+    assert second['faces'] == 1 and second['failures'] == {} and second['failures_in_folder'] == 1
+    assert f'failures: none  (every run\'s into {out}: 1, listed in {out / "failures.csv"})' in capsys.readouterr().out
+    assert len(read_csv(out / 'failures.csv')) == 1
 
 
 def test_unknown_layouts_say_what_is_missing(tmp_path):

@@ -310,3 +310,60 @@ def test_finetuning_killed_anywhere_resumes_to_the_same_best_checkpoint_and_test
         assert result['best_val_auc'] == ref['best_val_auc'] and result['best_epoch'] == ref['best_epoch'], kill
         assert result['test'] == ref['test'], kill
         assert epochs_in_log(out) == list(range(epochs)), kill
+
+
+# ---------------------------------------------------------------------- Ctrl-C: one line, exit status 130
+def run_as_script(script, argv, monkeypatch):
+    """`python <script> argv...` in this process (its `if __name__ == '__main__'` block). -> exit status"""
+    import runpy
+    monkeypatch.setattr(sys, 'argv', [script, *map(str, argv)])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / script), run_name='__main__')
+    return e.value.code
+
+
+def interrupt_at(monkeypatch, module, epoch):
+    """Ctrl-C as `module`'s train_one_epoch starts epoch `epoch`."""
+    import importlib
+    engine = importlib.import_module(module)
+    real = engine.train_one_epoch
+
+    def train(*a, **k):
+        if a[4 if module == 'engine_pretrain' else 5] == epoch:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(engine, 'train_one_epoch', train)
+
+
+def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_continues(micro, tmp_path, monkeypatch, capsys):
+    out = tmp_path / 'pre'
+    argv = ['--data_path', micro['pretrain'], '--output_dir', out, '--model', 'mae_vit_micro_patch8', '--input_size',
+            32, '--batch_size', 8, '--epochs', 2, '--warmup_epochs', 1, '--device', 'cpu', '--num_workers', 0,
+            '--quiet']
+    interrupt_at(monkeypatch, 'engine_pretrain', 1)
+    assert run_as_script('main_pretrain.py', argv, monkeypatch) == 130
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and err.strip().splitlines()[-1] == (
+        f'main_pretrain.py: interrupted: {out / "checkpoint-last.pth"} (epoch 0) is kept; run the same command '
+        f'again to continue from it')
+    monkeypatch.undo()
+    main_pretrain.main(main_pretrain.get_args_parser().parse_args(list(map(str, argv))))
+    assert epochs_in_log(out) == [0, 1]
+
+    ft = tmp_path / 'ft'
+    interrupt_at(monkeypatch, 'engine_finetune', 0)
+    assert run_as_script('main_finetune.py', ft_argv(micro, ft, epochs=1), monkeypatch) == 130
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and err.strip().splitlines()[-1] == (
+        'main_finetune.py: interrupted: no epoch had been saved yet; run the same command again to start')
+
+
+def test_a_fine_tuning_checkpoint_given_to_pre_training_is_named_as_such(micro, tmp_path):
+    ft = tmp_path / 'ft'
+    main_finetune.main(ft_args(micro, ft, epochs=1))
+    best = ft / 'checkpoint-best.pth'
+    msg = one_line(main_pretrain.main, pre_args(micro, tmp_path / 'pre', '--resume', best))
+    assert msg == (f'main_pretrain.py: error: cannot resume: {best} is a fine-tuning (stage 2) checkpoint: continue '
+                   f'it with main_finetune.py --resume; pre-training resumes from a pre-training checkpoint (or '
+                   f'choose another --output_dir)')
+    one_line(main_pretrain.main, pre_args(micro, ft), match=f'{ft / "checkpoint-last.pth"} is a fine-tuning (stage 2)')

@@ -229,3 +229,16 @@ def test_cli(tmp_path):
     for r in rows:
         same = (out / r["path"]).read_bytes() == (tmp_path / "strong" / r["path"]).read_bytes()
         assert same == (r["label"] == "0"), r["path"]
+
+
+def test_cli_chooses_forgery_families(tmp_path, capsys):
+    out = tmp_path / "fam"
+    assert sf.main(["--out", str(out), "--num", "16", "--size", "64", "--frames", "1", "--no_progress",
+                    "--families", "swap", "local_edit", "--test_families", "upsample"]) == 0
+    methods = {r["method"] for r in _read_csv(out / "all.csv") if r["label"] == "1"}
+    assert methods == {sf.family_method("swap"), sf.family_method("local_edit")}
+    cross = {r["method"] for r in _read_csv(out / "families_test.csv") if r["label"] == "1"}
+    assert sf.family_method("upsample") in cross and cross <= methods | {sf.family_method("upsample")}
+    with pytest.raises(SystemExit) as e:
+        sf.main(["--out", str(out), "--num", "16", "--families", "morph"])
+    assert e.value.code == 2 and "--families: invalid choice: 'morph'" in capsys.readouterr().err

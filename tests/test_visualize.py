@@ -1,5 +1,7 @@
 """Figures of Visualization/visualize.py: grid size, not blank, facial-region masks hide the right patches,
 norm-pix de-normalisation and the frequency recombination."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -137,6 +139,60 @@ def test_bad_inputs_are_one_line_errors(pretrained_tiny, synthetic_data, tmp_pat
     torch.save({'model': {}}, bogus)
     with pytest.raises(SystemExit, match='no training arguments'):
         viz.load_autoencoder(bogus)
+
+
+def test_data_mistakes_are_one_line_errors(synthetic_data, tmp_path):
+    """A manifest header typo, an empty folder, a text file named .jpg: one line naming the file, no traceback
+    (figure 5 needs no checkpoint, so the command gets as far as reading the faces)."""
+    import shutil
+    face = load_samples(synthetic_data['test'])[0]
+    text = tmp_path / 'text.jpg'
+    text.write_text('path,landmarks,label\n' * 20)
+    shutil.copyfile(face.landmarks, tmp_path / 'text.npy')
+    typo = tmp_path / 'typo.csv'
+    typo.write_text('path,landmark,label,video,dataset\nx.png,x.npy,0,v,d\n')
+    (tmp_path / 'empty').mkdir()
+    cases = ((['--manifest', typo], f'{typo}: manifest header lacks column(s) landmarks'),
+             (['--images', tmp_path / 'empty'], f'{tmp_path / "empty"}: no images'),
+             (['--images', text], f'{text}: cannot decode image'))
+    for argv, words in cases:
+        args = viz.get_args_parser().parse_args([*map(str, argv), '--figures', '5', '--out', str(tmp_path)])
+        with pytest.raises(SystemExit) as e:
+            viz.main(args)
+        line = str(e.value.code)
+        assert line.startswith('visualize.py: error: ') and words in line and '\n' not in line
+
+
+@pytest.mark.slow
+def test_data_mistake_on_the_command_line_prints_no_traceback(synthetic_data, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    text = tmp_path / 'text.jpg'
+    text.write_text('path,landmarks,label\n' * 20)
+    shutil.copyfile(load_samples(synthetic_data['test'])[0].landmarks, tmp_path / 'text.npy')
+    run = subprocess.run([sys.executable, 'Visualization/visualize.py', '--images', str(text), '--figures', '5',
+                          '--out', str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         cwd=Path(viz.__file__).resolve().parents[1])
+    assert run.returncode == 1 and 'Traceback' not in run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f'visualize.py: error: {text}: cannot decode image')
+
+
+@pytest.mark.parametrize('cols, side', [(1, 16), (2, 16), (2, 32), (3, 32)])
+def test_figure4_title_is_whole_and_inside_the_figure(cols, side):
+    """Narrow figures: every word of the title is drawn, inside the figure and its header band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    x = torch.rand(cols, 3, side, side)
+    result = dict(input=x, recon=x, diff=x.mean(1), prob=torch.rand(cols), cam=torch.rand(cols, side, side))
+    g, _ = viz.figure_discrepancy(result, [f'set {c}' for c in range(cols)])
+    canvas = FigureCanvasAgg(g.fig)
+    canvas.draw()
+    [title] = g.fig.texts
+    box, (w, h) = title.get_window_extent(canvas.get_renderer()), g.layout.size
+    assert 0 <= box.x0 and box.x1 <= w and h - g.layout.header_h <= box.y0 and box.y1 <= h
+    assert title.get_text().split() == ('Reconstruction discrepancy: detector tokens -> frozen decoder (heat maps '
+                                        f'share one scale, 0 to {float(result["diff"].max()):.2f})').split()
 
 
 def test_discrepancy_figure_grid_and_group_columns(tmp_path):

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -185,6 +186,21 @@ def find_resume_checkpoint(args):
     return args.resume
 
 
+def report_interrupt(script, args):
+    """Ctrl-C in a training run or an evaluation: one line on stderr saying what is kept and that the same
+    command continues. -> the exit status, 130 (as a shell reports SIGINT)"""
+    out = Path(args.output_dir) if getattr(args, 'output_dir', '') else None
+    if getattr(args, 'eval', False):
+        kept = 'the evaluation writes nothing before its end; run the same command again'
+    elif out is not None and (out / LAST).is_file() and (epoch := epoch_of(out / LAST)) is not None:
+        kept = f'{out / LAST} (epoch {epoch}) is kept; run the same command again to continue from it'
+    else:
+        kept = 'no epoch had been saved yet; run the same command again to start'
+    if misc.is_main_process():
+        print(f'\n{script}: interrupted: {kept}', file=sys.stderr, flush=True)
+    return 130
+
+
 # ---------------------------------------------------------------------- flags a resumed run may change
 def method_flags(parser, harmless=()):
     """The flags that change what a model learns: every flag of `parser` outside its 'run' and 'distributed'
@@ -225,17 +241,22 @@ def changed_flags(saved, args, flags, derived=()):
     return out
 
 
-def check_resume_args(args, parser, hard=(), skip=(), harmless=(), derived=('lr', 'model')):
+def check_resume_args(args, parser, hard=(), skip=(), harmless=(), derived=('lr', 'model'), pretraining=False):
     """Before any work: the checkpoint a run resumes from must have been written with the same method flags.
 
     `hard` flags (tensor shapes) can never differ; other method flags (`method_flags(parser, harmless)`
     less `skip`) only with --allow_changed_flags, which notes them and sets args.changed_flags (the first
-    epoch's log.txt line records them). Raises ValueError with the list of what differs. -> path or None"""
+    epoch's log.txt line records them). With `pretraining`, a fine-tuning checkpoint is refused as such.
+    Raises ValueError with the list of what differs. -> path or None"""
     path = find_resume_checkpoint(args)
     args.changed_flags = None
     if not path:
         return None
     ckpt = load(path, mmap=True)
+    if pretraining and isinstance(ckpt.get('detector'), dict):
+        raise ValueError(f'{path} is a fine-tuning (stage 2) checkpoint: continue it with main_finetune.py '
+                         f'--resume; pre-training resumes from a pre-training checkpoint (or choose another '
+                         f'--output_dir)')
     saved = args_of(ckpt)
     flags = [k for k in method_flags(parser, harmless) if k not in skip]
     changed = changed_flags(saved, args, flags, derived)

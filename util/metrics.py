@@ -105,8 +105,11 @@ def main(argv=None):
     for path in args.scores:
         try:
             results.update(score_file_results(path, args.group_by, args.threshold))
-        except (ValueError, FileNotFoundError, KeyError) as e:
-            p.exit(2, f'python -m util.metrics: error: {path}: {e}\n')
+        except FileNotFoundError:
+            p.exit(2, f'python -m util.metrics: error: {path}: no such file\n')
+        except (ValueError, KeyError) as e:           # read_scores names the file; compute_metrics does not
+            msg = str(e) if str(e).startswith(f'{path}:') else f'{path}: {e}'
+            p.exit(2, f'python -m util.metrics: error: {msg}\n')
     from util.reports import format_table
     print(format_table(results))
     return results
