@@ -41,7 +41,8 @@ def global_streams_restored(seed):
 @pytest.mark.parametrize('recipe', ['reference', 'light'])
 def test_stage2_training_transform_of_every_recipe_survives_20000_draws(recipe):
     import main_finetune
-    r = main_finetune.RECIPES[recipe]
+    from util.recipes import RECIPES
+    r = RECIPES[recipe]
     args = types.SimpleNamespace(aa=r['aa'], min_crop_scale=r['min_crop_scale'], input_size=16)
     transform = main_finetune.train_transform(args)
     imgs = _images(64, 20, seed=1)

@@ -9,7 +9,7 @@ import pytest
 
 import main_finetune
 from conftest import write_rows
-from util import protocols
+from util import evaluation, protocols
 from util.datasets import Sample
 from util.metrics import compute_metrics
 from util.metrics import main as metrics_main
@@ -293,7 +293,7 @@ def test_evaluation_md_commands_parse_with_the_scripts_parsers():
         args = parsers[argv[0]].parse_args(argv[1:])
         seen.add(argv[0])
         if argv[0] == 'main_finetune.py':
-            main_finetune.check_protocol_args(args, lambda msg: pytest.fail(f'{line}: {msg}'))
+            evaluation.check_protocol_args(args, lambda msg: pytest.fail(f'{line}: {msg}'))
         else:
             assert args.perturb is None or prepare_faces.perturb_spec(args.perturb)
     assert seen == {'prepare_faces.py', 'main_finetune.py', 'metrics'}

@@ -12,6 +12,7 @@ import main_pretrain
 import util.checkpoint as checkpoint
 import util.self_blend as sb
 from synthetic.faces import generate_dataset, render_face, sample_identity
+from util import recipes
 from util.datasets import FaceTransform, Sample
 
 
@@ -165,8 +166,9 @@ def test_resume_draws_the_same_pairs_as_a_run_never_stopped(micro, tmp_path):
 ])
 def test_pseudo_fake_flag_errors(extra, msg):
     args = main_finetune.get_args_parser().parse_args(['--pseudo_fakes', 'sbi', '--train_manifest', 'x.csv'] + extra)
+    _, from_recipe = recipes.apply_recipe(args)
     with pytest.raises(SystemExit, match=re.escape(msg)):
-        main_finetune.check_pseudo_fake_args(args)
+        main_finetune.check_pseudo_fake_args(args, from_recipe)
 
 
 def test_self_blending_doc_commands_parse():

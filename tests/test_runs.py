@@ -20,6 +20,7 @@ import predict
 import util.checkpoint as checkpoint
 import util.fileio as fileio
 from conftest import ROOT
+from util import recipes
 
 READ_ONLY = Path('/sys')            # a folder no process may write to, root included (Linux)
 
@@ -76,6 +77,12 @@ def pre_args(micro, out, *extra, epochs=2):
     return main_pretrain.get_args_parser().parse_args([str(a) for a in argv])
 
 
+def filled(args):
+    """Parsed stage-2 args with the --recipe's values, as main_finetune.main has them before check_args."""
+    recipes.apply_recipe(args)
+    return args
+
+
 def one_line(fn, *a, match=None):
     """The message of the SystemExit fn(*a) raises; it is one line (and matches `match`)."""
     with pytest.raises(SystemExit) as e:
@@ -120,7 +127,7 @@ def test_finetuning_refuses_bad_run_flags_in_one_line(micro, tmp_path, extra, ms
     args = ft_args(micro, tmp_path / 'o', *extra)
     if args.output_dir == '':
         args.test_manifests = []                               # (these have their own message: covered elsewhere)
-    one_line(main_finetune.check_args, args, match=f'main_finetune.py: error: {msg}')
+    one_line(main_finetune.check_args, filled(args), match=f'main_finetune.py: error: {msg}')
 
 
 def test_output_dir_that_is_a_file_is_refused_by_every_stage(micro, tmp_path):
@@ -128,12 +135,12 @@ def test_output_dir_that_is_a_file_is_refused_by_every_stage(micro, tmp_path):
     blocker.write_text('x')
     msg = f'--output_dir {blocker}: cannot write to {blocker}: it is a file, not a folder'
     one_line(main_pretrain.check_args, pre_args(micro, blocker), match=msg)
-    one_line(main_finetune.check_args, ft_args(micro, blocker), match=msg)
+    one_line(main_finetune.check_args, filled(ft_args(micro, blocker)), match=msg)
     ev = ['--eval', '--resume', str(micro['pre']), '--test_manifests', str(micro['test']), '--device', 'cpu']
-    one_line(main_finetune.check_args, main_finetune.get_args_parser().parse_args(ev + ['--output_dir', str(blocker)]),
-             match=msg)
+    parse = main_finetune.get_args_parser().parse_args
+    one_line(main_finetune.check_args, filled(parse(ev + ['--output_dir', str(blocker)])), match=msg)
     one_line(main_finetune.check_args,
-             main_finetune.get_args_parser().parse_args(ev + ['--output_dir', str(READ_ONLY)]),
+             filled(parse(ev + ['--output_dir', str(READ_ONLY)])),
              match=f'cannot write to {READ_ONLY}')
 
 

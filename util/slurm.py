@@ -228,21 +228,19 @@ def submit(entry, argv=None, prog=None, description=None):
     args = finalize_args(parser.parse_args(argv), entry, prog)
     params = executor_parameters(args)
     module = importlib.import_module(entry)
+    checked, problem = copy.deepcopy(args), None    # what the job's first step makes of the arguments (recipe)
+    if str(args.device).startswith('cuda'):         # the job's GPUs are on the compute nodes, not here
+        checked.device = 'cpu'
+    try:
+        getattr(module, 'prepare_args', module.check_args)(checked)
+    except SystemExit as e:
+        problem = str(e)
 
     print(f'{prog}: {args.cluster} job "{args.job_name}": {args.nodes} node(s) x {args.ngpus} GPU(s) = '
           f'{world_size(args)} processes, {params["timeout_min"]} min per allocation')
-    print(describe_batch(args))
+    print(describe_batch(checked))
     print(f'job folder {args.job_dir}; output_dir {args.output_dir}; TensorBoard {args.log_dir or args.output_dir}'
           + (' (%j = job id)' if '%j' in args.job_dir + args.output_dir else ''))
-    problem = None
-    if hasattr(module, 'check_args'):
-        try:
-            checked = copy.deepcopy(args)
-            if str(args.device).startswith('cuda'):     # the job's GPUs are on the compute nodes, not here
-                checked.device = 'cpu'
-            module.check_args(checked)
-        except SystemExit as e:
-            problem = str(e)
     if args.dry_run:
         print('Slurm parameters: ' + json.dumps(params, sort_keys=True))
         print('Arguments: ' + json.dumps(vars(args), sort_keys=True, default=str))
