@@ -21,21 +21,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 import models_vit
 import util.checkpoint as checkpoint
 import util.misc as misc
-from engine_finetune import (
-    BalancedSampler,
-    ce_criterion,
-    evaluate_samples,
-    train_one_epoch,
-    uses_recon,
-)
-from util import evaluation, protocols, recipes
-from util.augment import TimmTrainTransform
-from util.datasets import ExitOnDataError, FaceDataset, FaceTransform, Sample, read_manifest
+from engine_finetune import ce_criterion, evaluate_samples, train_one_epoch, uses_recon
+from util import evaluation, loaders, protocols, recipes
 from util.fileio import WriteError, output_dir_problem
 from util.lr_decay import param_groups_lrd
 
@@ -245,7 +236,7 @@ def check_args(args):
         if not str(m).lower().endswith('.csv'):
             fail(f'{m}: a labelled manifest CSV is needed here (path,landmarks,label,video,dataset)')
     for m in args.test_manifests:
-        evaluation.read_labelled(m, videos=True)
+        loaders.read_labelled(m, videos=True)
     if not args.eval and resuming:
         resume_meta(resuming, args)                            # a fine-tuning checkpoint of this model shape
         try:
@@ -259,96 +250,6 @@ def check_trainable_blocks(args, model_name):
     if not args.full_finetune and args.trainable_blocks > depth:
         raise error(f'--trainable_blocks {args.trainable_blocks} exceeds the {depth} '
                     f'blocks of {models_vit.resolve_model_name(model_name)} (all of them: --full_finetune)')
-
-
-# ---------------------------------------------------------------------- data
-def check_pseudo_fake_args(args, from_recipe):
-    """One-line errors for --pseudo_fakes flags that cannot work together with the others. Mixup / cutmix that
-    came from the --recipe (`from_recipe`: the flags recipes.apply_recipe filled) are turned off (a face that
-    cannot be self-blended leaves an odd batch; SBI trains without them); given explicitly, they are refused."""
-    if args.pseudo_fakes == 'none':
-        if args.pseudo_fakes_ratio is not None:
-            raise error('--pseudo_fakes_ratio needs --pseudo_fakes sbi')
-        return
-    if args.pseudo_fakes_ratio is not None and not 0 < args.pseudo_fakes_ratio <= 1:
-        raise error(f'--pseudo_fakes_ratio {args.pseudo_fakes_ratio} must lie in (0, 1]')
-    if args.batch_size < 2 or args.batch_size % 2:
-        raise error(f'--pseudo_fakes sbi needs an even --batch_size (real + fake pairs), got {args.batch_size}')
-    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
-        if any(k not in from_recipe for k in ('mixup', 'cutmix', 'cutmix_minmax')):
-            raise error('--pseudo_fakes sbi does not combine with --mixup / --cutmix '
-                        '(a face that cannot be self-blended leaves an odd batch)')
-        args.mixup, args.cutmix, args.cutmix_minmax = 0.0, 0.0, None
-        if misc.is_main_process():
-            print(f'main_finetune.py: note: --pseudo_fakes sbi turns off the --recipe {args.recipe} mixup / cutmix',
-                  flush=True)
-
-
-def pseudo_fake_loader(samples, args):
-    """Training pairs (real, pseudo-fake or manifest fake) from the real faces of --train_manifest; the sampler
-    runs over the reals, batches hold --batch_size / 2 pairs. -> (sampler, loader)"""
-    from util.self_blend import PseudoFakePairs, collate_pairs, count_unusable_landmarks
-    landmarks = {s.path: s.landmarks for s in read_manifest(args.train_manifest)}      # load_labelled drops them
-    reals = [Sample(s.path, landmarks.get(s.path), 0, s.video, s.dataset) for s in samples if s.label == 0]
-    fakes = [s for s in samples if s.label == 1]
-    if not reals:
-        raise error(f'--train_manifest {args.train_manifest} holds no real faces: '
-                    f'--pseudo_fakes sbi makes its fakes from real ones')
-    ratio = args.pseudo_fakes_ratio if args.pseudo_fakes_ratio is not None else (0.5 if fakes else 1.0)
-    try:        # mostly unreadable reals, or with --strict_data one: one line naming files
-        ds = PseudoFakePairs(reals, train_transform(args), fakes, ratio, strict=args.strict_data)
-    except ValueError as e:
-        raise error(f'--train_manifest {args.train_manifest}: {e}') from None
-    pairs, world = args.batch_size // 2, misc.get_world_size()
-    if len(ds) < pairs * world:
-        raise error(f'--train_manifest {args.train_manifest}: {len(ds)} real faces '
-                    f'are fewer than one batch of pairs ({pairs} x {world} processes)')
-    if misc.is_main_process():
-        bad = count_unusable_landmarks(reals)
-        print(f'[data] pseudo-fakes: {len(reals)} real faces, each with a fake partner: self-blended with '
-              f'probability {ds.ratio:g}{f", else one of {len(fakes)} manifest fakes" if ds.ratio < 1 else ""}'
-              + (f'; {bad} without usable landmarks are used as plain reals' if bad else ''), flush=True)
-    if args.distributed:
-        sampler = DistributedSampler(ds, num_replicas=world, rank=misc.get_rank(), shuffle=True, seed=args.seed)
-    else:
-        sampler = RandomSampler(ds)
-    return sampler, ExitOnDataError(DataLoader(ds, sampler=sampler, batch_size=pairs, num_workers=args.num_workers,
-                                               collate_fn=collate_pairs, drop_last=True,
-                                               pin_memory=args.pin_mem and str(args.device).startswith('cuda'),
-                                               persistent_workers=args.num_workers > 0), 'main_finetune.py')
-
-
-def train_transform(args):
-    """The training crop + flip (uint8 out): timm's with RandAugment --aa (PIL), or FaceTransform's (OpenCV)."""
-    if args.aa == 'none':
-        return FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0), normalize=False)
-    try:
-        return TimmTrainTransform(args.input_size, (args.min_crop_scale, 1.0), args.aa)
-    except (ValueError, KeyError, AssertionError) as e:
-        raise error(f'--aa {args.aa} is not a timm augmentation policy ({e})') from None
-    except RuntimeError as e:                                  # a Pillow the recipe cannot run on
-        raise error(str(e)) from None
-
-
-def train_loader(samples, args):
-    try:        # a mostly unusable set, or with --strict_data an unusable sample: one line naming files
-        ds = FaceDataset(samples, train_transform(args), strict=args.strict_data, require_label=True)
-    except ValueError as e:
-        raise error(f'--train_manifest {args.train_manifest}: {e}') from None
-    world = misc.get_world_size()
-    if len(ds) < args.batch_size * world:
-        raise error(f'--train_manifest {args.train_manifest}: {len(ds)} images are '
-                    f'fewer than one batch ({args.batch_size} x {world} processes)')
-    if args.balance:
-        sampler = BalancedSampler([s.label for s in samples], len(ds), args.seed, misc.get_rank(), world)
-    elif args.distributed:
-        sampler = DistributedSampler(ds, num_replicas=world, rank=misc.get_rank(), shuffle=True, seed=args.seed)
-    else:
-        sampler = RandomSampler(ds)
-    return sampler, ExitOnDataError(DataLoader(ds, sampler=sampler, batch_size=args.batch_size,
-                                               num_workers=args.num_workers, drop_last=True,
-                                               pin_memory=args.pin_mem and str(args.device).startswith('cuda'),
-                                               persistent_workers=args.num_workers > 0), 'main_finetune.py')
 
 
 # ---------------------------------------------------------------------- checkpoints: what a resumed run may change
@@ -463,7 +364,7 @@ def prepare_args(args):
     """The first step of main (and of submitit_finetune.py before it submits): the --recipe's values on the recipe
     flags left unset, the pseudo-fake flags, then every start-up check. -> the effective recipe"""
     recipe, from_recipe = recipes.apply_recipe(args)
-    check_pseudo_fake_args(args, from_recipe)                  # before check_args: it may turn mixup off
+    recipes.check_pseudo_fake_args(args, from_recipe)                # before check_args: it may turn mixup off
     check_args(args)
     return {k: getattr(args, k) for k in recipe}               # as --pseudo_fakes left it
 
@@ -481,31 +382,13 @@ def main(args):
             torch.distributed.destroy_process_group()
         return dict(test=results)
 
-    train_samples, _ = evaluation.load_labelled(args.train_manifest, args.strict_data, keep_repeats=True)
-    if args.train_methods:
-        train_samples = evaluation.select_train_methods(train_samples, args.train_manifest, args)
-    classes = {s.label for s in train_samples}
-    if len(classes) < 2 and args.pseudo_fakes == 'none':
-        only = f'--train_manifest {args.train_manifest} holds {"fake" if 1 in classes else "real"} faces only'
-        if args.balance:
-            raise error(f'{only}: --balance needs both classes '
-                        f'(--no_balance trains on it anyway)')
-        if misc.is_main_process():
-            print(f'main_finetune.py: warning: {only}: the detector learns a single class', flush=True)
-    val_samples = (evaluation.load_labelled(args.val_manifest, args.strict_data, videos=True)[0]
-                   if args.val_manifest else None)
-    if val_samples is not None and args.train_methods:
-        val_samples = evaluation.select_train_methods(val_samples, args.val_manifest, args)
-    if val_samples is not None and len({s.label for s in val_samples}) < 2:
-        raise error(f'--val_manifest {args.val_manifest} holds one class only: '
-                    f'its AUC is undefined, so it cannot pick the best checkpoint')
+    train_samples, val_samples = loaders.finetune_sets(args)
     model, decoder_loaded = build_model(args)
     model.to(device)
     model_without_ddp = model
-    sampler, loader = (pseudo_fake_loader if args.pseudo_fakes != 'none' else train_loader)(train_samples, args)
-    if problem := misc.accum_problem(args, loader):
-        raise error(problem)
-    val_loader = (evaluation.eval_loader(val_samples, args.input_size, model.mean, model.std, args, model.crop_pct)
+    sampler, loader = (loaders.pseudo_fake_loader if args.pseudo_fakes != 'none' else
+                       loaders.finetune_loader)(train_samples, args)
+    val_loader = (loaders.eval_loader(val_samples, args.input_size, model.mean, model.std, args, model.crop_pct)
                   if val_samples else None)
 
     eff_batch = args.batch_size * args.accum_iter * misc.get_world_size()

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from util import loaders
+
 DRAWS = 20_000
 
 
@@ -40,11 +42,10 @@ def global_streams_restored(seed):
 
 @pytest.mark.parametrize('recipe', ['reference', 'light'])
 def test_stage2_training_transform_of_every_recipe_survives_20000_draws(recipe):
-    import main_finetune
     from util.recipes import RECIPES
     r = RECIPES[recipe]
     args = types.SimpleNamespace(aa=r['aa'], min_crop_scale=r['min_crop_scale'], input_size=16)
-    transform = main_finetune.train_transform(args)
+    transform = loaders.train_transform(args)
     imgs = _images(64, 20, seed=1)
     with global_streams_restored(0):       # timm draws from the global streams, as in a loader worker
         for i in range(DRAWS):
@@ -70,7 +71,6 @@ def test_randaugment_posterize_to_zero_bits_is_drawn_and_runs():
 def test_a_pillow_that_refuses_zero_bits_fails_at_start(monkeypatch):
     from PIL import ImageOps
 
-    import main_finetune
     real = ImageOps.posterize
 
     def strict_posterize(img, bits):
@@ -80,10 +80,10 @@ def test_a_pillow_that_refuses_zero_bits_fails_at_start(monkeypatch):
     monkeypatch.setattr(ImageOps, 'posterize', strict_posterize)
     args = types.SimpleNamespace(aa='rand-m9-mstd0.5-inc1', min_crop_scale=0.08, input_size=16)
     with pytest.raises(SystemExit) as e:
-        main_finetune.train_transform(args)
+        loaders.train_transform(args)
     assert 'pillow' in str(e.value).lower() and 'requirements.txt' in str(e.value)
     args.aa = 'none'                                   # without RandAugment, no posterize and no check
-    main_finetune.train_transform(args)
+    loaders.train_transform(args)
 
 
 def test_stage1_transform_survives_20000_draws():

@@ -18,9 +18,10 @@ import models_mae
 import models_vit
 import util.checkpoint as checkpoint
 from conftest import write_rows
-from engine_finetune import BalancedSampler, recon_labels_after_mixing, reconstruction_loss, uses_recon
+from engine_finetune import recon_labels_after_mixing, reconstruction_loss, uses_recon
 from util import recipes
 from util.datasets import FaceDataset, FaceTransform, Sample, read_manifest
+from util.loaders import BalancedSampler
 from util.lr_decay import param_groups_lrd
 from util.pos_embed import resize_pos_embed
 

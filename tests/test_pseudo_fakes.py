@@ -168,7 +168,7 @@ def test_pseudo_fake_flag_errors(extra, msg):
     args = main_finetune.get_args_parser().parse_args(['--pseudo_fakes', 'sbi', '--train_manifest', 'x.csv'] + extra)
     _, from_recipe = recipes.apply_recipe(args)
     with pytest.raises(SystemExit, match=re.escape(msg)):
-        main_finetune.check_pseudo_fake_args(args, from_recipe)
+        recipes.check_pseudo_fake_args(args, from_recipe)
 
 
 def test_self_blending_doc_commands_parse():

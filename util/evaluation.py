@@ -11,13 +11,10 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
 import models_vit
 import util.misc as misc
-from engine_finetune import ShardSampler, evaluate_frames
-from util import protocols
-from util.datasets import NO_LABEL, ExitOnDataError, FaceDataset, FaceTransform, Sample, drop_duplicates, read_manifest
+from engine_finetune import evaluate_frames
+from util import loaders, protocols
 from util.fileio import WriteError
 from util.metrics import compute_metrics
 from util.perturb import VIDEO_KINDS, parse_spec
@@ -49,71 +46,6 @@ def check_protocol_args(args, fail):
 
 
 
-# ---------------------------------------------------------------------- labelled sets
-def read_labelled(manifest, videos=False):
-    """Samples of a labelled manifest; one-line errors for a malformed file, rows without a label and, with
-    `videos` (sets that get video metrics), a video id holding both real and fake frames."""
-    try:
-        samples = read_manifest(manifest)
-    except (ValueError, FileNotFoundError) as e:
-        raise error(str(e)) from None
-    unlabelled = [s.path for s in samples if s.label == NO_LABEL]
-    if unlabelled:
-        raise error(f'{manifest}: {len(unlabelled)} row(s) have no label, '
-                    f'e.g. {unlabelled[0]} (stage 2 needs 0 = real / 1 = fake)')
-    samples, _ = protocols.qualify_videos(samples)     # one video = one (dataset, method, video id)
-    if videos:
-        label_of = {}
-        for s in samples:
-            if label_of.setdefault(s.video, s.label) != s.label:
-                raise error(f'{manifest}: video {s.video!r} has both real and fake '
-                            f'frames: the video column must be unique per video')
-    return samples
-
-
-def load_labelled(manifest, strict=False, videos=False, keep_repeats=False):
-    """read_labelled's samples with image files that exist; landmarks are not needed in stage 2.
-
-    Rows that repeat an earlier row exactly are left out and counted (each image is scored once), or with
-    `keep_repeats` (training) kept and counted.
-    Missing files: counted and listed (first few) and skipped, or an error with `strict`. -> (samples, missing)"""
-    samples = read_labelled(manifest, videos)
-    unique, repeats = drop_duplicates(samples)
-    if repeats:
-        if misc.is_main_process():
-            print(f'[data] {manifest}: {repeats} rows repeat an earlier row exactly; '
-                  f'{"kept" if keep_repeats else "left out: each image is scored once"}', flush=True)
-        samples = samples if keep_repeats else unique
-    missing = [s.path for s in samples if not Path(s.path).is_file()]
-    if missing:
-        msg = (f'{manifest}: {len(missing)} of {len(samples)} image file(s) missing, e.g. '
-               f'{", ".join(missing[:3])}')
-        if strict:
-            raise error(f'{msg} (--strict_data)')
-        if misc.is_main_process():
-            print(f'[data] {msg}; continuing without them (--strict_data makes this an error)', flush=True)
-        gone = set(missing)
-        samples = [s for s in samples if s.path not in gone]
-        if not samples:
-            raise error(f'{manifest}: none of its {len(missing)} image files exist')
-    samples = [Sample(s.path, None, s.label, s.video, s.dataset, s.method) for s in samples]
-    return samples, len(missing)
-
-
-def eval_loader(samples, input_size, mean, std, args, crop_pct=None, perturbation=None):
-    """Every sample once, in order; an unreadable image is left out and counted, never replaced.
-    `perturbation` (type, level): the crops degraded as read (crop protocol)."""
-    transform = FaceTransform(input_size, train=False, mean=mean, std=std, normalize=False, crop_pct=crop_pct)
-    kw = dict(strict=args.strict_data, require_label=True, drop_unusable=True)       # uint8; normalised on the device
-    ds = (FaceDataset(samples, transform, **kw) if perturbation is None else
-          protocols.PerturbedFaces(samples, transform, *perturbation, seed=args.seed, **kw))
-    sampler = ShardSampler(len(ds), misc.get_rank(), misc.get_world_size())
-    return ExitOnDataError(DataLoader(ds, sampler=sampler, batch_size=args.eval_batch_size or 2 * args.batch_size,
-                                      num_workers=args.num_workers, drop_last=False,
-                                      pin_memory=args.pin_mem and str(args.device).startswith('cuda')),
-                           'main_finetune.py')
-
-
 # ---------------------------------------------------------------------- evaluation on test sets
 def evaluate_sets(model, manifests, input_size, mean, std, device, amp_dtype, args, ckpt_path=None, crop_pct=None):
     """Frame/video metrics per test manifest; table printed, eval.json / eval.md / ROC PNGs written (rank 0)."""
@@ -125,9 +57,9 @@ def evaluate_sets(model, manifests, input_size, mean, std, device, amp_dtype, ar
         while name in names:
             name += '_'
         names.add(name)
-        samples, missing = load_labelled(m, args.strict_data)
+        samples, missing = loaders.load_labelled(m, args.strict_data)
         samples = protocols.even_frames(samples, args.eval_frames)
-        loader = eval_loader(samples, input_size, mean, std, args, crop_pct)
+        loader = loaders.eval_loader(samples, input_size, mean, std, args, crop_pct)
         try:
             metrics, idx, labels, scores = evaluate_frames(model, samples, loader, device, amp_dtype, name=name,
                                                            quiet=args.quiet, threshold=args.threshold)
@@ -154,19 +86,6 @@ def evaluate_sets(model, manifests, input_size, mean, std, device, amp_dtype, ar
 
 
 # ---------------------------------------------------------------------- evaluation protocols (EVALUATION.md)
-def select_train_methods(samples, manifest, args):
-    """The reals and the --train_methods fakes of a training / validation manifest."""
-    kept = protocols.select_methods(samples, args.train_methods)
-    if not any(s.label == 1 for s in kept):
-        found = sorted({s.method for s in samples if s.label == 1})
-        raise error(f'--train_methods {args.train_methods}: no such fake in {manifest} '
-                         f'(its methods: {", ".join(found) or "none: no method column"})')
-    if misc.is_main_process():
-        print(f'[data] {manifest}: {sum(s.label == 1 for s in kept)} of {sum(s.label == 1 for s in samples)} fakes '
-              f'from --train_methods {args.train_methods}; all {sum(s.label == 0 for s in kept)} reals', flush=True)
-    return kept
-
-
 def group_results(name, samples, labels, scores, args):
     """{'set/group': (metrics, (labels, scores))}: each --group_by group of fakes against all the set's reals."""
     out = {}
@@ -211,7 +130,7 @@ def run_robustness(model, results, input_size, mean, std, device, amp_dtype, arg
     for name, m in results.items():
         if 'group' in m:
             continue
-        samples, _ = load_labelled(m['manifest'], args.strict_data)
+        samples, _ = loaders.load_labelled(m['manifest'], args.strict_data)
         sets[name] = protocols.even_frames(samples, args.eval_frames)
         entry = doc['sets'].setdefault(name, {})
         entry['clean'] = {k: m.get(k) for k in ('auc', 'video_auc', 'eer', 'n', 'n_videos')}
@@ -227,7 +146,8 @@ def run_robustness(model, results, input_size, mean, std, device, amp_dtype, arg
     for name, kind, level in pending:
         samples = sets[name]
         bar.set_postfix_str(f'{name} {kind}:{level}')
-        loader = _CountingLoader(eval_loader(samples, input_size, mean, std, args, crop_pct, (kind, level)), bar)
+        loader = _CountingLoader(loaders.eval_loader(samples, input_size, mean, std, args, crop_pct, (kind, level)),
+                                 bar)
         metrics, _, _, _ = evaluate_frames(model, samples, loader, device, amp_dtype, name=f'{name} {kind}:{level}',
                                            quiet=True, threshold=args.threshold)
         per = doc['sets'][name]['perturbations'].setdefault(kind, {})

@@ -4,6 +4,11 @@ Rule: every recipe flag defaults to None in main_finetune.py's parser; `apply_re
 None the --recipe's value. A flag typed on the command line or set in code (`args.lr = ...` after parse_args)
 is not None and wins, so both take one path. A recipe value of None (e.g. clip_grad) means "off".
 """
+from functools import partial
+
+import util.misc as misc
+
+error = partial(misc.usage_error, 'main_finetune.py')
 
 # The reference's stage-2 values (partial_finetuning_with_reconstruction.py's flags, util/datasets.py's
 # build_transform, the head's trunc_normal_(std=2e-5), Recon_Loss.DualReconLoss(lambda_fake=1.0)).
@@ -33,9 +38,23 @@ def apply_recipe(args):
     return {k: getattr(args, k) for k in RECIPE_FLAGS}, filled
 
 
-def default_of(flag):
-    """How a recipe flag's default reads in --help: its value in each recipe."""
-    values = {name: r[flag] for name, r in RECIPES.items()}
-    if len(set(map(repr, values.values()))) == 1:
-        return f'default {next(iter(values.values()))!r} in every --recipe'
-    return 'default ' + ', '.join(f'{v!r} ({name})' for name, v in values.items())
+def check_pseudo_fake_args(args, from_recipe):
+    """One-line errors for --pseudo_fakes flags that cannot work together with the others. Mixup / cutmix that
+    came from the --recipe (`from_recipe`: the flags recipes.apply_recipe filled) are turned off (a face that
+    cannot be self-blended leaves an odd batch; SBI trains without them); given explicitly, they are refused."""
+    if args.pseudo_fakes == 'none':
+        if args.pseudo_fakes_ratio is not None:
+            raise error('--pseudo_fakes_ratio needs --pseudo_fakes sbi')
+        return
+    if args.pseudo_fakes_ratio is not None and not 0 < args.pseudo_fakes_ratio <= 1:
+        raise error(f'--pseudo_fakes_ratio {args.pseudo_fakes_ratio} must lie in (0, 1]')
+    if args.batch_size < 2 or args.batch_size % 2:
+        raise error(f'--pseudo_fakes sbi needs an even --batch_size (real + fake pairs), got {args.batch_size}')
+    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+        if any(k not in from_recipe for k in ('mixup', 'cutmix', 'cutmix_minmax')):
+            raise error('--pseudo_fakes sbi does not combine with --mixup / --cutmix '
+                        '(a face that cannot be self-blended leaves an odd batch)')
+        args.mixup, args.cutmix, args.cutmix_minmax = 0.0, 0.0, None
+        if misc.is_main_process():
+            print(f'main_finetune.py: note: --pseudo_fakes sbi turns off the --recipe {args.recipe} mixup / cutmix',
+                  flush=True)
