@@ -40,6 +40,7 @@ def global_streams_restored(seed):
         np.random.set_state(npy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('recipe', ['reference', 'light'])
 def test_stage2_training_transform_of_every_recipe_survives_20000_draws(recipe):
     from util.recipes import RECIPES
@@ -86,6 +87,7 @@ def test_a_pillow_that_refuses_zero_bits_fails_at_start(monkeypatch):
     loaders.train_transform(args)
 
 
+@pytest.mark.slow
 def test_stage1_transform_survives_20000_draws():
     from util.datasets import FaceTransform
     t = FaceTransform(16, train=True, scale=(0.2, 1.0), normalize=False)
@@ -98,6 +100,7 @@ def test_stage1_transform_survives_20000_draws():
         assert x.shape == (3, 16, 16) and out_lm.shape == (68, 2)
 
 
+@pytest.mark.slow
 def test_batch_augmentations_survive_many_draws():
     """Mixup / cutmix (the reference's alphas) and random erasing on normalised batches."""
     from timm.data import Mixup
@@ -115,6 +118,7 @@ def test_batch_augmentations_survive_many_draws():
             assert torch.isfinite(x).all() and torch.allclose(y.sum(1), torch.ones(4))
 
 
+@pytest.mark.slow
 def test_self_blended_pairs_survive_many_draws(tmp_path):
     """The pseudo-fake path end to end: self-blending + RandAugment on both faces, 600 items."""
     import cv2

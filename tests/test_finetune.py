@@ -240,6 +240,7 @@ def test_end_to_end_pipeline(finetune_tiny, pretrained_tiny):
     assert trained and all(not torch.equal(last['model'][k], pre[k]) for k in trained if k.endswith('weight'))
 
 
+@pytest.mark.slow
 def test_end_to_end_detects_unseen_identities(demo_default):
     """The issue's bar: AUC >= 0.9 on held-out synthetic identities after a short pre-training and fine-tuning
     through main_pretrain.main / main_finetune.main (the demo's default recipe, reconstruction of real faces on)."""
@@ -297,6 +298,7 @@ def test_checkpoint_alone_rebuilds_the_detector(finetune_tiny):
     assert ((r['prob'] >= 0) & (r['prob'] <= 1)).all()
 
 
+@pytest.mark.slow
 def test_resume_continues_and_mixup_runs(finetune_tiny, pretrained_tiny, tmp_path):
     """One epoch with mixup + cutmix on a few faces, then the same command for two epochs resumes at epoch 1."""
     rows = read_rows(finetune_tiny['train'])
@@ -460,6 +462,7 @@ def test_ddp_find_unused_matches_the_training_loop(global_pool, recon, weight):
     assert bool(unused) == main_finetune.ddp_find_unused(args), unused
 
 
+@pytest.mark.slow
 def test_torchrun_global_pool_without_reconstruction(synthetic_data, pretrained_tiny, tmp_path):
     """--global_pool --recon_weight 0 on two processes (gloo): the final norm gets no gradient, DDP must know."""
     rows = read_rows(synthetic_data['train'])
@@ -557,6 +560,7 @@ def test_unreadable_validation_set_trains_and_tests_the_last_checkpoint(finetune
     assert next(iter(result['test'].values()))['auc'] is not None
 
 
+@pytest.mark.slow
 def test_detector_compiles_into_one_graph_and_matches_eager():
     """Stage 2 gets the same treatment as stage 1: no graph breaks (with or without the decoder's
     reconstruction), and the compiled logits and reconstruction equal eager ones."""

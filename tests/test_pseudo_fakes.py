@@ -148,6 +148,7 @@ def test_reals_only_manifest_trains_and_evaluates(micro, tmp_path, capsys):
     assert test['auc'] is not None and (tmp_path / 'ft' / 'eval.json').is_file()
 
 
+@pytest.mark.slow
 def test_resume_draws_the_same_pairs_as_a_run_never_stopped(micro, tmp_path):
     parse = main_finetune.get_args_parser().parse_args
     main_finetune.main(parse(sbi_argv(micro, tmp_path / 'a', '--epochs', '1', '--recon', 'none')))
@@ -197,6 +198,7 @@ def test_self_blending_doc_commands_parse():
     assert ev.eval and ev.resume == f'{ft.output_dir}/checkpoint-last.pth'
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_with_loader_workers(micro, tmp_path):
     """--pseudo_fakes sbi under torchrun (gloo, two processes), pairs made in a DataLoader worker."""
     import os

@@ -224,6 +224,7 @@ def test_resuming_with_changed_method_flags(micro, tmp_path, capsys):
     assert 'changed flags' not in capsys.readouterr().out      # harmless flags pass without a word
 
 
+@pytest.mark.slow
 def test_fresh_run_over_another_run_is_refused_or_moves_it_aside(micro, tmp_path):
     out = tmp_path / 'run'
     main_pretrain.main(pre_args(micro, out, epochs=1))
@@ -293,6 +294,7 @@ def run_killed(micro, out, kill_after, epochs):
     assert res.returncode == -9, res.stdout[-2000:] + res.stderr[-2000:]       # killed, not failed
 
 
+@pytest.mark.slow
 def test_finetuning_killed_anywhere_resumes_to_the_same_best_checkpoint_and_test_metrics(micro, tmp_path):
     """Uninterrupted run vs. runs SIGKILLed between the best and the last write (the first and a later
     improvement) and after the last write (before the log line): each rerun of the same command ends with
