@@ -31,6 +31,7 @@ import models_vit
 import util.misc as misc
 from preprocess import faces as face_utils
 from preprocess.face_tracks import track_faces
+from util import explain
 from util.datasets import FaceTransform
 from util.fileio import WriteError, output_dir_problem, write_text
 
@@ -119,8 +120,8 @@ class Predictor:
             x = torch.stack([self.tf(c)[0] for c in crops[s:s + self.batch_size]]).to(self.device)
             with misc.autocast(self.device, self.amp_dtype):
                 if with_heatmaps:
-                    r = models_vit.reconstruction_discrepancy(self.model, x)
-                    cams = models_vit.grad_cam(self.model, x)
+                    r = explain.reconstruction_discrepancy(self.model, x)
+                    cams = explain.grad_cam(self.model, x)
                     probs.append(r['prob'])
                     panels += [heatmap_panel(r['input'][i], r['recon'][i], r['diff'][i], self.heatmap_max, cams[i])
                                for i in range(x.shape[0])]
@@ -216,7 +217,7 @@ def heatmap_panel(inp, recon, diff, vmax=0.25, cam=None):
     gap = np.full((h, 4, 3), 255, np.uint8)
     parts = [to_u8(inp), gap, to_u8(recon), gap, heat]
     if cam is not None:
-        parts += [gap, models_vit.cam_overlay(inp, cam)]
+        parts += [gap, explain.cam_overlay(inp, cam)]
     return np.concatenate(parts, axis=1)
 
 

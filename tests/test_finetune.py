@@ -19,7 +19,7 @@ import models_vit
 import util.checkpoint as checkpoint
 from conftest import write_rows
 from engine_finetune import recon_labels_after_mixing, reconstruction_loss, uses_recon
-from util import recipes
+from util import explain, recipes
 from util.datasets import FaceDataset, FaceTransform, Sample, read_manifest
 from util.loaders import BalancedSampler
 from util.lr_decay import param_groups_lrd
@@ -290,8 +290,8 @@ def test_checkpoint_alone_rebuilds_the_detector(finetune_tiny):
     model, meta = models_vit.load_detector(finetune_tiny['out'] / 'checkpoint-best.pth')
     for k in ('model', 'input_size', 'patch_size', 'global_pool', 'mean', 'std', 'norm_pix', 'num_classes'):
         assert k in meta
-    imgs = models_vit.load_images_for(model, [s.path for s in read_manifest(finetune_tiny['test'])[:2]])
-    r = models_vit.reconstruction_discrepancy(model, imgs)
+    imgs = explain.load_images_for(model, [s.path for s in read_manifest(finetune_tiny['test'])[:2]])
+    r = explain.reconstruction_discrepancy(model, imgs)
     s = meta['input_size']
     assert r['input'].shape == r['recon'].shape == (2, 3, s, s) and r['diff'].shape == (2, s, s)
     assert float(r['input'].min()) >= 0 and float(r['recon'].max()) <= 1 and float(r['diff'].mean()) > 0
