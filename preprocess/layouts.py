@@ -12,7 +12,6 @@ from collections import Counter
 from preprocess import faces as F
 from util import formats
 
-PRESETS = ('folder', 'vggface2', 'ffpp', 'celebdf', 'dfdc', 'wilddeepfake', 'deepfakebench')
 FFPP_METHODS = ('Deepfakes', 'Face2Face', 'FaceSwap', 'NeuralTextures', 'FaceShifter')
 FFPP_COMPRESSIONS = ('raw', 'c23', 'c40')
 IMAGES_PER_ITEM = 64          # photos are processed (and journaled) in groups of this size

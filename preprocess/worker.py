@@ -250,12 +250,12 @@ def _perturbed(pairs, item, opts):
     frame, so a re-run degrades every frame the same way."""
     import zlib
 
-    from util.perturb import PERTURBATIONS, VIDEO_KINDS, perturb
+    from util.perturb import VIDEO_KINDS, perturb, stream_key
     kind, level = opts.get('perturb') or (None, None)
     if kind is None or kind in VIDEO_KINDS:
         yield from pairs
         return
-    seed = [list(PERTURBATIONS).index(kind), level, zlib.crc32(item['key'].encode())]
+    seed = [stream_key(kind), level, zlib.crc32(item['key'].encode())]
     for n, (key, img) in enumerate(pairs):
         frame = key if isinstance(key, int) else key.get('frame') if isinstance(key, dict) else None
         yield key, perturb(img, kind, level, np.random.default_rng(seed + [n if frame is None else frame]))
