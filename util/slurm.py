@@ -32,7 +32,8 @@ def build_parser(entry, prog, description):
     """The entry point's parser (every flag of `entry.get_args_parser()`) plus the Slurm group."""
     module = importlib.import_module(entry)
     parser = argparse.ArgumentParser(prog, parents=[module.get_args_parser()], description=description)
-    g = parser.add_argument_group('slurm (submitit)')
+    g = parser.add_argument_group('slurm (submitit)', 'Here --output_dir defaults to --job_dir, and --device to cuda '
+                                                      'on Slurm.')
     g.add_argument('--job_dir', default='', type=str,
                    help='job folder on a file system shared by all nodes: submitit pickles and logs, and by '
                         'default output_dir and TensorBoard logs; %%j becomes the Slurm job id')
@@ -61,10 +62,6 @@ def build_parser(entry, prog, description):
                         'submit nothing')
     # Parsed on a login node without GPUs: decide the device and output folder after parsing.
     parser.set_defaults(device=None, output_dir=None)
-    for flag, note in (('--output_dir', 'default here: --job_dir'), ('--device', 'default here: cuda on Slurm')):
-        action = parser._option_string_actions.get(flag)
-        if action is not None:
-            action.help = f'{action.help or flag[2:]} ({note})'
     return parser
 
 
