@@ -10,7 +10,6 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Sampler
 from tqdm import tqdm
 
 import util.lr_sched as lr_sched
@@ -59,46 +58,6 @@ def recon_labels_after_mixing(labels, mixing):
         return labels
     partner = labels.flip(0)
     return torch.where(labels == partner, labels, torch.full_like(labels, -1))
-
-
-# ---------------------------------------------------------------------- sampling
-class BalancedSampler(Sampler):
-    """Draws real and fake samples equally often (with replacement), `num_samples` per epoch in total,
-    split over the distributed ranks (each rank takes every world-th index of one shared draw)."""
-
-    def __init__(self, labels, num_samples=None, seed=0, rank=0, world_size=1):
-        labels = torch.as_tensor(labels)
-        counts = torch.bincount(labels.clamp_min(0), minlength=2).double()
-        if (counts == 0).any():
-            raise ValueError('--balance needs both real and fake samples in the training manifest')
-        self.weights = 1.0 / counts[labels]
-        self.total = int(num_samples or len(labels))
-        self.seed, self.rank, self.world, self.epoch = seed, rank, world_size, 0
-        self.per_rank = self.total // world_size
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        draw = torch.multinomial(self.weights, self.per_rank * self.world, replacement=True, generator=g)
-        return iter(draw[self.rank::self.world].tolist())
-
-    def __len__(self):
-        return self.per_rank
-
-
-class ShardSampler(Sampler):
-    """Evaluation order: indices rank, rank + world, ... (no padding, no duplicates)."""
-
-    def __init__(self, n, rank=0, world_size=1):
-        self.indices = list(range(rank, n, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
 
 
 # ---------------------------------------------------------------------- training
@@ -188,7 +147,7 @@ def predict_probs(model, data_loader, device, amp_dtype=None, desc='eval', quiet
     """Fake probability of every item the loader yields (uint8 images, normalised on the device).
     -> (dataset indices [M] int64, probs [M] float32, usable [M] bool) as numpy arrays; `usable` is False
     for items the dataset could not read (FaceDataset's drop_unusable; their probs mean nothing). With
-    several processes, every rank gets all ranks' items (ShardSampler order)."""
+    several processes, every rank gets all ranks' items (util.loaders.ShardSampler order)."""
     model.eval()
     probs, indices, usable = [], [], []
     bare = misc_unwrap(model)

@@ -122,8 +122,8 @@ def time_eval_e2e(args, device, batch, amp_dtype, compiled, samples):
     prefetch queues (2 batches per worker) have filled or drained, over --e2e_batches batches in all."""
     from torch.utils.data import DataLoader
 
-    from engine_finetune import ShardSampler
     from util.datasets import FaceDataset, FaceTransform
+    from util.loaders import ShardSampler
     ds = FaceDataset(samples, FaceTransform(args.input_size, train=False, normalize=False), require_label=True)
     loader = DataLoader(ds, sampler=ShardSampler(len(ds)), batch_size=batch, num_workers=args.num_workers,
                         pin_memory=device.type == 'cuda', drop_last=True, persistent_workers=args.num_workers > 0)

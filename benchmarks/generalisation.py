@@ -42,6 +42,7 @@ import main_pretrain  # noqa: E402
 import models_mae  # noqa: E402
 import synthetic.faces as sf  # noqa: E402
 import util.checkpoint as checkpoint  # noqa: E402
+from util import recipes  # noqa: E402
 from util.misc import num_threads  # noqa: E402
 from util.self_blend import self_blend  # noqa: E402
 
@@ -88,7 +89,7 @@ def get_args_parser():
     p.add_argument('--lr', default=5e-4, type=float, help='absolute learning rate of both stages')
     p.add_argument('--no_photo', dest='photo', action='store_false',
                    help=f'leave out the real-photo test set ({PHOTO}: astronaut crops and their self-blended fakes)')
-    p.add_argument('--recipe', default='light', choices=list(main_finetune.RECIPES),
+    p.add_argument('--recipe', default='light', choices=list(recipes.RECIPES),
                    help="main_finetune.py's stage-2 recipe (light: no mixup / RandAugment); every recipe runs with "
                         "--drop_path 0 --min_crop_scale 1 here")
     p.add_argument('--device', default='cpu')

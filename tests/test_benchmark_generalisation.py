@@ -9,6 +9,7 @@ import pytest
 from benchmarks import generalisation as bg
 
 
+@pytest.mark.slow
 def test_tiny_grid_writes_consistent_table_json_and_figure(tmp_path):
     args = bg.get_args_parser().parse_args(['--quick', '--seeds', '2', '--stage1', 'none', 'mifae',
                                             '--stage2', 'swap', 'sbi', '--threads', '1', '--out', str(tmp_path)])

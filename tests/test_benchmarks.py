@@ -35,6 +35,7 @@ def test_breakdown_sums_per_step_and_rates():
     assert out['top'][0] == ['aten::mm', 1.5]
 
 
+@pytest.mark.slow
 def test_pretrain_benchmark_runs_on_cpu_with_profile(capsys):
     args = benchmark_pretrain.get_args_parser().parse_args(
         ['--device', 'cpu', '--model', 'mae_vit_micro_patch8', '--input_size', '32', '--batch_size', '2',

@@ -10,6 +10,7 @@ from PIL import Image
 import demo
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_and_writes_everything(tmp_path, capsys):
     out = tmp_path / 'demo'
     args = demo.get_args_parser().parse_args(['--quick', '--out', str(out), '--device', 'cpu'])
@@ -78,6 +79,7 @@ def test_validation_split_keeps_both_ends_of_a_swap_on_one_side(tmp_path):
         assert sum(map(len, parts)) >= 2 * n - 2 and sum(r['label'] == '0' for p in parts for r in p) == n
 
 
+@pytest.mark.slow
 def test_default_demo_shows_the_method_working(demo_default):
     """`python demo.py` as a new user runs it: held-out AUC >= 0.9 printed, figures at 64-px faces written."""
     summary, out = demo_default
@@ -95,6 +97,7 @@ def test_bad_options_are_one_line_errors(tmp_path):
         demo.main(parser.parse_args(['--quick', '--epochs', '0', '--out', str(tmp_path)]))
 
 
+@pytest.mark.slow
 def test_notebook_cells_run_on_the_demo_output(demo_default, monkeypatch):
     """Visualization/mifae_visualize.ipynb, cell by cell, on the demo's checkpoints: its five figures are written
     and displayed (IPython's display is stood in for: it is not a dependency)."""

@@ -505,6 +505,7 @@ elif __name__ == '__main__':
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', ['init', 'killed'])
 def test_worker_failure_is_one_error_and_finished_items_are_kept(tmp_path, case, prep_use_dlib):
     import subprocess

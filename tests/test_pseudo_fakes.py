@@ -12,6 +12,7 @@ import main_pretrain
 import util.checkpoint as checkpoint
 import util.self_blend as sb
 from synthetic.faces import generate_dataset, render_face, sample_identity
+from util import recipes
 from util.datasets import FaceTransform, Sample
 
 
@@ -147,6 +148,7 @@ def test_reals_only_manifest_trains_and_evaluates(micro, tmp_path, capsys):
     assert test['auc'] is not None and (tmp_path / 'ft' / 'eval.json').is_file()
 
 
+@pytest.mark.slow
 def test_resume_draws_the_same_pairs_as_a_run_never_stopped(micro, tmp_path):
     parse = main_finetune.get_args_parser().parse_args
     main_finetune.main(parse(sbi_argv(micro, tmp_path / 'a', '--epochs', '1', '--recon', 'none')))
@@ -165,8 +167,9 @@ def test_resume_draws_the_same_pairs_as_a_run_never_stopped(micro, tmp_path):
 ])
 def test_pseudo_fake_flag_errors(extra, msg):
     args = main_finetune.get_args_parser().parse_args(['--pseudo_fakes', 'sbi', '--train_manifest', 'x.csv'] + extra)
+    _, from_recipe = recipes.apply_recipe(args)
     with pytest.raises(SystemExit, match=re.escape(msg)):
-        main_finetune.check_pseudo_fake_args(args)
+        recipes.check_pseudo_fake_args(args, from_recipe)
 
 
 def test_self_blending_doc_commands_parse():
@@ -195,6 +198,7 @@ def test_self_blending_doc_commands_parse():
     assert ev.eval and ev.resume == f'{ft.output_dir}/checkpoint-last.pth'
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_with_loader_workers(micro, tmp_path):
     """--pseudo_fakes sbi under torchrun (gloo, two processes), pairs made in a DataLoader worker."""
     import os
