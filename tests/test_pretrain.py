@@ -393,7 +393,7 @@ class ThirdTaskMIFAE(models_mae.MaskedImageFrequencyAutoencoder):
 def test_a_third_pretext_loss_is_summed_logged_and_shown(synthetic_data, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     name = pretrain_args("x", "y").model
-    monkeypatch.setitem(models_mae.MODELS, name, models_mae._factory(ThirdTaskMIFAE, name[len('mae_'):], name))
+    monkeypatch.setitem(models_mae.MODELS, name, models_mae.factory(ThirdTaskMIFAE, name[len('mae_'):], name))
     torch.manual_seed(0)
     model = models_mae.MODELS[name](img_size=32)
     loss, out = model(torch.randn(2, 3, 32, 32))
