@@ -53,7 +53,7 @@ def check_args(args):
         fail(problem)
     if args.push and args.format != 'hub':
         fail('--push uploads a Hub-format folder: use it with --format hub')
-    if args.push and not hub.REPO_ID.match(args.push):
+    if args.push and not hub.is_repo_id(args.push):
         fail(f'--push {args.push}: a Hub repository id is owner/name')
     if args.eval_json and not Path(args.eval_json).is_file():
         fail(f'--eval_json {args.eval_json} does not exist')

@@ -22,6 +22,7 @@ from pathlib import Path
 
 FILES = ('config.json', 'model.safetensors')                  # a Hub-format folder holds both (and README.md)
 REPO_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')          # owner/name, as the Hub spells them
+FILE_SUFFIXES = ('.pth', '.pt', '.ckpt', '.bin', '.safetensors', '.onnx')   # a missing file, never a Hub id
 
 # kind (config.json "kind") -> (module, class): the one place a shareable model is registered
 KINDS = {
@@ -59,6 +60,10 @@ CARD_TEMPLATE = """---
 
 
 # ---------------------------------------------------------------------- sources
+def is_repo_id(source):
+    return bool(REPO_ID.match(str(source))) and not str(source).lower().endswith(FILE_SUFFIXES)
+
+
 def is_folder(source):
     """Whether `source` is a Hub-format folder here (config.json and model.safetensors)."""
     p = Path(source)
@@ -74,7 +79,7 @@ def source_problem(source, flag):
     if p.is_dir():
         return f'--{flag} {source}: a folder without {" and ".join(FILES)}; pass a checkpoint file or a ' \
                f'folder written by export.py --format hub'
-    if not REPO_ID.match(str(source)):
+    if not is_repo_id(source):
         return f'--{flag} {source} does not exist'
     return None
 
@@ -86,7 +91,7 @@ def local_folder(source):
     p = Path(source)
     if p.is_dir():
         raise ValueError(f'{source}: a folder without {" and ".join(FILES)} (not written by save_pretrained)')
-    if not REPO_ID.match(str(source)):
+    if not is_repo_id(source):
         raise FileNotFoundError(f'{source}: no such checkpoint file or folder, and not a Hub id (owner/name)')
     from huggingface_hub import constants, snapshot_download
     try:
@@ -236,8 +241,8 @@ def card_body(config, eval_doc=None, data_licence=None):
     if eval_doc and eval_doc.get('sets'):
         from engine_finetune import format_table
         lines += [format_table(eval_doc['sets'], markdown=True), '',
-                  f'Data: {", ".join(config.get("eval_data", {}).get("files", []))}. Frame-level AUC, EER, AP and '
-                  'accuracy (at 0.5) as main_finetune.py --eval writes them (eval.json).']
+                  f'Test data: {", ".join(config.get("eval_data", {}).get("files", []))}. The table is the one '
+                  'main_finetune.py --eval writes (eval.json): frame and video metrics per test set.']
     else:
         lines += ['No eval.json was found beside the checkpoint: this card reports no metrics.']
     lines += ['', '## Intended use and limits', '',
