@@ -198,12 +198,10 @@ class Analyser:
         if res['type'] == 'image':
             img = face_utils.load_image_rgb(path)
             panels = res.pop('_panels', None) or []
-            gallery = [(p, f'face {i}: input | reconstruction | |difference| | Grad-CAM of the fake logit')
-                       for i, p in enumerate(panels)] or None
             rows = [f'| {f["face"]} | {", ".join(f"{v:.0f}" for v in f["box"])} | {f["prob"]:.3f} | '
                     f'{self.verdict(f["prob"]).upper()} |' for f in res['faces']]
             table = '| face | box (x0, y0, x1, y1) | p(fake) | verdict |\n|---|---|---|---|\n' + '\n'.join(rows)
-            return head, self.annotate(img, res['faces']), table, gallery, '', csv_path
+            return head, self.annotate(img, res['faces']), table, stack_panels(panels), '', csv_path
         rows = [f'| {t["track"]} | {t["frames"]} | {t["prob"]:.3f} | {t["min"]:.3f} - {t["max"]:.3f} | '
                 f'{self.verdict(t["prob"]).upper()} | {"yes" if t["decides"] else "no (too brief)"} |'
                 for t in res['tracks']]
@@ -248,6 +246,17 @@ class Analyser:
         return str(path)
 
 
+def stack_panels(panels, min_height=160):
+    """predict.py's heat-map panels (one per face), one under the other, enlarged (nearest neighbour) to at least
+    `min_height` pixels each so that a small model's patches stay visible. -> uint8 RGB, or None without panels"""
+    if not panels:
+        return None
+    k = max(1, -(-min_height // panels[0].shape[0]))
+    rows = [np.kron(p, np.ones((k, k, 1), np.uint8)) for p in panels]
+    gap = np.full((6, rows[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([x for r in rows for x in (r, gap)][:-1])
+
+
 def build_page(analyser, examples, title):
     import gradio as gr
     with gr.Blocks(title='MIFAE-Forensics', analytics_enabled=False) as page:
@@ -265,7 +274,8 @@ def build_page(analyser, examples, title):
                 download = gr.File(label='results (CSV)', elem_id='csv', interactive=False)
             with gr.Column(scale=1):
                 annotated = gr.Image(label='faces found', type='numpy', elem_id='annotated', interactive=False)
-                heatmaps = gr.Gallery(label='heat maps', elem_id='heatmaps', columns=1, height='auto')
+                heatmaps = gr.Image(label='heat maps, a row per face: input | reconstruction | |difference| | '
+                                    'Grad-CAM of the fake logit', type='numpy', elem_id='heatmaps', interactive=False)
         upload.change(analyser.page, [upload], [verdict, annotated, table, heatmaps, tracks, download],
                       api_visibility='undocumented')
         # the API endpoint: hidden on the page, documented for gradio_client

@@ -96,7 +96,7 @@ def export_hub(model, ckpt, args):
     eval_path = Path(args.eval_json) if args.eval_json else Path(args.checkpoint).with_name('eval.json')
     eval_doc = json.loads(eval_path.read_text()) if eval_path.is_file() and 'detector' in ckpt else None
     config = hub.folder_config(model, ckpt, args.threshold, eval_doc)
-    card = dict(body=hub.card_body(config, eval_doc, args.data_licence or None))
+    card = dict(body=hub.card_body(config, args.push or args.out, eval_doc, args.data_licence or None))
     model.save_pretrained(args.out, config=config, model_card_kwargs=card)
     print(f'Wrote {args.out}: model.safetensors, config.json, README.md ({config["kind"]}, {config["model"]}'
           f'{f"; metrics of {eval_path}" if eval_doc else "; no eval.json: no metrics in the card"})')

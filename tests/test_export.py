@@ -80,7 +80,8 @@ def test_folder_round_trip_gives_identical_probabilities(micro_checkpoints, shar
     assert card.startswith('---\n') and 'library_name: mifae-forensics' in card
     row = next(line for line in card.splitlines() if line.startswith('| train |'))   # eval.json's metrics table
     assert f' {auc:.4f} |' in row
-    assert '## Intended use and limits' in card and f'synthetic: {hub.DATA_LICENCES["synthetic"]}' in card
+    assert f'python predict.py --checkpoint {folder} ' in card and '## Intended use and limits' in card
+    assert f'synthetic: {hub.DATA_LICENCES["synthetic"]}' in card
 
 
 def test_autoencoder_folder_is_taken_where_its_checkpoint_is(micro_checkpoints, shared):
@@ -126,14 +127,16 @@ def test_push_uploads_the_folder(micro_checkpoints, tmp_path, monkeypatch):
             return type('Repo', (), dict(repo_id=repo_id))
 
         def upload_folder(self, repo_id, folder_path, **kw):
+            card = (folder_path / 'README.md').read_text()
             Api.uploads.append((repo_id, sorted(os.listdir(folder_path)),
-                                json.loads((folder_path / 'config.json').read_text())['kind']))
+                                json.loads((folder_path / 'config.json').read_text())['kind'],
+                                'MIFAEDetector.from_pretrained("lab/mifae-micro")' in card))
             return f'https://huggingface.co/{repo_id}/commit/0'
 
     monkeypatch.setattr(mixin, 'HfApi', Api)
     export.main(['--checkpoint', str(micro_checkpoints['detector']), '--format', 'hub', '--out', str(tmp_path / 'a'),
                  '--push', 'lab/mifae-micro'])
-    assert Api.uploads == [('lab/mifae-micro', FOLDER_FILES, 'mifae_detector')]
+    assert Api.uploads == [('lab/mifae-micro', FOLDER_FILES, 'mifae_detector', True)]     # the card names the id
     assert sorted(os.listdir(tmp_path / 'a')) == FOLDER_FILES
 
     def refuse(self, *a, **kw):

@@ -198,9 +198,10 @@ def licence_lines(datasets, given=None):
         or ['unknown (the training manifests were not found at export): state it with export.py --data_licence']
 
 
-def card_body(config, eval_doc=None, data_licence=None):
-    """The model card's Markdown below its metadata: what the model is, how it was trained, the metrics of
-    eval.json when there is one, intended use and limits, and the licence of the training data."""
+def card_body(config, source, eval_doc=None, data_licence=None):
+    """The model card's Markdown below its metadata: what the model is, how to use it from `source` (its Hub id
+    or folder), how it was trained, the metrics of eval.json when there is one, intended use and limits, and the
+    licence of the training data."""
     from preprocess.faces import DEFAULT_MIN_FACE as min_face
     detector = config['kind'] == 'mifae_detector'
     train = config.get('train_data', {})
@@ -215,10 +216,10 @@ def card_body(config, eval_doc=None, data_licence=None):
             'Image-Frequency AutoEncoder, ICASSP 2025): an encoder pre-trained with facial-region and '
             'high-frequency masking, fine-tuned with the frozen pre-training decoder reconstructing the input.', '',
             '## Use', '', '```bash',
-            'python predict.py --checkpoint <this folder or Hub id> photo.jpg clip.mp4',
-            'python app.py --checkpoint <this folder or Hub id>      # a web page on 127.0.0.1', '```', '',
+            f'python predict.py --checkpoint {source} photo.jpg clip.mp4',
+            f'python app.py --checkpoint {source}      # a web page on 127.0.0.1', '```', '',
             '```python', 'from models_vit import MIFAEDetector',
-            'model = MIFAEDetector.from_pretrained("<folder or Hub id>")',
+            f'model = MIFAEDetector.from_pretrained("{source}")',
             '```', '',
             f'Input: RGB face crops found by dlib (68 landmarks; the square crop is 1.3 x the landmark box), resized '
             f'to {size} x {size}, scaled to [0, 1] and normalised with mean {mean} and std {std}'
@@ -227,7 +228,7 @@ def card_body(config, eval_doc=None, data_licence=None):
         lines += [
             f'The stage-1 model of MIFAE-Forensics (ICASSP 2025): a ViT masked autoencoder ({name}) pre-trained on '
             'real faces with facial-region masking and high-frequency masking. Start a detector from it with '
-            '`python main_finetune.py --finetune <this folder or Hub id> ...`.', '']
+            f'`python main_finetune.py --finetune {source} ...`.', '']
     lines += ['## Training', '',
               f'- data: {", ".join(train.get("files", [])) or "not recorded"}'
               + (f' (data sets: {", ".join(train["datasets"])})' if train.get('datasets') else ''),
