@@ -109,7 +109,7 @@ class Analyser:
     def __init__(self, predictor, threshold, args, workdir):
         self.predictor, self.threshold, self.args = predictor, threshold, args
         self.workdir = Path(workdir)
-        self.lock = threading.Lock()           # the queue already serializes; this keeps it so if it is changed
+        self.lock = threading.Lock()           # one analysis at a time, whichever event (page, /predict) asks
 
     def verdict(self, p):
         return 'fake' if p > self.threshold else 'real'
@@ -277,11 +277,11 @@ def build_page(analyser, examples, title):
                 heatmaps = gr.Image(label='heat maps, a row per face: input | reconstruction | |difference| | '
                                     'Grad-CAM of the fake logit', type='numpy', elem_id='heatmaps', interactive=False)
         upload.change(analyser.page, [upload], [verdict, annotated, table, heatmaps, tracks, download],
-                      api_visibility='undocumented')
+                      api_visibility='undocumented', concurrency_id='detector')
         # the API endpoint: hidden on the page, documented for gradio_client
         api_in = gr.File(visible=False, file_types=['image'])
         api_out = gr.JSON(visible=False)
-        api_in.upload(analyser.api, [api_in], [api_out], api_name='predict')
+        api_in.upload(analyser.api, [api_in], [api_out], api_name='predict', concurrency_id='detector')
     return page
 
 

@@ -35,6 +35,7 @@ def media(tmp_path_factory):
     app.write_examples(d)
     cv2.imwrite(str(d / 'blank.png'), np.full((200, 200, 3), 127, np.uint8))
     (d / 'notes.jpg').write_text('a text file, renamed')
+    (d / 'truncated.png').write_bytes((d / 'astronaut.png').read_bytes()[:100_000])
     return d
 
 
@@ -146,7 +147,7 @@ def test_page_in_a_browser(server, browser, media):
 @pytest.mark.slow
 def test_predict_endpoint(server, media, micro_checkpoints):
     """/predict through gradio_client: predict.py's faces and probabilities; no face: faces [] and a message;
-    a text file: a message; two requests at once: both answered."""
+    a text file and a truncated photo: a message; two requests at once: both answered."""
     from gradio_client import Client, handle_file
     client = Client(server, verbose=False)
     photo = client.predict(handle_file(str(media / 'astronaut.png')), api_name='/predict')
@@ -159,6 +160,8 @@ def test_predict_endpoint(server, media, micro_checkpoints):
     assert blank == dict(faces=[], message='blank.png: no face found')
     text = client.predict(handle_file(str(media / 'notes.jpg')), api_name='/predict')
     assert text['faces'] == [] and text['message'].startswith('notes.jpg: cannot decode image')
+    cut = client.predict(handle_file(str(media / 'truncated.png')), api_name='/predict')
+    assert cut['faces'] == [] and cut['message'].startswith('truncated.png: cannot decode image')
     with ThreadPoolExecutor(2) as pool:                      # two users at once: the queue answers both
         both = list(pool.map(lambda p: Client(server, verbose=False).predict(handle_file(str(p)), api_name='/predict'),
                              [media / 'astronaut.png', media / 'blank.png']))

@@ -39,7 +39,7 @@ AUTOENCODER_ARGS = dict(input_size='img_size', norm_pix_loss='norm_pix_loss', ma
                         mask_radius='mask_radius', freq_loss='freq_loss', ffl_alpha='ffl_alpha', lamda='lamda')
 
 # the terms of the data sets this code prepares (the manifests' `dataset` column, preprocess.layouts), for the
-# model card: weights trained on them come under them too
+# model card: they may restrict the use of weights trained on them
 DATA_LICENCES = {
     'ffpp': 'FaceForensics++ Terms of Use: research only, non-commercial (access granted by its authors)',
     'dfd': 'Google/Jigsaw DeepFakeDetection, distributed with FaceForensics++ under its Terms of Use',
@@ -255,7 +255,7 @@ def card_body(config, source, eval_doc=None, data_licence=None):
               '- dlib\'s 68-point landmark model, used to crop the faces, was trained on iBUG 300-W, whose licence '
               'forbids commercial use.',
               '', '## Licence of the training data', '',
-              'The weights come under the terms of the data they were trained on:', '']
+              'The terms of the data the weights were trained on may restrict their use; check them:', '']
     lines += [f'- {line}' for line in licence_lines(train.get('datasets', []), data_licence)]
     lines += ['', 'The code that trained them is MIT-licensed (MIFAE-Forensics).']
     return '\n'.join(lines)
