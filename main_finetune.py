@@ -24,6 +24,7 @@ import torch
 
 import models_vit
 import util.checkpoint as checkpoint
+import util.hub as hub
 import util.misc as misc
 from engine_finetune import ce_criterion, evaluate_samples, train_one_epoch, uses_recon
 from util import evaluation, loaders, protocols, recipes
@@ -213,8 +214,8 @@ def check_args(args):
             fail('--eval needs --resume <fine-tuning checkpoint>')
         if not manifests:
             fail('--eval needs --test_manifests a.csv [b.csv ...]')
-        if not Path(args.resume).is_file():
-            fail(f'--resume {args.resume} does not exist')
+        if problem := hub.source_problem(args.resume, 'resume'):       # a file, a Hub-format folder or a Hub id
+            fail(problem)
         if problem := misc.device_problem(args.device) or output_dir_problem(args.output_dir):
             fail(problem if problem.startswith('--') else f'--output_dir {args.output_dir}: {problem}')
     else:
@@ -226,9 +227,11 @@ def check_args(args):
         resuming = checkpoint.find_resume_checkpoint(args)
         if not args.finetune and not resuming:
             fail('--finetune <pre-training checkpoint> is required (unless resuming a fine-tuning run)')
-        for flag in ('finetune', 'decoder', 'resume'):
-            if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
-                fail(f'--{flag} {getattr(args, flag)} does not exist')
+        for flag in ('finetune', 'decoder'):                       # a file, a Hub-format folder or a Hub id
+            if getattr(args, flag) and (problem := hub.source_problem(getattr(args, flag), flag)):
+                fail(problem)
+        if args.resume and not Path(args.resume).is_file():
+            fail(f'--resume {args.resume} does not exist')
     evaluation.check_protocol_args(args, fail)
     for m in manifests:
         if not Path(m).is_file():
@@ -308,7 +311,7 @@ def build_model(args):
         src = meta.get('model') if meta else None
         if src is None and args.finetune:
             try:
-                src = checkpoint.args_of(checkpoint.load(args.finetune, mmap=True)).get('model')
+                src = checkpoint.args_of(hub.load_checkpoint(args.finetune, mmap=True)).get('model')
             except (ValueError, FileNotFoundError) as e:
                 raise error(str(e)) from None
         if src is None:

@@ -16,6 +16,7 @@ import torch
 
 import models_mae
 import util.checkpoint as checkpoint
+import util.hub as hub
 import util.misc as misc
 from engine_pretrain import train_one_epoch
 from util import loaders
@@ -141,7 +142,7 @@ def build_model(args):
 def init_from_checkpoint(model, path):
     """Initialise from an original MAE (encoder only or full) or a MIFAE checkpoint; report what is fresh."""
     try:
-        state = checkpoint.state_dict_of(checkpoint.load(path))
+        state = checkpoint.state_dict_of(hub.load_checkpoint(path))     # a file, a Hub-format folder or a Hub id
     except (FileNotFoundError, ValueError) as e:
         raise error(f'--init_from {e}' if str(path) in str(e) else f'--init_from {path}: {e}') from None
     own = model.state_dict()

@@ -15,20 +15,28 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+from huggingface_hub import PyTorchModelHubMixin
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from util.freq import filter_spectrum, low_pass_mask, max_radius
+from util.hub import CARD_TEMPLATE
 from util.losses import FREQ_LOSSES, masked_patch_mse, to_gray
 from util.masking import num_masked
 from util.pos_embed import sincos_pos_embed_2d
 
 
-class SpatialDecoder(nn.Module):
+class SpatialDecoder(nn.Module, PyTorchModelHubMixin, library_name='mifae-forensics', model_card_template=CARD_TEMPLATE,
+                     tags=['deepfake-detection', 'vision-transformer', 'masked-autoencoder']):
     """The spatial decoder, shared by the autoencoder (stage 1) and the detector (stage 2): decoder_embed,
     decoder_pos_embed (fixed sin-cos), decoder_blocks, decoder_norm, decoder_pred -- MAE's names, so that the
     checkpoints of both stages and of MAE hold the same keys. Subclasses call `build_spatial_decoder` in
-    __init__; each stage only decides which tokens reach `decode_tokens`."""
+    __init__; each stage only decides which tokens reach `decode_tokens`.
+
+    Both stages are Hugging Face Hub models (huggingface_hub's PyTorchModelHubMixin): `save_pretrained(dir)`
+    writes model.safetensors, config.json (the __init__ arguments, plus what util.hub adds) and a model card,
+    `from_pretrained(dir_or_repo_id)` rebuilds the model from them, `push_to_hub(repo_id)` uploads.
+    The scripts read such folders and Hub ids through util.hub.load_checkpoint."""
 
     def build_spatial_decoder(self, embed_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio,
                               norm_layer, patch_size, in_chans, grid):

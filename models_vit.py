@@ -17,6 +17,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 
 import util.checkpoint as checkpoint
+import util.hub as hub
 from models_mae import ARCHS, MaskedImageFrequencyAutoencoder, SpatialDecoder, arch_of, factory
 from util.datasets import IMAGENET_MEAN, IMAGENET_STD
 from util.losses import denormalize_patches, normalize_patches
@@ -218,7 +219,7 @@ def load_pretrained(model, path, decoder_path=None, model_name='the model'):
     """
     def read(p):
         try:
-            ckpt = checkpoint.load(p)
+            ckpt = hub.load_checkpoint(p)                      # a file, a Hub-format folder or a Hub id
             return ckpt, checkpoint.state_dict_of(ckpt)
         except ValueError as e:
             raise ValueError(f'{p}: {e}' if str(p) not in str(e) else str(e)) from None
@@ -288,10 +289,11 @@ def build_detector(meta, **overrides):
 
 
 def load_detector(path, device='cpu'):
-    """Rebuild a fine-tuned detector from its checkpoint alone. -> (model in eval mode on `device`, meta)
+    """Rebuild a fine-tuned detector from its checkpoint (or Hub-format folder, or Hub id) alone.
+    -> (model in eval mode on `device`, meta)
 
     ValueError naming the file when it is not a fine-tuning checkpoint or its tensors do not fit."""
-    ckpt = checkpoint.load(path)
+    ckpt = hub.load_checkpoint(path)
     meta = ckpt.get('detector')
     if not isinstance(meta, dict):
         hint = ''

@@ -3,6 +3,9 @@
     python predict.py --checkpoint ft/checkpoint-best.pth photo.jpg clip.mp4 folder/ [--json out.json]
         [--heatmap heatmaps/] [--frames 16] [--landmarker dlib|face_alignment] [--detector hybrid] [--device cpu]
 
+--checkpoint also takes a Hub-format folder or Hub id (util.hub), or an ONNX export (export.py --format onnx,
+run by onnxruntime on the CPU with the same results; heat maps need the PyTorch model).
+
 Faces are found and cropped as in data preparation (preprocess.faces: dlib by default, offline, its candidates
 verified by dlib's CNN detector; face_alignment on request), the crop is resized and normalised as the
 checkpoint says (it records architecture, input size and normalisation, so no model flags are needed).
@@ -29,7 +32,9 @@ import numpy as np
 import torch
 
 import models_vit
+import util.hub as hub
 import util.misc as misc
+import util.onnx_runtime as onnx_runtime
 from preprocess import faces as face_utils
 from preprocess.face_tracks import track_faces
 from util import explain
@@ -44,7 +49,8 @@ MIN_TRACK_SHARE = 0.25   # a video's track decides its verdict when seen in this
 def get_args_parser():
     p = argparse.ArgumentParser('MIFAE deepfake detection: verdicts for images, videos and folders', add_help=False)
     p.add_argument('inputs', nargs='+', metavar='INPUT', help='image, video or folder (searched recursively)')
-    p.add_argument('--checkpoint', required=True, help='fine-tuning checkpoint written by main_finetune.py')
+    p.add_argument('--checkpoint', required=True, help='fine-tuning checkpoint written by main_finetune.py, a '
+                   'Hub-format folder or Hub id (export.py --format hub), or an .onnx file (export.py --format onnx)')
     p.add_argument('--frames', default=16, type=int, help='frames sampled evenly over each video (0 = all)')
     p.add_argument('--landmarker', default='dlib', choices=['dlib', 'face_alignment'],
                    help='face detector + 68 landmarks (dlib works offline; face_alignment downloads weights once)')
@@ -57,7 +63,8 @@ def get_args_parser():
     p.add_argument('--largest_face_only', action='store_true', help='images: score only the largest face')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--batch_size', default=32, type=int, help='faces per forward pass')
-    p.add_argument('--threshold', default=0.5, type=float, help='fake probability above which the verdict is FAKE')
+    p.add_argument('--threshold', default=None, type=float, help='fake probability above which the verdict is FAKE '
+                   f'(default: the one a Hub folder or ONNX file records, else {hub.DEFAULT_THRESHOLD})')
     p.add_argument('--json', default='', help='write all results to this JSON file')
     p.add_argument('--heatmap', default='', metavar='DIR',
                    help='write input | reconstruction | |difference| | Grad-CAM of the fake logit PNGs here')
@@ -96,8 +103,10 @@ class Predictor:
 
     def __init__(self, checkpoint, device='cpu', landmarker='dlib', weights_dir=None, margin=1.3, batch_size=32,
                  heatmap_max=0.25, detector=face_utils.DEFAULT_DETECTOR):
-        self.device = torch.device(device)
-        self.model, self.meta = models_vit.load_detector(checkpoint, self.device)
+        self.device = torch.device('cpu' if is_onnx(checkpoint) else device)       # onnxruntime: the CPU
+        load = (onnx_runtime.load_detector if is_onnx(checkpoint) else
+                partial(models_vit.load_detector, device=self.device))
+        self.model, self.meta = load(checkpoint)
         self.tf = FaceTransform(self.meta['input_size'], train=False, mean=self.meta['mean'], std=self.meta['std'],
                                 crop_pct=self.meta.get('eval_crop_pct'))
         self.amp_dtype = torch.bfloat16 if self.device.type == 'cuda' else None
@@ -302,12 +311,19 @@ def unique_stem(path, used):
     return name
 
 
+def is_onnx(checkpoint):
+    return str(checkpoint).lower().endswith('.onnx')
+
+
 def check_run(args):
     """Device and outputs, before any work: one-line errors. The output folders are created here."""
     def fail(msg):
         raise error(msg)
     if problem := misc.device_problem(args.device) or misc.number_problem(args, unit_interval=('threshold',)):
         fail(problem)
+    if args.heatmap and is_onnx(args.checkpoint):
+        fail(f'--heatmap needs the PyTorch detector (its decoder and gradients): {args.checkpoint} is an ONNX export '
+             f'of the classification path only; pass the checkpoint or Hub folder it came from')
     if args.json and Path(args.json).is_dir():
         fail(f'--json {args.json} is a folder; name the JSON file')
     outputs = [('json', Path(args.json).parent)] if args.json else []
@@ -337,6 +353,9 @@ def run(args):
                               args.batch_size, args.heatmap_max, args.detector)
     except (ValueError, FileNotFoundError) as e:
         raise error(f'--checkpoint {e}') from None
+    if args.threshold is None:
+        recorded = predictor.meta.get('threshold')
+        args.threshold = hub.DEFAULT_THRESHOLD if recorded is None else recorded
     heat = bool(args.heatmap)
     if heat and not predictor.meta.get('decoder', True):
         print(f'predict.py: note: {args.checkpoint} has no pre-trained decoder (fine-tuned with --recon none from '

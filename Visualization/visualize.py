@@ -37,6 +37,7 @@ if __package__ in (None, ''):                      # run as a script: make the p
 
 import models_mae  # noqa: E402
 import util.checkpoint as checkpoint  # noqa: E402
+import util.hub as hub  # noqa: E402
 import util.misc as misc  # noqa: E402
 from util import explain  # noqa: E402
 from util.datasets import IMAGENET_MEAN, IMAGENET_STD, NO_LABEL, FaceTransform, Sample, load_samples, read_image_rgb  # noqa: E402
@@ -160,7 +161,7 @@ def load_autoencoder(path, device='cpu'):
     """The MIFAE of a main_pretrain.py checkpoint, in eval mode, rebuilt from the arguments it carries."""
     import main_pretrain
     try:
-        ckpt = checkpoint.load(path)
+        ckpt = hub.load_checkpoint(path)                      # a file, a Hub-format folder or a Hub id
         state = checkpoint.state_dict_of(ckpt)
     except (FileNotFoundError, ValueError) as e:
         raise error(str(e) if str(path) in str(e) else f'{path}: {e}') from None
@@ -531,10 +532,11 @@ def check_args(args):
         fail('--num_images, --num_freq_images and --per_group must be at least 1')
     if not 1 <= args.num_regions <= len(REGION_NAMES):
         fail(f'--num_regions must be 1 to {len(REGION_NAMES)}')
-    for flag in ('checkpoint', 'detector', 'manifest'):
-        v = getattr(args, flag)
-        if v and not Path(v).is_file():
-            fail(f'--{flag} {v} does not exist')
+    for flag in ('checkpoint', 'detector'):                   # a file, a Hub-format folder or a Hub id
+        if getattr(args, flag) and (problem := hub.source_problem(getattr(args, flag), flag)):
+            fail(problem)
+    if args.manifest and not Path(args.manifest).is_file():
+        fail(f'--manifest {args.manifest} does not exist')
 
 
 def write_pretrain_figures(model, samples, out_dir, figures=(1, 2, 3), num_images=4, num_freq_images=2, seed=0,

@@ -17,10 +17,6 @@ torch.set_num_threads(2)
 TINY = dict(model='mae_vit_tiny_patch16', input_size=112)
 
 
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: more than ~10 s; the fast tier is `pytest -m "not slow"`')
-
-
 def write_rows(path, rows):
     """Manifest rows (dicts) written as a CSV at `path`. -> path"""
     import csv
@@ -114,3 +110,38 @@ def demo_default(tmp_path_factory):
     out = tmp_path_factory.mktemp('demo_default')
     summary = demo.main(demo.get_args_parser().parse_args(['--out', str(out), '--device', 'cpu']))
     return summary, out
+
+
+# ---------------------------------------------------------------------- sharing (export.py, app.py)
+@pytest.fixture(scope='session')
+def micro_checkpoints(tmp_path_factory):
+    """Untrained micro models saved as the two stages save them (nothing learnt: for plumbing, not verdicts):
+    dict(detector=fine-tuning checkpoint with an eval.json beside it, autoencoder=pre-training checkpoint,
+    manifest=the training manifest they name). The head is drawn wide so that probabilities spread over (0, 1)."""
+    import numpy as np
+
+    import models_mae
+    import models_vit
+    from engine_finetune import write_eval_report
+    from util.metrics import compute_metrics
+    out = tmp_path_factory.mktemp('micro')
+    manifest = write_rows(out / 'train.csv', [dict(path=f'{i}.png', landmarks='', label=i % 2, video=f'v{i}',
+                                                   dataset='synthetic') for i in range(4)])
+    torch.manual_seed(0)
+    det = models_vit.MODELS['vit_micro_patch8'](img_size=64)
+    torch.nn.init.normal_(det.head.weight, std=0.3)
+    meta = models_vit.detector_meta(det, 'vit_micro_patch8', decoder=True, trainable_blocks=1, full_finetune=False,
+                                    recon='real', recipe='light')
+    torch.save(dict(model=det.state_dict(), detector=meta, epoch=3,
+                    args=dict(model='vit_micro_patch8', train_manifest=str(manifest), test_manifests=[str(manifest)])),
+               out / 'detector.pth')
+    rng = np.random.default_rng(0)
+    labels, scores = np.arange(40) % 2, rng.random(40)
+    write_eval_report({'train': dict(compute_metrics(labels, scores), manifest=str(manifest), missing=0)}, out,
+                      out / 'detector.pth')
+    mae = models_mae.MODELS['mae_vit_micro_patch8'](img_size=64)
+    torch.save(dict(model=mae.state_dict(), epoch=1,
+                    args=dict(model='mae_vit_micro_patch8', input_size=64, norm_pix_loss=False, mask_ratio=0.75,
+                              mask_radius=None, freq_loss='reference', ffl_alpha=1.0, lamda=1.0,
+                              data_path=str(manifest))), out / 'autoencoder.pth')
+    return dict(detector=out / 'detector.pth', autoencoder=out / 'autoencoder.pth', manifest=manifest)
