@@ -151,7 +151,6 @@ def test_demo_result_does_not_depend_on_what_ran_before(tmp_path, capsys):
     from util.self_blend import self_blend
 
     first = _quick(tmp_path / 'a', seed=0)
-    from benchmarks import demo_seeds                    # the five-seed table's script: the same training per seed
     seeds = demo_seeds.main(['--quick', '--seeds', '0', '--out', str(tmp_path / 'seeds'), '--device', 'cpu'])
     assert seeds['seeds'][0]['auc'] == first[0]['test']['auc'] == seeds['min'] == seeds['max']
     benchmark_pretrain.main(benchmark_pretrain.get_args_parser().parse_args(
