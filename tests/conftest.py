@@ -122,8 +122,8 @@ def micro_checkpoints(tmp_path_factory):
 
     import models_mae
     import models_vit
-    from engine_finetune import write_eval_report
     from util.metrics import compute_metrics
+    from util.reports import write_eval_report
     out = tmp_path_factory.mktemp('micro')
     manifest = write_rows(out / 'train.csv', [dict(path=f'{i}.png', landmarks='', label=i % 2, video=f'v{i}',
                                                    dataset='synthetic') for i in range(4)])

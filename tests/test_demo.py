@@ -146,6 +146,7 @@ def test_demo_result_does_not_depend_on_what_ran_before(tmp_path, capsys):
     same scores to the last digit. The work between includes a benchmark that times one loader worker on one
     thread, which used to leave the process single-threaded (and so trained the second run to other weights)."""
     import predict
+    from benchmarks import demo_seeds
     from benchmarks import pretrain as benchmark_pretrain
     from synthetic.faces import render_face, sample_identity
     from util.self_blend import self_blend

@@ -130,7 +130,10 @@ def test_finetune_dry_run(capsys):
     out = capsys.readouterr().out
     params = json.loads(out.split('Slurm parameters: ', 1)[1].splitlines()[0])
     assert params['nodes'] == 1 and params['tasks_per_node'] == 4 and params['name'] == 'mifae_finetune'
-    blr = json.loads(out.split('Arguments: ', 1)[1].splitlines()[0])['blr']
+    given = json.loads(out.split('Arguments: ', 1)[1].splitlines()[0])
+    assert given['blr'] is None                      # the job fills the recipe's flags as main_finetune.py does
+    from util.recipes import RECIPES
+    blr = RECIPES['reference']['blr']
     assert 'effective batch size 256 = 32 per GPU x 1 nodes x 4 GPUs x 2 accum_iter' in out
     assert f'lr {blr:.3e}' in out and 'nothing submitted' in out
 

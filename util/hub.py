@@ -240,7 +240,7 @@ def card_body(config, source, eval_doc=None, data_licence=None):
                   f'reconstruction: {config.get("recon", "not recorded")}']
     lines += ['', '## Evaluation', '']
     if eval_doc and eval_doc.get('sets'):
-        from engine_finetune import format_table
+        from util.reports import format_table
         lines += [format_table(eval_doc['sets'], markdown=True), '',
                   f'Test data: {", ".join(config.get("eval_data", {}).get("files", []))}. The table is the one '
                   'main_finetune.py --eval writes (eval.json): frame and video metrics per test set.']
