@@ -257,8 +257,8 @@ def test_checkpoint_method_requeues_a_fresh_trainer(tmp_path, monkeypatch):
     assert slurm.Trainer('main_pretrain', args).checkpoint().function.args.resume == '/elsewhere/start.pth'
 
 
-@pytest.mark.slow
 # ---------------------------------------------------------------------- real runs with the LocalExecutor
+@pytest.mark.slow
 def test_local_executor_two_tasks_one_epoch(tmp_path, synthetic_data, local_job_env):
     data = subset_manifest(synthetic_data['pretrain'], 32, tmp_path / 'faces.csv')
     job = slurm.submit('main_pretrain', ['--cluster', 'local', '--job_dir', str(tmp_path / 'job' / '%j'),
