@@ -367,7 +367,7 @@ def prepare_args(args):
     """The first step of main (and of submitit_finetune.py before it submits): the --recipe's values on the recipe
     flags left unset, the pseudo-fake flags, then every start-up check. -> the effective recipe"""
     recipe, from_recipe = recipes.apply_recipe(args)
-    recipes.check_pseudo_fake_args(args, from_recipe)                # before check_args: it may turn mixup off
+    recipes.check_pseudo_fake_args(args, from_recipe)          # before check_args: it may turn mixup off
     check_args(args)
     return {k: getattr(args, k) for k in recipe}               # as --pseudo_fakes left it
 

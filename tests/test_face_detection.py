@@ -34,6 +34,7 @@ def test_default_is_hybrid_and_options_are_checked():
         F.build_landmarker('dlib', detector='mtcnn')
 
 
+@pytest.mark.slow
 def test_grid_subset_all_found_no_false_face(default_dlib):
     cells = [(0, 64), (35, 160), (50, 96), (-50, 300)]
     scenes = [dict(name=f'{a}_{s}', image=B.grid_scene(a, s)[0], truth=B.grid_scene(a, s)[2]) for a, s in cells]

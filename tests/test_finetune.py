@@ -43,6 +43,7 @@ def read_rows(path):
 
 
 # ---------------------------------------------------------------------- model
+@pytest.mark.slow
 def test_names_and_shapes_match_pretraining():
     """Every vit_* factory holds exactly the encoder + spatial decoder tensors of its mae_vit_* twin."""
     for name, size in (('vit_tiny_patch16', 32), ('vit_small_patch16', 32), ('vit_base_patch16', 32)):
@@ -254,6 +255,7 @@ def test_end_to_end_detects_unseen_identities(demo_default):
     assert summary['test']['auc'] == pytest.approx(report['auc'])
 
 
+@pytest.mark.slow
 def test_eval_mode_reports_per_set_and_bad_sets(finetune_tiny, tmp_path):
     test_csv = Path(finetune_tiny['test'])
     rows = read_rows(test_csv)
@@ -374,6 +376,7 @@ def test_unusable_samples_replaced_in_training_dropped_in_evaluation(synthetic_d
         FaceDataset(samples, FaceTransform(32), mask_strategy='facial', strict=True)[1]
 
 
+@pytest.mark.slow
 def test_eval_leaves_out_unreadable_frames(finetune_tiny, tmp_path):
     """Unreadable frames are dropped and counted, never swapped for other frames: the metrics are exactly
     those of the manifest without them, and eval.json / eval.md show the count."""
@@ -538,6 +541,7 @@ def test_eval_notes_the_flags_it_ignores(finetune_tiny, tmp_path, capsys):
     assert len(notes) == 1 and notes[0].endswith('ignoring --epochs 3, --balance, --input_size 128, --global_pool')
 
 
+@pytest.mark.slow
 def test_unreadable_validation_set_trains_and_tests_the_last_checkpoint(finetune_tiny, pretrained_tiny, tmp_path,
                                                                         capsys):
     """A validation set whose frames all fail to decode has no AUC: training goes on (nothing logged for it)

@@ -445,6 +445,7 @@ def test_all_frames_stream_through_detection(tmp_path, prep_stub, monkeypatch):
     assert seen == [(8, 8), (8, 16), (8, 24), (8, 32), (8, 40)]     # (batch, frames decoded so far)
 
 
+@pytest.mark.slow
 def test_workers_pool_matches_single_process(tmp_path):
     (tmp_path / 'in').mkdir()
     img = astronaut()[:, :, ::-1]

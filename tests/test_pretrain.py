@@ -52,6 +52,7 @@ def test_both_losses_fall(pretrained_tiny):
     assert any(p.name.startswith('events.out.tfevents') for p in pretrained_tiny.iterdir())
 
 
+@pytest.mark.slow
 def test_resume_continues_at_next_epoch_with_same_optimizer_state(synthetic_data, tmp_path):
     data = small_manifest(synthetic_data, tmp_path)
     out = tmp_path / 'run'
@@ -170,6 +171,7 @@ def test_face_cropped_out_falls_back_to_random_and_is_counted(synthetic_data, tm
     assert not item['has_landmarks'] and not item['mask_fallback'] and int(item['mask'].sum()) == 12
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(synthetic_data, tmp_path):
     data = small_manifest(synthetic_data, tmp_path, n=16)
     out = tmp_path / 'nan'

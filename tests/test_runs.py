@@ -286,11 +286,12 @@ def test_lost_best_checkpoint_is_repaired_from_the_last_one(micro, tmp_path, cap
 
 # ---------------------------------------------------------------------- the crash test
 def run_killed(micro, out, kill_after, epochs):
-    """main_finetune.py in its own process, SIGKILLed right after `kill_after` (file[:k]) is in place."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()),  # as here
-               **{checkpoint.KILL_HOOK: kill_after})
-    res = subprocess.run([sys.executable, 'main_finetune.py', *ft_argv(micro, out, epochs=epochs)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    """main_finetune.py in its own process, SIGKILLed right after `kill_after` (file[:k]) is in place
+    (tests/kill_after.py wraps the checkpoint writes of that process)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))    # as here
+    res = subprocess.run([sys.executable, str(ROOT / 'tests' / 'kill_after.py'), kill_after, 'main_finetune.py',
+                          *ft_argv(micro, out, epochs=epochs)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == -9, res.stdout[-2000:] + res.stderr[-2000:]       # killed, not failed
 
 

@@ -130,10 +130,7 @@ def test_finetune_dry_run(capsys):
     out = capsys.readouterr().out
     params = json.loads(out.split('Slurm parameters: ', 1)[1].splitlines()[0])
     assert params['nodes'] == 1 and params['tasks_per_node'] == 4 and params['name'] == 'mifae_finetune'
-    given = json.loads(out.split('Arguments: ', 1)[1].splitlines()[0])
-    assert given['blr'] is None                      # the job fills the recipe's flags as main_finetune.py does
-    from util.recipes import RECIPES
-    blr = RECIPES['reference']['blr']
+    blr = json.loads(out.split('Arguments: ', 1)[1].splitlines()[0])['blr']
     assert 'effective batch size 256 = 32 per GPU x 1 nodes x 4 GPUs x 2 accum_iter' in out
     assert f'lr {blr:.3e}' in out and 'nothing submitted' in out
 
@@ -260,8 +257,8 @@ def test_checkpoint_method_requeues_a_fresh_trainer(tmp_path, monkeypatch):
     assert slurm.Trainer('main_pretrain', args).checkpoint().function.args.resume == '/elsewhere/start.pth'
 
 
-@pytest.mark.slow
 # ---------------------------------------------------------------------- real runs with the LocalExecutor
+@pytest.mark.slow
 def test_local_executor_two_tasks_one_epoch(tmp_path, synthetic_data, local_job_env):
     data = subset_manifest(synthetic_data['pretrain'], 32, tmp_path / 'faces.csv')
     job = slurm.submit('main_pretrain', ['--cluster', 'local', '--job_dir', str(tmp_path / 'job' / '%j'),

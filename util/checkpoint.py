@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -31,37 +30,18 @@ from util.fileio import atomic_write, write_text
 LAST, BEST = 'checkpoint-last.pth', 'checkpoint-best.pth'
 RUN_FILES = ('checkpoint-*.pth', 'log.txt')                    # what makes a folder hold a run
 RUN_OUTPUTS = RUN_FILES + ('events.out.tfevents.*', 'eval.json', 'eval.md', 'roc_*.png')   # moved by --overwrite
-KILL_HOOK = 'MIFAE_KILL_AFTER'          # tests: SIGKILL this process right after <file name>[:k-th time] is in place
-_renamed = {}
 
 
 # ---------------------------------------------------------------------- saving
-def _kill_hook(path):
-    """The crash tests' hook: MIFAE_KILL_AFTER=checkpoint-best.pth:2 kills the process (SIGKILL, no clean-up)
-    the second time checkpoint-best.pth has been renamed into place."""
-    want = os.environ.get(KILL_HOOK)
-    if not want:
-        return
-    name, _, times = want.partition(':')
-    if Path(path).name == name:
-        _renamed[name] = _renamed.get(name, 0) + 1
-        if _renamed[name] == int(times or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def save(obj, path):
     """torch.save, atomically (util.fileio.atomic_write). -> Path"""
-    path = atomic_write(path, lambda f: torch.save(obj, f), mode='wb')
-    _kill_hook(path)
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f), mode='wb')
 
 
 def copy(src, dst):
     """A byte-identical copy of a checkpoint file, atomically. -> Path"""
     with open(src, 'rb') as f:
-        dst = atomic_write(dst, lambda out: shutil.copyfileobj(f, out), mode='wb')
-    _kill_hook(dst)
-    return dst
+        return atomic_write(dst, lambda out: shutil.copyfileobj(f, out), mode='wb')
 
 
 def save_checkpoint(output_dir, name, model_without_ddp, optimizer, epoch, args, scaler=None, **extra):

@@ -240,7 +240,7 @@ def submit(entry, argv=None, prog=None, description=None):
           + (' (%j = job id)' if '%j' in args.job_dir + args.output_dir else ''))
     if args.dry_run:
         print('Slurm parameters: ' + json.dumps(params, sort_keys=True))
-        print('Arguments: ' + json.dumps(vars(args), sort_keys=True, default=str))
+        print('Arguments: ' + json.dumps(dict(vars(checked), device=args.device), sort_keys=True, default=str))
         if problem:
             print(f'warning: the job would stop at start: {problem}')
         print('Dry run: nothing submitted.')
