@@ -367,3 +367,9 @@ def test_a_fine_tuning_checkpoint_given_to_pre_training_is_named_as_such(micro, 
                    f'it with main_finetune.py --resume; pre-training resumes from a pre-training checkpoint (or '
                    f'choose another --output_dir)')
     one_line(main_pretrain.main, pre_args(micro, ft), match=f'{ft / "checkpoint-last.pth"} is a fine-tuning (stage 2)')
+
+
+def test_a_model_mismatch_names_the_checkpoints_own_model(micro, tmp_path):
+    msg = one_line(main_finetune.main, ft_args(micro, tmp_path / 'ft', '--model', 'vit_tiny_patch16'))
+    assert msg == (f'main_finetune.py: error: {micro["pre"]} holds a vit_micro_patch8 (its training arguments), not '
+                   f'vit_tiny_patch16: leave --model out, or pass --model vit_micro_patch8')
