@@ -373,3 +373,16 @@ def test_a_model_mismatch_names_the_checkpoints_own_model(micro, tmp_path):
     msg = one_line(main_finetune.main, ft_args(micro, tmp_path / 'ft', '--model', 'vit_tiny_patch16'))
     assert msg == (f'main_finetune.py: error: {micro["pre"]} holds a vit_micro_patch8 (its training arguments), not '
                    f'vit_tiny_patch16: leave --model out, or pass --model vit_micro_patch8')
+
+
+def test_a_schedule_that_trains_little_is_said_in_one_line(micro, tmp_path, capsys):
+    """16 faces in batches of 8: 2 steps an epoch, and with --epochs 1 --warmup_epochs 1 both in the warm-up
+    (the first at lr 0)."""
+    main_pretrain.main(pre_args(micro, tmp_path / 'pre', epochs=1))
+    [line] = [x for x in capsys.readouterr().out.splitlines() if 'warning' in x]
+    assert line == ('main_pretrain.py: warning: an epoch is only 2 optimiser steps (16 images / 8 x 1 accum x 1 '
+                    'processes); all 2 steps of the run fall in the warm-up (--warmup_epochs 1, --epochs 1), so the '
+                    'learning rate never reaches --lr and the first step is taken at lr 0: a smaller --batch_size or '
+                    'more data and fewer --warmup_epochs or more --epochs train more')
+    main_pretrain.main(pre_args(micro, tmp_path / 'pre2', '--batch_size', 2, epochs=2))     # 8 steps, 4 in warm-up
+    assert 'warning' not in capsys.readouterr().out
