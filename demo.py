@@ -1,12 +1,12 @@
 """The whole MIFAE pipeline in one command, offline, on synthetic faces (no data set to download):
 
-  1. synthetic real and face-swapped fake faces with landmarks (preprocess.synthetic_faces), identity-disjoint
+  1. synthetic real and face-swapped fake faces with landmarks (synthetic.faces), identity-disjoint
      train / validation / test splits (a fake's swap target and source on the same side)
   2. MIFAE pre-training on the real training faces (main_pretrain.main)
   3. fine-tuning the detector with reconstruction of real faces (main_finetune.main), best epoch picked on
      the validation identities
   4. evaluation on held-out identities (frame / video AUC, EER, AP, ACC), then the evaluation protocols of
-     EVALUATION.md: the AUC per forgery family never seen in training (preprocess.synthetic_faces.FORGERY_FAMILIES;
+     EVALUATION.md: the AUC per forgery family never seen in training (synthetic.faces.FORGERY_FAMILIES;
      the detector is fine-tuned on swaps only) and a robustness table (crop protocol, util/perturb.py)
   5. the five figures (Visualization/visualize.py)
 
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import main_finetune  # noqa: E402
 import main_pretrain  # noqa: E402
-from preprocess.synthetic_faces import FORGERY_FAMILIES, family_method, generate_dataset  # noqa: E402
+from synthetic.faces import FORGERY_FAMILIES, family_method, generate_dataset  # noqa: E402
 from Visualization import visualize as viz  # noqa: E402
 
 # (defaults, --quick) -- the quick run is the same pipeline at a size the test suite can afford
@@ -63,7 +63,7 @@ def get_args_parser():
     p.add_argument('--frames', default=None, type=int, help='frames per synthetic video (default 1; quick 2)')
     p.add_argument('--size', default=None, type=int, help='side of the synthetic images (default 64)')
     p.add_argument('--artefacts', default='strong', choices=['subtle', 'strong'],
-                   help='how visible the synthetic face swaps are (preprocess.synthetic_faces.SWAP_ARTEFACTS)')
+                   help='how visible the synthetic face swaps are (synthetic.faces.SWAP_ARTEFACTS)')
     p.add_argument('--input_size', default=None, type=int, help='network input size (default 64)')
     p.add_argument('--batch_size', default=None, type=int, help='batch size of both stages (default 16)')
     p.add_argument('--lr', default=None, type=float, help='pre-training learning rate (absolute)')
@@ -99,7 +99,7 @@ def resolve(args):
 # ---------------------------------------------------------------------- data
 def swap_identities(row):
     """Every identity a manifest row shows: its own (a fake's swap target) and, for a fake of
-    preprocess.synthetic_faces (video fake_<target>_<source>), the source whose inner face was pasted in."""
+    synthetic.faces (video fake_<target>_<source>), the source whose inner face was pasted in."""
     kind, *ends = row['video'].split('_')
     source = row['label'] == '1' and kind == 'fake' and len(ends) == 2
     return {row['identity']} | ({f'id{ends[1]}'} if source else set())

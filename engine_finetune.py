@@ -3,25 +3,20 @@
 Neither loop waits for the device per step: losses are summed on the device and read every
 `--print_freq` iterations; evaluation keeps the fake probabilities on the device and reads them once.
 """
-import json
-import math
 import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Sampler
 from tqdm import tqdm
 
 import util.lr_sched as lr_sched
 import util.misc as misc
 from util.augment import device_random_erasing
 from util.datasets import normalize_batch
-from util.fileio import atomic_write, write_text
-from util.metrics import compute_metrics, roc_points
+from util.metrics import compute_metrics
 
 LOSS_NAMES = ('loss', 'ce_loss', 'recon_loss', 'l1_real', 'l1_fake')
 
@@ -63,46 +58,6 @@ def recon_labels_after_mixing(labels, mixing):
         return labels
     partner = labels.flip(0)
     return torch.where(labels == partner, labels, torch.full_like(labels, -1))
-
-
-# ---------------------------------------------------------------------- sampling
-class BalancedSampler(Sampler):
-    """Draws real and fake samples equally often (with replacement), `num_samples` per epoch in total,
-    split over the distributed ranks (each rank takes every world-th index of one shared draw)."""
-
-    def __init__(self, labels, num_samples=None, seed=0, rank=0, world_size=1):
-        labels = torch.as_tensor(labels)
-        counts = torch.bincount(labels.clamp_min(0), minlength=2).double()
-        if (counts == 0).any():
-            raise ValueError('--balance needs both real and fake samples in the training manifest')
-        self.weights = 1.0 / counts[labels]
-        self.total = int(num_samples or len(labels))
-        self.seed, self.rank, self.world, self.epoch = seed, rank, world_size, 0
-        self.per_rank = self.total // world_size
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        draw = torch.multinomial(self.weights, self.per_rank * self.world, replacement=True, generator=g)
-        return iter(draw[self.rank::self.world].tolist())
-
-    def __len__(self):
-        return self.per_rank
-
-
-class ShardSampler(Sampler):
-    """Evaluation order: indices rank, rank + world, ... (no padding, no duplicates)."""
-
-    def __init__(self, n, rank=0, world_size=1):
-        self.indices = list(range(rank, n, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
 
 
 # ---------------------------------------------------------------------- training
@@ -192,7 +147,7 @@ def predict_probs(model, data_loader, device, amp_dtype=None, desc='eval', quiet
     """Fake probability of every item the loader yields (uint8 images, normalised on the device).
     -> (dataset indices [M] int64, probs [M] float32, usable [M] bool) as numpy arrays; `usable` is False
     for items the dataset could not read (FaceDataset's drop_unusable; their probs mean nothing). With
-    several processes, every rank gets all ranks' items (ShardSampler order)."""
+    several processes, every rank gets all ranks' items (util.loaders.ShardSampler order)."""
     model.eval()
     probs, indices, usable = [], [], []
     bare = misc_unwrap(model)
@@ -236,89 +191,6 @@ def evaluate_frames(model, samples, data_loader, device, amp_dtype=None, name='e
                dict(n=0, auc=None, eer=None, acc=None, note='no readable frame'))
     metrics['unreadable'] = int((~ok).sum())
     return metrics, idx, labels, scores
-
-
-# ---------------------------------------------------------------------- reports
-REPORT_COLUMNS = (('set', 's'), ('n', 'd'), ('n_real', 'd'), ('n_fake', 'd'), ('n_videos', 'd'),
-                  ('auc', 'f'), ('video_auc', 'f'), ('eer', 'f'), ('ap', 'f'), ('acc', 'f'), ('missing', 'd'),
-                  ('unreadable', 'd'))
-
-
-def _cell(v, kind):
-    if v is None:
-        return 'n/a'
-    if kind == 'f':
-        return f'{v:.4f}'
-    return str(v)
-
-
-def format_table(results, markdown=False):
-    """results: {set name: metrics dict (plus 'missing')} -> a text (or Markdown) table."""
-    head = [c for c, _ in REPORT_COLUMNS]
-    rows = [[_cell(name if c == 'set' else m.get(c), k) for c, k in REPORT_COLUMNS] for name, m in results.items()]
-    if markdown:
-        lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join('---' for _ in head) + '|']
-        lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
-    else:
-        widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-        fmt = lambda r: '  '.join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
-        lines = [fmt(head), fmt(['-' * w for w in widths])] + [fmt(r) for r in rows]
-    notes = [f'{name}: {m["note"]}' for name, m in results.items() if m.get('note')]
-    if notes:
-        lines += [''] + [('- ' if markdown else '') + n for n in notes]
-    return '\n'.join(lines)
-
-
-def save_roc_png(path, name, labels, scores, metrics):
-    """ROC curve (matplotlib, Agg) with AUC and EER in the legend. False when the set has one class."""
-    pts = roc_points(labels, scores)
-    if pts is None:
-        return False
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fpr, tpr = pts
-    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
-    ax.plot(fpr, tpr, lw=1.8, label=f'AUC {metrics["auc"]:.4f}, EER {metrics["eer"]:.4f}')
-    ax.plot([0, 1], [0, 1], ls='--', lw=0.8, color='gray')
-    e = metrics['eer']
-    ax.plot([e], [1 - e], 'o', ms=4, color='C3')
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='false positive rate (real called fake)',
-           ylabel='true positive rate (fake caught)', title=f'ROC: {name}')
-    ax.legend(loc='lower right', fontsize=8)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format='png'), mode='wb')
-    finally:
-        plt.close(fig)
-    return True
-
-
-def write_eval_report(results, output_dir, checkpoint=None, curves=None):
-    """eval.json, eval.md and roc_<set>.png in output_dir; returns the printed table."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table = format_table(results)
-    rocs = {}
-    for name, (labels, scores) in (curves or {}).items():
-        png = out / f'roc_{name.replace("/", "_")}.png'                # 'set/group' rows of --group_by
-        if save_roc_png(png, name, labels, scores, results[name]):
-            rocs[name] = png.name
-    doc = dict(checkpoint=str(checkpoint) if checkpoint else None, sets=results, roc=rocs)
-    write_text(out / 'eval.json', json.dumps(doc, indent=2, default=_json_default))
-    md = [f'# Evaluation of `{checkpoint}`' if checkpoint else '# Evaluation', '',
-          format_table(results, markdown=True), '']
-    md += [f'![ROC {n}]({f})' for n, f in rocs.items()]
-    write_text(out / 'eval.md', '\n'.join(md) + '\n')
-    return table
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return str(o)
 
 
 def ce_criterion(smoothing, mixing):

@@ -13,13 +13,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 import models_mae
 import util.checkpoint as checkpoint
 import util.misc as misc
 from engine_pretrain import train_one_epoch
-from util.datasets import ExitOnDataError, FaceDataset, FaceTransform, drop_duplicates, load_samples
+from util import loaders
+from util.datasets import drop_duplicates, load_samples
 from util.fileio import WriteError
 from util.freq import max_radius
 from util.losses import FREQ_LOSSES
@@ -191,30 +191,6 @@ def real_samples(args):
     return samples
 
 
-def build_loader(args, samples):
-    transform = FaceTransform(args.input_size, train=True, scale=(args.min_crop_scale, 1.0), normalize=False)
-    try:        # a mostly unusable set, or with --strict_data an unusable sample: one line naming files
-        dataset = FaceDataset(samples, transform,
-                              mask_strategy=args.mask_strategy, patch_size=models_mae.arch_of(args.model)['patch_size'],
-                              mask_ratio=args.mask_ratio, num_regions=args.num_mask_regions, strict=args.strict_data)
-    except ValueError as e:
-        raise error(f'--data_path {args.data_path}: {e}') from None
-    if len(dataset) < args.batch_size * misc.get_world_size():
-        raise error(f'--data_path {args.data_path}: {len(dataset)} images are fewer than one batch '
-                    f'({args.batch_size} x {misc.get_world_size()} processes)')
-    if args.distributed:
-        sampler = DistributedSampler(dataset, num_replicas=misc.get_world_size(), rank=misc.get_rank(),
-                                     shuffle=True, seed=args.seed)
-    else:
-        sampler = RandomSampler(dataset)
-    loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
-                        pin_memory=args.pin_mem and str(args.device).startswith('cuda'), drop_last=True,
-                        persistent_workers=args.num_workers > 0)
-    if problem := misc.accum_problem(args, loader):
-        raise error(problem)
-    return dataset, sampler, ExitOnDataError(loader, 'main_pretrain.py')
-
-
 def main(args):
     check_args(args)
     device = misc.setup_run(args)
@@ -222,7 +198,7 @@ def main(args):
         checkpoint.move_aside(args.output_dir)
 
     samples = real_samples(args)
-    dataset, sampler, loader = build_loader(args, samples)
+    dataset, sampler, loader = loaders.pretrain_loader(args, samples)
 
     model = build_model(args).to(device)
     if args.init_from:

@@ -109,10 +109,10 @@ class MaskedImageFrequencyAutoencoder(SpatialDecoder):
         torch.nn.init.xavier_uniform_(w.view([w.shape[0], -1]))     # like a Linear on flattened patches
         for t in (self.cls_token, self.freq_cls_token, self.mask_token):
             torch.nn.init.normal_(t, std=.02)
-        self.apply(self._init_weights)
+        self.apply(self.init_weights)
 
     @staticmethod
-    def _init_weights(m):
+    def init_weights(m):
         if isinstance(m, nn.Linear):
             torch.nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
@@ -265,7 +265,7 @@ def arch_of(name):
     return ARCHS[name[len('mae_'):] if name.startswith('mae_') else name]
 
 
-def _factory(cls, arch, name):
+def factory(cls, arch, name):
     """A factory `name(**kwargs)` building `cls` with the sizes of ARCHS[arch] (kwargs win)."""
     def build(**kwargs):
         return cls(**{**ARCHS[arch], 'mlp_ratio': 4, 'norm_layer': partial(nn.LayerNorm, eps=1e-6), **kwargs})
@@ -274,7 +274,7 @@ def _factory(cls, arch, name):
     return build
 
 
-MODELS = {f'mae_{arch}': _factory(MaskedImageFrequencyAutoencoder, arch, f'mae_{arch}') for arch in ARCHS}
+MODELS = {f'mae_{arch}': factory(MaskedImageFrequencyAutoencoder, arch, f'mae_{arch}') for arch in ARCHS}
 mae_vit_micro_patch8 = MODELS['mae_vit_micro_patch8']
 mae_vit_tiny_patch16 = MODELS['mae_vit_tiny_patch16']
 mae_vit_small_patch16 = MODELS['mae_vit_small_patch16']

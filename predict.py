@@ -32,6 +32,7 @@ import models_vit
 import util.misc as misc
 from preprocess import faces as face_utils
 from preprocess.face_tracks import track_faces
+from util import explain
 from util.datasets import FaceTransform
 from util.fileio import WriteError, output_dir_problem, write_text
 
@@ -120,8 +121,8 @@ class Predictor:
             x = torch.stack([self.tf(c)[0] for c in crops[s:s + self.batch_size]]).to(self.device)
             with misc.autocast(self.device, self.amp_dtype):
                 if with_heatmaps:
-                    r = models_vit.reconstruction_discrepancy(self.model, x)
-                    cams = models_vit.grad_cam(self.model, x)
+                    r = explain.reconstruction_discrepancy(self.model, x)
+                    cams = explain.grad_cam(self.model, x)
                     probs.append(r['prob'])
                     panels += [heatmap_panel(r['input'][i], r['recon'][i], r['diff'][i], self.heatmap_max, cams[i])
                                for i in range(x.shape[0])]
@@ -234,7 +235,7 @@ def heatmap_panel(inp, recon, diff, vmax=0.25, cam=None):
     The Grad-CAM is scaled to its own maximum, so it shows where the detector looked, not how much."""
     to_u8 = lambda t: (t.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)  # noqa: E731
     d = (diff.clamp(0, vmax) / vmax * 255 + 0.5).to(torch.uint8).numpy()
-    images = [to_u8(inp), to_u8(recon), _jet(d)] + ([models_vit.cam_overlay(inp, cam)] if cam is not None else [])
+    images = [to_u8(inp), to_u8(recon), _jet(d)] + ([explain.cam_overlay(inp, cam)] if cam is not None else [])
     k = max(1, -(-HEATMAP_MIN_SIDE // images[0].shape[0]))
     images = [np.repeat(np.repeat(im, k, 0), k, 1) for im in images]
     side = images[0].shape[0]

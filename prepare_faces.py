@@ -37,14 +37,14 @@ from concurrent.futures.process import BrokenProcessPool
 from preprocess import faces as F
 from preprocess import worker as W
 from preprocess.journal import Journal, relabel, write_failures, write_manifests
-from preprocess.layouts import LISTERS, PRESETS, LayoutError
+from preprocess.layouts import LISTERS, LayoutError
 
 
 def get_args_parser():
     p = argparse.ArgumentParser('Face crops + 68 landmarks + manifests', add_help=True)
     p.add_argument('--input', required=True, help='video file, folder of videos/images, or dataset root')
     p.add_argument('--output', required=True, help='output folder (crops, manifests, failures.csv)')
-    p.add_argument('--dataset', default='folder', choices=PRESETS, help='layout of --input')
+    p.add_argument('--dataset', default='folder', choices=list(LISTERS), help='layout of --input')
     p.add_argument('--name', default=None,
                    help='dataset name for folder inputs (default: the input folder name)')
     p.add_argument('--label', default=None, choices=['0', '1'], help='folder: label of every item (1 = fake)')

@@ -38,6 +38,7 @@ if __package__ in (None, ''):                      # run as a script: make the p
 import models_mae  # noqa: E402
 import util.checkpoint as checkpoint  # noqa: E402
 import util.misc as misc  # noqa: E402
+from util import explain  # noqa: E402
 from util.datasets import IMAGENET_MEAN, IMAGENET_STD, NO_LABEL, FaceTransform, Sample, load_samples, read_image_rgb  # noqa: E402
 from util.fileio import WriteError, atomic_write  # noqa: E402
 from util.freq import filter_spectrum, log_magnitude_spectrum  # noqa: E402
@@ -400,7 +401,7 @@ def pick_per_group(groups, per_group=1, seed=0):
 
 
 def figure_discrepancy(result, column_titles, display=None):
-    """Figure 4 from the detector's outputs (models_vit.reconstruction_discrepancy): one column per dataset or
+    """Figure 4 from the detector's outputs (util.explain.reconstruction_discrepancy): one column per dataset or
     manipulation; rows: input, reconstruction, |difference| heat map (one colour scale for the whole figure) and,
     when `result` has 'cam', the Grad-CAM of the fake logit over the input (as the reference's figure).
 
@@ -419,8 +420,7 @@ def figure_discrepancy(result, column_titles, display=None):
         g.panel(2, c, diff[c].numpy(), f'|difference|, mean {float(diff[c].mean()):.3f}',
                 cmap=HEAT_CMAP, vmin=0, vmax=vmax)
         if cam is not None:
-            import models_vit
-            g.panel(3, c, models_vit.cam_overlay(x[c], cam[c].float()), 'Grad-CAM (fake)')
+            g.panel(3, c, explain.cam_overlay(x[c], cam[c].float()), 'Grad-CAM (fake)')
     return g, result
 
 
@@ -443,7 +443,6 @@ def write_discrepancy_figure(detector, samples, out_dir, groups=None, seed=0, di
     """Figure 4 for a fine-tuning checkpoint (path, or the model load_detector gives): `per_group` faces per
     group (e.g. manifest_groups of the manifest; None: one column per sample), at most `max_columns`
     columns. -> PNG path"""
-    import models_vit
     model = load_detector(detector, device) if isinstance(detector, (str, Path)) else detector
     if groups is None:
         picked = [(Path(s.path).stem, i) for i, s in enumerate(samples[:max_columns])]
@@ -451,8 +450,8 @@ def write_discrepancy_figure(detector, samples, out_dir, groups=None, seed=0, di
         picked = pick_per_group(groups, per_group, seed)[:max_columns]
     tf = FaceTransform(model.img_size, train=False, mean=model.mean, std=model.std, crop_pct=model.crop_pct)
     imgs = torch.stack([tf(read_face(samples[i], landmarks=False))[0] for _, i in picked])
-    result = models_vit.reconstruction_discrepancy(model, imgs.to(device))
-    result['cam'] = models_vit.grad_cam(model, imgs.to(device))
+    result = explain.reconstruction_discrepancy(model, imgs.to(device))
+    result['cam'] = explain.grad_cam(model, imgs.to(device))
     g, _ = figure_discrepancy(result, [name for name, _ in picked], display)
     return g.save(Path(out_dir) / FIGURE_FILES[4])
 

@@ -16,30 +16,30 @@ step() { echo "== $*"; timeout "${BUDGET:-150}" python3 "$@" 2>&1 | grep -v Warn
 
 # Optional (AUTOTUNE=1, run on its own: compilation with autotuning takes minutes): Triton matmul templates.
 if [ "${AUTOTUNE:-0}" = 1 ]; then
-  BUDGET=420 step benchmark_pretrain.py --amp bf16 --compile on --compile_mode max-autotune-no-cudagraphs \
+  BUDGET=420 step -m benchmarks.pretrain --amp bf16 --compile on --compile_mode max-autotune-no-cudagraphs \
       --batch_size 256 --steps 25 --warmup 4 --profile 3 | tee -a "$out/pretrain_autotune.jsonl"
   exit 0
 fi
 
 # 1. Pre-training step, ViT-B/16 at 224: reference-like, eager bf16, compiled bf16 at batch 64 and 256.
-BUDGET=80  step benchmark_pretrain.py --variant reference --batch_size 64 256 --steps 12 --warmup 3 | tee -a "$out/pretrain.jsonl"
-BUDGET=70  step benchmark_pretrain.py --amp bf16 --compile off --batch_size 64 256 --steps 12 --warmup 3 --check_loss | tee -a "$out/pretrain.jsonl"
-BUDGET=260 step benchmark_pretrain.py --amp bf16 --compile on --batch_size 64 256 512 --steps 25 --warmup 4 --check_loss \
+BUDGET=80  step -m benchmarks.pretrain --variant reference --batch_size 64 256 --steps 12 --warmup 3 | tee -a "$out/pretrain.jsonl"
+BUDGET=70  step -m benchmarks.pretrain --amp bf16 --compile off --batch_size 64 256 --steps 12 --warmup 3 --check_loss | tee -a "$out/pretrain.jsonl"
+BUDGET=260 step -m benchmarks.pretrain --amp bf16 --compile on --batch_size 64 256 512 --steps 25 --warmup 4 --check_loss \
     --profile 3 | tee -a "$out/pretrain.jsonl"      # --profile: ms per step by kernel category, achieved TFLOP/s
 
 # 2. Stage 2: evaluation and fine-tuning throughput.
-if [ -f benchmark_finetune.py ]; then
-  BUDGET=120 step benchmark_finetune.py --device cuda --mode eval_gpu train eval_e2e --compile on --batch_size 256 \
+if [ -f benchmarks/finetune.py ]; then
+  BUDGET=120 step -m benchmarks.finetune --device cuda --mode eval_gpu train eval_e2e --compile on --batch_size 256 \
       --num_workers 16 --steps 15 | tee -a "$out/finetune.jsonl"
 fi
 
 # 3. Input pipeline of one worker on this machine's CPU (256-px crops).
-BUDGET=25 step benchmark_pretrain.py --data_only --num_images 256 --image_format jpg | tee -a "$out/data.jsonl"
-BUDGET=25 step benchmark_pretrain.py --data_only --num_images 256 --image_format png | tee -a "$out/data.jsonl"
+BUDGET=25 step -m benchmarks.pretrain --data_only --num_images 256 --image_format jpg | tee -a "$out/data.jsonl"
+BUDGET=25 step -m benchmarks.pretrain --data_only --num_images 256 --image_format png | tee -a "$out/data.jsonl"
 # 4. The entry points themselves on CUDA (compile + bf16 by default): a short pre-training and fine-tuning of the
 #    micro model on synthetic faces, the demo's recipe at a smaller size (stage 2 needs scikit-learn).
 data="$out/e2e_data"
-BUDGET=30 step -m preprocess.synthetic_faces --out "$data" --num 600 --size 64 --frames 1 --artefacts strong --no_progress
+BUDGET=30 step -m synthetic.faces --out "$data" --num 600 --size 64 --frames 1 --artefacts strong --no_progress
 BUDGET=120 step main_pretrain.py --data_path "$data/pretrain.csv" --output_dir "$out/e2e_pretrain" \
     --model mae_vit_micro_patch8 --input_size 64 --batch_size 32 --epochs 4 --lr 1e-3 --warmup_epochs 1 \
     --num_workers 4 --device cuda --quiet --no_auto_resume | tail -3 | tee "$out/e2e.txt"

@@ -1,1 +1,1 @@
-"""Data preparation: face detection and landmarks, dataset layouts, the journal and manifests, synthetic faces."""
+"""Data preparation: face detection and landmarks, dataset layouts, the journal and manifests."""

@@ -1,14 +1,14 @@
 """The journal of prepare_faces.py (resumability), its manifests and failures.csv (atomic writes).
 
 A manifest row is MANIFEST_COLUMNS: path,landmarks,label,video,dataset,method,split,compression,frame,source
-(paths relative to the CSV's folder); _rows makes the rows of one face, one per (dataset, split) of its item.
+(paths relative to the CSV's folder); journal_rows makes the rows of one face, one per (dataset, split) of its item.
 """
 import csv
 import json
 import os
 import sys
 
-from preprocess.layouts import _safe_name
+from preprocess.layouts import safe_name
 from util import formats
 from util.fileio import atomic_write
 
@@ -17,7 +17,7 @@ MANIFEST_COLUMNS = [*formats.MANIFEST_COLUMNS,        # the columns every stage 
 JOURNAL_DIR = '.prepare'
 
 
-def _rows(item, img_rel, npy_rel, frame, source, video=None):
+def journal_rows(item, img_rel, npy_rel, frame, source, video=None):
     return [[img_rel, npy_rel, item['label'], video or item['video'], dataset, item['method'],
              split, item['compression'], '' if frame is None else str(frame), source]
             for dataset, split in item['memberships']]
@@ -100,7 +100,7 @@ class Journal:
 
 
 def _manifest_path(output, dataset, split, suffix=''):
-    return os.path.join(output, f'{_safe_name(dataset)}_{_safe_name(split)}{suffix}.csv')
+    return os.path.join(output, f'{safe_name(dataset)}_{safe_name(split)}{suffix}.csv')
 
 
 def _groups(journal):
@@ -120,7 +120,7 @@ def relabel(output, journal, items, suffix=''):
         if item is None:
             continue
         faces = {row[0]: row for row in rec['rows']}     # one per face (a row per membership)
-        rows = [r for f in faces.values() for r in _rows(item, f[0], f[1], f[8], f[9], f[3])]
+        rows = [r for f in faces.values() for r in journal_rows(item, f[0], f[1], f[8], f[9], f[3])]
         if rows != rec['rows']:
             journal.append(dict(rec, rows=rows))
     for dataset, split in sorted(before - _groups(journal)):

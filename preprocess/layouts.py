@@ -12,7 +12,6 @@ from collections import Counter
 from preprocess import faces as F
 from util import formats
 
-PRESETS = ('folder', 'vggface2', 'ffpp', 'celebdf', 'dfdc', 'wilddeepfake', 'deepfakebench')
 FFPP_METHODS = ('Deepfakes', 'Face2Face', 'FaceSwap', 'NeuralTextures', 'FaceShifter')
 FFPP_COMPRESSIONS = ('raw', 'c23', 'c40')
 IMAGES_PER_ITEM = 64          # photos are processed (and journaled) in groups of this size
@@ -34,24 +33,24 @@ class LayoutError(ValueError):
 #   out      output path (relative to --output) of the crops' folder or stem
 # plus kind-specific 'path' / 'frames' / 'images' / 'pad'.
 
-def _rel(path, root):
+def rel_path(path, root):
     return os.path.relpath(path, root).replace(os.sep, '/')
 
 
-def _strip_ext(rel):
+def strip_ext(rel):
     return os.path.splitext(rel)[0]
 
 
-def _join(*parts):
+def join_rel(*parts):
     """Relative path from parts, leaving out empty ones and '.' (the --input folder itself)."""
     return '/'.join(p for p in parts if p not in ('', '.'))
 
 
-def _out_stems(names, taken=()):
+def out_stems(names, taken=()):
     """Output stem of each file name of one folder: the name without its extension, or
     with it where the stem would be shared (x.jpg and x.png; clip.mp4 and a sub-folder
     clip/ in ``taken``), so that no two files write the same crops or video id."""
-    stems = {n: _strip_ext(n) for n in names}
+    stems = {n: strip_ext(n) for n in names}
     while True:
         count = Counter([*stems.values(), *taken])
         shared = [n for n, s in stems.items() if count[s] > 1 and s != n]
@@ -78,23 +77,23 @@ def _walk(root, skip=None):
 
 def video_item(path, root, tag, video, label, memberships, method='', compression='', out=None):
     """out: output stem relative to faces/<tag>/ (default: the input-relative path without extension)."""
-    rel = _rel(path, root)
-    return dict(key=rel, kind='video', path=path, source=rel, out=f'faces/{tag}/{out or _strip_ext(rel)}',
+    rel = rel_path(path, root)
+    return dict(key=rel, kind='video', path=path, source=rel, out=f'faces/{tag}/{out or strip_ext(rel)}',
                 video=video, label=label, memberships=memberships, method=method, compression=compression)
 
 
 def image_items(paths, root, tag, video_of, label, memberships, method='', stems=None):
     """Photos of one folder grouped into items of IMAGES_PER_ITEM; each photo gets its own
-    row. stems: output stem by file name (default: _out_stems of the photos); video_of:
+    row. stems: output stem by file name (default: out_stems of the photos); video_of:
     output stem relative to faces/<tag>/ -> video id."""
-    stems = stems or _out_stems([os.path.basename(p) for p in paths])
-    rel_dir = _rel(os.path.dirname(paths[0]), root)
+    stems = stems or out_stems([os.path.basename(p) for p in paths])
+    rel_dir = rel_path(os.path.dirname(paths[0]), root)
     items = []
     for start in range(0, len(paths), IMAGES_PER_ITEM):
         chunk = paths[start:start + IMAGES_PER_ITEM]
-        rel0 = _rel(chunk[0], root)
-        outs = [_join(rel_dir, stems[os.path.basename(p)]) for p in chunk]
-        images = [dict(path=p, source=_rel(p, root), out=f'faces/{tag}/{out}', video=video_of(out))
+        rel0 = rel_path(chunk[0], root)
+        outs = [join_rel(rel_dir, stems[os.path.basename(p)]) for p in chunk]
+        images = [dict(path=p, source=rel_path(p, root), out=f'faces/{tag}/{out}', video=video_of(out))
                   for p, out in zip(chunk, outs)]
         items.append(dict(key=f'{os.path.dirname(rel0)}#{start // IMAGES_PER_ITEM}:{rel0}', kind='images',
                           images=images, label=label, memberships=memberships, method=method,
@@ -103,9 +102,9 @@ def image_items(paths, root, tag, video_of, label, memberships, method='', stems
 
 
 def frames_item(frame_paths, root, tag, video, label, memberships, method='', pad=0.0):
-    rel_dir = _rel(os.path.dirname(frame_paths[0]), root)
+    rel_dir = rel_path(os.path.dirname(frame_paths[0]), root)
     return dict(key=rel_dir, kind='frames', frames=list(frame_paths), source=rel_dir,
-                out=_join(f'faces/{tag}', rel_dir), video=video, label=label, memberships=memberships,
+                out=join_rel(f'faces/{tag}', rel_dir), video=video, label=label, memberships=memberships,
                 method=method, compression='', pad=pad)
 
 
@@ -123,18 +122,18 @@ def list_folder(args):
         folders = _walk(root, skip=args.output)
     else:
         raise LayoutError(f'--input {args.input} does not exist')
-    name = _safe_name(args.name or os.path.basename(os.path.abspath(root)) or 'folder')
+    name = safe_name(args.name or os.path.basename(os.path.abspath(root)) or 'folder')
     memberships = [(name, args.split or 'all')]
     method = name if label == '1' else ''              # one unnamed manipulation: the data set's name
     items = []
     for dirpath, filenames in folders:
         media = [f for f in filenames if F.is_video_file(f) or F.is_image_file(f)]
         # stems from the whole folder, so that a file prepared alone gets the same outputs
-        stems = _out_stems(media, [d for d in os.listdir(dirpath) if os.path.isdir(os.path.join(dirpath, d))])
+        stems = out_stems(media, [d for d in os.listdir(dirpath) if os.path.isdir(os.path.join(dirpath, d))])
         media = [f for f in media if only in (None, os.path.join(dirpath, f))]
-        rel_dir = _rel(dirpath, root)
+        rel_dir = rel_path(dirpath, root)
         for f in filter(F.is_video_file, media):
-            out = _join(rel_dir, stems[f])
+            out = join_rel(rel_dir, stems[f])
             items.append(video_item(os.path.join(dirpath, f), root, name, f'{name}/{out}', label, memberships,
                                     method, out=out))
         images = [os.path.join(dirpath, f) for f in media if F.is_image_file(f)]
@@ -142,7 +141,7 @@ def list_folder(args):
             raise LayoutError(f'--video_per_folder takes a folder of frame folders as --input, not the file '
                               f'{args.input}')
         if images and args.video_per_folder:
-            items.append(frames_item(sorted(images, key=_natural_key), root, name, _join(name, rel_dir), label,
+            items.append(frames_item(sorted(images, key=_natural_key), root, name, join_rel(name, rel_dir), label,
                                      memberships, method))
         elif images:
             items += image_items(images, root, name, lambda out: f'{name}/{out}', label, memberships, method,
@@ -225,7 +224,7 @@ def list_ffpp(args):
         videos = _listdir_files(os.path.join(root, rel_folder), F.is_video_file)
         names = set()
         for v in videos:
-            stem = _strip_ext(os.path.basename(v))
+            stem = strip_ext(os.path.basename(v))
             names.add(stem)
             if dataset == 'dfd':
                 split = 'test'
@@ -268,13 +267,13 @@ def list_celebdf(args):
     items, seen = [], set()
     for folder in present:
         for v in _listdir_files(os.path.join(root, folder), F.is_video_file):
-            rel = _rel(v, root)
+            rel = rel_path(v, root)
             seen.add(rel)
             label = test_labels.get(rel, folders[folder])
             if label != folders[folder]:
                 notes.append(f'celebdf: {rel} is labelled {label} by the test list but sits in {folder}')
             split = 'test' if rel in test_labels else 'train'
-            items.append(video_item(v, root, 'celebdf', f'celebdf/{folder}/{_strip_ext(os.path.basename(v))}',
+            items.append(video_item(v, root, 'celebdf', f'celebdf/{folder}/{strip_ext(os.path.basename(v))}',
                                     label, [('celebdf', split)], folder))
     failures += [(os.path.join(root, rel), 'missing: named in List_of_testing_videos.txt')
                  for rel in test_labels if rel not in seen and rel.split('/')[0] in present]
@@ -311,7 +310,7 @@ def list_dfdc(args):
             found = True
             with open(os.path.join(dirpath, 'metadata.json')) as f:
                 meta = json.load(f)
-            default_split = 'test' if 'test' in _rel(dirpath, root).lower() else 'train'
+            default_split = 'test' if 'test' in rel_path(dirpath, root).lower() else 'train'
             entries = [(name, '1' if str(m.get('label', '')).upper() == 'FAKE' else '0',
                         m.get('split') or default_split) for name, m in meta.items()]
             source = 'metadata.json'
@@ -320,8 +319,8 @@ def list_dfdc(args):
             if path is None:
                 failures.append((os.path.join(dirpath, filename), f'missing: named in {source}'))
                 continue
-            rel = _rel(path, root)
-            items.append(video_item(path, root, 'dfdc', f'dfdc/{_strip_ext(rel)}', label, [('dfdc', split)],
+            rel = rel_path(path, root)
+            items.append(video_item(path, root, 'dfdc', f'dfdc/{strip_ext(rel)}', label, [('dfdc', split)],
                                     'dfdc' if label == '1' else ''))
     if not found:
         raise LayoutError(f'dfdc: expected labels.csv (test set) or metadata.json (train parts) '
@@ -346,7 +345,7 @@ def list_wilddeepfake(args):
             frames = [os.path.join(dirpath, f) for f in filenames if F.is_image_file(f)]
             if frames:
                 frames.sort(key=_natural_key)
-                rel = _rel(dirpath, root)
+                rel = rel_path(dirpath, root)
                 items.append(frames_item(frames, root, 'wilddeepfake', f'wilddeepfake/{rel}', label,
                                          [('wilddeepfake', split)], 'wilddeepfake' if label == '1' else '',
                                          pad=0.25))
@@ -408,7 +407,7 @@ class _PathResolver:
         return None
 
 
-def _dfb_landmark_path(frame_path):
+def dfb_landmark_path(frame_path):
     parts = frame_path.replace('\\', '/').split('/')
     for i in range(len(parts) - 2, -1, -1):
         if parts[i] == 'frames':
@@ -455,7 +454,7 @@ def list_deepfakebench(args):
             if not frames:
                 continue
             frames.sort(key=_natural_key)
-            rel_dir = _rel(os.path.dirname(frames[0]), root)
+            rel_dir = rel_path(os.path.dirname(frames[0]), root)
             item = videos.get(rel_dir)
             if item is None:
                 item = dict(key=rel_dir, kind='dfb', frames=frames, source=rel_dir, out='faces/deepfakebench',
@@ -463,7 +462,7 @@ def list_deepfakebench(args):
                             memberships=[], method=label_name, compression=comp, root=root)
                 videos[rel_dir] = item
             if (dataset, split) not in item['memberships']:
-                item['memberships'].append((_safe_name(dataset), split))
+                item['memberships'].append((safe_name(dataset), split))
     notes = [f'deepfakebench: {malformed} malformed entries skipped'] if malformed else []
     if not videos and not failures:
         raise LayoutError(f'deepfakebench: no videos in {", ".join(jsons)}')
@@ -474,5 +473,5 @@ LISTERS = dict(folder=list_folder, vggface2=list_vggface2, ffpp=list_ffpp, celeb
                dfdc=list_dfdc, wilddeepfake=list_wilddeepfake, deepfakebench=list_deepfakebench)
 
 
-def _safe_name(name):
+def safe_name(name):
     return re.sub(r'[^A-Za-z0-9_.+-]+', '_', str(name)).strip('_') or 'dataset'

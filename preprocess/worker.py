@@ -12,8 +12,8 @@ from collections import Counter
 import numpy as np
 
 from preprocess import faces as F
-from preprocess.journal import JOURNAL_DIR, _rows
-from preprocess.layouts import _dfb_landmark_path, _join, _out_stems, _rel, _safe_name, _strip_ext
+from preprocess.journal import JOURNAL_DIR, journal_rows
+from preprocess.layouts import dfb_landmark_path, join_rel, out_stems, rel_path, safe_name, strip_ext
 
 # ---------------------------------------------------------------------------------
 # 2. Work on one item (runs in the worker processes)
@@ -115,7 +115,7 @@ def _process_video(item, opts, landmarker, result):
     path = item['path']
     if (opts.get('perturb') or ('',))[0] == 'h264':                    # frame protocol: re-encode first
         from util.perturb import compress_video, parameter
-        path = os.path.join(opts['output'], JOURNAL_DIR, 'h264', f'{_safe_name(item["key"])}.mp4')
+        path = os.path.join(opts['output'], JOURNAL_DIR, 'h264', f'{safe_name(item["key"])}.mp4')
         try:
             compress_video(item['path'], path, parameter(*opts['perturb']))
         except RuntimeError as e:
@@ -141,7 +141,7 @@ def _faces_of_video(item, reader, opts, landmarker, result):
             continue
         img_rel, npy_rel = _write_face(f'{item["out"]}/{index:06d}', faces[0], opts)
         stats['faces'] += 1
-        result['rows'] += _rows(item, img_rel, npy_rel, index, item['source'])
+        result['rows'] += journal_rows(item, img_rel, npy_rel, index, item['source'])
     stats['frames'] += reader.read
     stats['frames_unreadable'] += reader.skipped
     if reader.skipped:
@@ -158,7 +158,7 @@ def _process_images(item, opts, landmarker, result):
         stats['videos'] += 1
         paths = item['frames']
         keep = F.evenly_spaced_indices(len(paths), opts['frames_per_video'])
-        stems = _out_stems([os.path.basename(p) for p in paths])
+        stems = out_stems([os.path.basename(p) for p in paths])
         entries = [dict(path=paths[i], source=_rel_to(paths[i], item), frame=i,
                         out=f'{item["out"]}/{stems[os.path.basename(paths[i])]}', video=None)
                    for i in keep]
@@ -183,11 +183,11 @@ def _process_images(item, opts, landmarker, result):
             continue
         img_rel, npy_rel = _write_face(e['out'], faces[0], opts)
         stats['faces'] += 1
-        result['rows'] += _rows(item, img_rel, npy_rel, e['frame'], e['source'], e['video'])
+        result['rows'] += journal_rows(item, img_rel, npy_rel, e['frame'], e['source'], e['video'])
 
 
 def _rel_to(path, item):
-    return _join(item['source'], os.path.basename(path))
+    return join_rel(item['source'], os.path.basename(path))
 
 
 def _process_dfb(item, opts, landmarker, result):
@@ -198,7 +198,7 @@ def _process_dfb(item, opts, landmarker, result):
     keep = F.evenly_spaced_indices(len(paths), opts['frames_per_video'])
     for i in keep:
         img_path = paths[i]
-        lmk_path = _dfb_landmark_path(img_path)
+        lmk_path = dfb_landmark_path(img_path)
         try:
             F.load_image_rgb(img_path)      # unreadable frames are failures, as elsewhere
         except ValueError as err:
@@ -218,9 +218,9 @@ def _process_dfb(item, opts, landmarker, result):
         if lm.shape[0] < F.NUM_LANDMARKS or not np.isfinite(lm[:F.NUM_LANDMARKS]).all():
             result['failures'].append((lmk_path, f'bad landmarks shape {lm.shape}'))
             continue
-        rel = _rel(img_path, root)
+        rel = rel_path(img_path, root)
         img_rel = f'{item["out"]}/{rel}'
-        npy_rel = f'{item["out"]}/{_strip_ext(rel)}.npy'
+        npy_rel = f'{item["out"]}/{strip_ext(rel)}.npy'
         dst = os.path.join(opts['output'], img_rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if opts.get('perturb'):                        # frame protocol: the degraded frame, not a link
@@ -232,8 +232,8 @@ def _process_dfb(item, opts, landmarker, result):
             _link_or_copy(img_path, dst)
         np.save(os.path.join(opts['output'], npy_rel), lm[:F.NUM_LANDMARKS])   # iBUG-68 = first 68 of 81
         stats['faces'] += 1
-        frame = int(_strip_ext(os.path.basename(rel))) if _strip_ext(os.path.basename(rel)).isdigit() else i
-        result['rows'] += _rows(item, img_rel, npy_rel, frame, rel)
+        frame = int(strip_ext(os.path.basename(rel))) if strip_ext(os.path.basename(rel)).isdigit() else i
+        result['rows'] += journal_rows(item, img_rel, npy_rel, frame, rel)
 
 
 def _link_or_copy(src, dst):
@@ -250,12 +250,12 @@ def _perturbed(pairs, item, opts):
     frame, so a re-run degrades every frame the same way."""
     import zlib
 
-    from util.perturb import PERTURBATIONS, VIDEO_KINDS, perturb
+    from util.perturb import VIDEO_KINDS, perturb, stream_key
     kind, level = opts.get('perturb') or (None, None)
     if kind is None or kind in VIDEO_KINDS:
         yield from pairs
         return
-    seed = [list(PERTURBATIONS).index(kind), level, zlib.crc32(item['key'].encode())]
+    seed = [stream_key(kind), level, zlib.crc32(item['key'].encode())]
     for n, (key, img) in enumerate(pairs):
         frame = key if isinstance(key, int) else key.get('frame') if isinstance(key, dict) else None
         yield key, perturb(img, kind, level, np.random.default_rng(seed + [n if frame is None else frame]))

@@ -110,7 +110,7 @@ def build_corpus(root, faces=4):
     """Write the corpus under `root`: synthetic 64-px faces (`faces` identities x 2 frames, real and fake)
     as the good part, every image and landmark case, a listed file that does not exist, two repeated rows,
     and broken manifests. -> Corpus"""
-    from preprocess.synthetic_faces import generate_dataset
+    from synthetic.faces import generate_dataset
     root = Path(root)
     data = generate_dataset(root / 'synthetic', num_identities=faces, frames_per_identity=2, size=64, seed=1,
                             fake_ratio=0.5, test_fraction=0, progress=False)

@@ -17,10 +17,6 @@ torch.set_num_threads(2)
 TINY = dict(model='mae_vit_tiny_patch16', input_size=112)
 
 
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: more than ~10 s; the fast tier is `pytest -m "not slow"`')
-
-
 def write_rows(path, rows):
     """Manifest rows (dicts) written as a CSV at `path`. -> path"""
     import csv
@@ -34,7 +30,7 @@ def write_rows(path, rows):
 @pytest.fixture(scope='session')
 def synthetic_data(tmp_path_factory):
     """Real and fake synthetic faces (128 px) with manifests: all / train / test / pretrain."""
-    from preprocess.synthetic_faces import generate_dataset
+    from synthetic.faces import generate_dataset
     out = tmp_path_factory.mktemp('synthetic')
     return generate_dataset(out, num_identities=40, frames_per_identity=4, size=128, seed=0, fake_ratio=0.5,
                             test_fraction=0.25, progress=False)

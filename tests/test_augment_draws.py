@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from util import loaders
+
 DRAWS = 20_000
 
 
@@ -39,12 +41,13 @@ def global_streams_restored(seed):
         np.random.set_state(npy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('recipe', ['reference', 'light'])
 def test_stage2_training_transform_of_every_recipe_survives_20000_draws(recipe):
-    import main_finetune
-    r = main_finetune.RECIPES[recipe]
+    from util.recipes import RECIPES
+    r = RECIPES[recipe]
     args = types.SimpleNamespace(aa=r['aa'], min_crop_scale=r['min_crop_scale'], input_size=16)
-    transform = main_finetune.train_transform(args)
+    transform = loaders.train_transform(args)
     imgs = _images(64, 20, seed=1)
     with global_streams_restored(0):       # timm draws from the global streams, as in a loader worker
         for i in range(DRAWS):
@@ -70,7 +73,6 @@ def test_randaugment_posterize_to_zero_bits_is_drawn_and_runs():
 def test_a_pillow_that_refuses_zero_bits_fails_at_start(monkeypatch):
     from PIL import ImageOps
 
-    import main_finetune
     real = ImageOps.posterize
 
     def strict_posterize(img, bits):
@@ -80,12 +82,13 @@ def test_a_pillow_that_refuses_zero_bits_fails_at_start(monkeypatch):
     monkeypatch.setattr(ImageOps, 'posterize', strict_posterize)
     args = types.SimpleNamespace(aa='rand-m9-mstd0.5-inc1', min_crop_scale=0.08, input_size=16)
     with pytest.raises(SystemExit) as e:
-        main_finetune.train_transform(args)
+        loaders.train_transform(args)
     assert 'pillow' in str(e.value).lower() and 'requirements.txt' in str(e.value)
     args.aa = 'none'                                   # without RandAugment, no posterize and no check
-    main_finetune.train_transform(args)
+    loaders.train_transform(args)
 
 
+@pytest.mark.slow
 def test_stage1_transform_survives_20000_draws():
     from util.datasets import FaceTransform
     t = FaceTransform(16, train=True, scale=(0.2, 1.0), normalize=False)
@@ -98,6 +101,7 @@ def test_stage1_transform_survives_20000_draws():
         assert x.shape == (3, 16, 16) and out_lm.shape == (68, 2)
 
 
+@pytest.mark.slow
 def test_batch_augmentations_survive_many_draws():
     """Mixup / cutmix (the reference's alphas) and random erasing on normalised batches."""
     from timm.data import Mixup
@@ -115,11 +119,12 @@ def test_batch_augmentations_survive_many_draws():
             assert torch.isfinite(x).all() and torch.allclose(y.sum(1), torch.ones(4))
 
 
+@pytest.mark.slow
 def test_self_blended_pairs_survive_many_draws(tmp_path):
     """The pseudo-fake path end to end: self-blending + RandAugment on both faces, 600 items."""
     import cv2
 
-    from preprocess.synthetic_faces import render_face, sample_identity
+    from synthetic.faces import render_face, sample_identity
     from util.augment import TimmTrainTransform
     from util.datasets import Sample
     from util.self_blend import PseudoFakePairs

@@ -15,6 +15,7 @@ from skimage.data import astronaut
 
 import main_finetune
 import main_pretrain
+from util import loaders
 from util.datasets import FaceDataset, FaceTransform, read_manifest
 from util.formats import read_image_rgb
 
@@ -108,7 +109,7 @@ def test_dataset_marks_each_case_and_names_each_bad_file_once(corpus, capsys):
 def test_broken_manifests_are_one_line_errors(corpus):
     for name, (path, words) in corpus.broken_manifests.items():
         with pytest.raises(SystemExit) as err:
-            main_finetune.read_labelled(path)
+            loaders.read_labelled(path)
         msg = str(err.value.code)
         assert msg.startswith('main_finetune.py: error: ') and words in msg and '\n' not in msg, name
 

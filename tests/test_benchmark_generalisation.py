@@ -1,4 +1,4 @@
-"""benchmark_generalisation.py: a tiny grid runs end to end and its table, JSON and figure agree with its runs;
+"""benchmarks/generalisation.py: a tiny grid runs end to end and its table, JSON and figure agree with its runs;
 the forgery families come from the synthetic-face generator's table when it has one."""
 import importlib.util
 import json
@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
-import benchmark_generalisation as bg
+from benchmarks import generalisation as bg
 
 
+@pytest.mark.slow
 def test_tiny_grid_writes_consistent_table_json_and_figure(tmp_path):
     args = bg.get_args_parser().parse_args(['--quick', '--seeds', '2', '--stage1', 'none', 'mifae',
                                             '--stage2', 'swap', 'sbi', '--threads', '1', '--out', str(tmp_path)])

@@ -1,10 +1,12 @@
 """The benchmark scripts run (CPU) and their kernel-time breakdown sorts kernels into the right categories."""
 import json
 
+import numpy as np
 import pytest
+import torch
 
-import benchmark_pretrain
-from util.benchmarking import breakdown, category
+from benchmarks import pretrain as benchmark_pretrain
+from benchmarks.common import breakdown, category
 
 
 @pytest.mark.parametrize('name,cat', [
@@ -33,6 +35,7 @@ def test_breakdown_sums_per_step_and_rates():
     assert out['top'][0] == ['aten::mm', 1.5]
 
 
+@pytest.mark.slow
 def test_pretrain_benchmark_runs_on_cpu_with_profile(capsys):
     args = benchmark_pretrain.get_args_parser().parse_args(
         ['--device', 'cpu', '--model', 'mae_vit_micro_patch8', '--input_size', '32', '--batch_size', '2',
@@ -51,3 +54,20 @@ def test_data_only_mode_times_one_worker(capsys):
     benchmark_pretrain.main(args)
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r['mode'] == 'data_only' and r['images'] >= 8 and r['img_s_per_worker'] > 0
+
+
+def test_benchmarks_and_self_blending_leave_the_thread_count_as_found(capsys):
+    """The thread count changes a run's numbers (sums split otherwise): whatever sets it for a while restores it,
+    so a demo or training run after a benchmark in the same process trains as it would alone."""
+    import cv2
+
+    from synthetic.faces import render_face, sample_identity
+    from util.self_blend import self_blend
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    benchmark_pretrain.main(benchmark_pretrain.get_args_parser().parse_args(
+        ['--data_only', '--num_images', '4', '--image_size', '64', '--input_size', '32']))
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == before
+    rng = np.random.default_rng(0)
+    img, lm = render_face(sample_identity(rng), rng, size=64)
+    self_blend(img, lm, rng)
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == before

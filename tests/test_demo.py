@@ -10,6 +10,7 @@ from PIL import Image
 import demo
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_and_writes_everything(tmp_path, capsys):
     out = tmp_path / 'demo'
     args = demo.get_args_parser().parse_args(['--quick', '--out', str(out), '--device', 'cpu'])
@@ -27,7 +28,7 @@ def test_quick_demo_runs_and_writes_everything(tmp_path, capsys):
     assert not ids['val'] & ids['test']
 
     # evaluation protocols: held-out AUC per forgery family, robustness at crop protocol
-    from preprocess.synthetic_faces import FORGERY_FAMILIES
+    from synthetic.faces import FORGERY_FAMILIES
     from util.perturb import FRAME_KINDS
     assert set(summary['families']) == set(FORGERY_FAMILIES) and 'AUC per forgery family' in printed
     assert set(summary['robustness']['auc']) == set(FRAME_KINDS)
@@ -78,6 +79,7 @@ def test_validation_split_keeps_both_ends_of_a_swap_on_one_side(tmp_path):
         assert sum(map(len, parts)) >= 2 * n - 2 and sum(r['label'] == '0' for p in parts for r in p) == n
 
 
+@pytest.mark.slow
 def test_default_demo_shows_the_method_working(demo_default):
     """`python demo.py` as a new user runs it: held-out AUC >= 0.9 printed, figures at 64-px faces written."""
     summary, out = demo_default
@@ -95,6 +97,7 @@ def test_bad_options_are_one_line_errors(tmp_path):
         demo.main(parser.parse_args(['--quick', '--epochs', '0', '--out', str(tmp_path)]))
 
 
+@pytest.mark.slow
 def test_notebook_cells_run_on_the_demo_output(demo_default, monkeypatch):
     """Visualization/mifae_visualize.ipynb, cell by cell, on the demo's checkpoints: its five figures are written
     and displayed (IPython's display is stood in for: it is not a dependency)."""
@@ -127,3 +130,37 @@ def test_notebook_cells_run_on_the_demo_output(demo_default, monkeypatch):
 def png_ok(path):
     img = np.asarray(Image.open(path).convert('RGB'), np.float32)
     return img.shape[0] > 300 and img.std() > 20
+
+
+def _quick(out, seed):
+    """demo --quick into `out`: (summary without its timings and paths, the held-out families' score file)."""
+    summary = demo.main(demo.get_args_parser().parse_args(['--quick', '--seed', str(seed), '--out', str(out),
+                                                           '--device', 'cpu']))
+    kept = {k: v for k, v in summary.items() if k not in ('timings_s', 'total_s', 'args')}
+    return kept, (out / 'families' / 'scores_families_test.csv').read_text()
+
+
+@pytest.mark.slow
+def test_demo_result_does_not_depend_on_what_ran_before(tmp_path, capsys):
+    """demo.main twice in one process, with other project work between the two runs: the same summary and the
+    same scores to the last digit. The work between includes a benchmark that times one loader worker on one
+    thread, which used to leave the process single-threaded (and so trained the second run to other weights)."""
+    import predict
+    from benchmarks import pretrain as benchmark_pretrain
+    from synthetic.faces import render_face, sample_identity
+    from util.self_blend import self_blend
+
+    first = _quick(tmp_path / 'a', seed=0)
+    benchmark_pretrain.main(benchmark_pretrain.get_args_parser().parse_args(
+        ['--data_only', '--num_images', '4', '--image_size', '64', '--input_size', '32']))
+    rng = np.random.default_rng(3)
+    img, lm = render_face(sample_identity(rng), rng, size=64)
+    self_blend(img, lm, rng)
+    from skimage import data as skdata
+    Image.fromarray(skdata.astronaut()).save(tmp_path / 'astronaut.png')
+    predict.main([str(tmp_path / 'astronaut.png'), '--checkpoint', str(tmp_path / 'a' / 'finetune' /
+                  'checkpoint-best.pth'), '--device', 'cpu', '--quiet'])
+    second = _quick(tmp_path / 'b', seed=0)
+    capsys.readouterr()
+    assert second[0] == first[0]
+    assert second[1].replace('/b/', '/a/') == first[1]

@@ -378,9 +378,9 @@ def test_the_checks_catch_rot(tmp_path):
 
 
 def test_scripts_without_get_args_parser_are_parsed_by_their_main():
-    ns, reason = parse('preprocess.synthetic_faces', ['--out', 'x', '--num', '8'])
+    ns, reason = parse('synthetic.faces', ['--out', 'x', '--num', '8'])
     assert reason is None and ns.out == 'x' and ns.num == 8
-    ns, reason = parse('preprocess.synthetic_faces', ['--out', 'x'])
+    ns, reason = parse('synthetic.faces', ['--out', 'x'])
     assert ns is None and '--num' in reason
     ns, reason = parse('submitit_pretrain', ['--job_dir', '/shared/j', '--nodes', '2', '--epochs', '3'])
     assert reason is None and ns.nodes == 2 and ns.epochs == 3

@@ -1,6 +1,6 @@
 """Faces in the wild (preprocess/faces.py detectors, preprocess/face_tracks.py): CPU, offline, dlib's own models.
 
-* a few scenes of benchmark_detect.py's roll x size grid and its photos without faces: the default
+* a few scenes of benchmarks/detect.py's roll x size grid and its photos without faces: the default
   detector finds every face and no false face;
 * the astronaut's suit rolled by 20 deg, where the HOG detector alone reports its mission patch as a
   face: the default detector drops that candidate and says so;
@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-import benchmark_detect as B
+from benchmarks import detect as B
 from preprocess import faces as F
 from preprocess.face_tracks import box_iou, track_faces
 

@@ -18,14 +18,23 @@ import models_mae
 import models_vit
 import util.checkpoint as checkpoint
 from conftest import write_rows
-from engine_finetune import BalancedSampler, recon_labels_after_mixing, reconstruction_loss, uses_recon
+from engine_finetune import recon_labels_after_mixing, reconstruction_loss, uses_recon
+from util import explain, recipes
 from util.datasets import FaceDataset, FaceTransform, Sample, read_manifest
+from util.loaders import BalancedSampler
 from util.lr_decay import param_groups_lrd
 from util.pos_embed import resize_pos_embed
 
 
 def ft_args(argv):
     return main_finetune.get_args_parser().parse_args([str(a) for a in argv])
+
+
+def filled_args(argv):
+    """ft_args with the --recipe's values, as main_finetune.main has them after its first step."""
+    args = ft_args(argv)
+    recipes.apply_recipe(args)
+    return args
 
 
 def read_rows(path):
@@ -236,6 +245,7 @@ def test_end_to_end_pipeline(finetune_tiny, pretrained_tiny):
     assert trained and all(not torch.equal(last['model'][k], pre[k]) for k in trained if k.endswith('weight'))
 
 
+@pytest.mark.slow
 def test_end_to_end_detects_unseen_identities(demo_default):
     """The issue's bar: AUC >= 0.9 on held-out synthetic identities after a short pre-training and fine-tuning
     through main_pretrain.main / main_finetune.main (the demo's default recipe, reconstruction of real faces on)."""
@@ -285,14 +295,15 @@ def test_checkpoint_alone_rebuilds_the_detector(finetune_tiny):
     model, meta = models_vit.load_detector(finetune_tiny['out'] / 'checkpoint-best.pth')
     for k in ('model', 'input_size', 'patch_size', 'global_pool', 'mean', 'std', 'norm_pix', 'num_classes'):
         assert k in meta
-    imgs = models_vit.load_images_for(model, [s.path for s in read_manifest(finetune_tiny['test'])[:2]])
-    r = models_vit.reconstruction_discrepancy(model, imgs)
+    imgs = explain.load_images_for(model, [s.path for s in read_manifest(finetune_tiny['test'])[:2]])
+    r = explain.reconstruction_discrepancy(model, imgs)
     s = meta['input_size']
     assert r['input'].shape == r['recon'].shape == (2, 3, s, s) and r['diff'].shape == (2, s, s)
     assert float(r['input'].min()) >= 0 and float(r['recon'].max()) <= 1 and float(r['diff'].mean()) > 0
     assert ((r['prob'] >= 0) & (r['prob'] <= 1)).all()
 
 
+@pytest.mark.slow
 def test_resume_continues_and_mixup_runs(finetune_tiny, pretrained_tiny, tmp_path):
     """One epoch with mixup + cutmix on a few faces, then the same command for two epochs resumes at epoch 1."""
     rows = read_rows(finetune_tiny['train'])
@@ -443,7 +454,7 @@ def test_resume_refuses_a_pretraining_checkpoint_and_changed_flags(finetune_tiny
                                                       (True, 'real', 0.0), (True, 'none', 0.5), (True, 'dual', 0.0)])
 def test_ddp_find_unused_matches_the_training_loop(global_pool, recon, weight):
     """DDP looks for unused parameters exactly when the training loop leaves a trainable one without gradient."""
-    args = ft_args(['--train_manifest', 'x.csv', '--recon', recon, '--recon_weight', weight]
+    args = filled_args(['--train_manifest', 'x.csv', '--recon', recon, '--recon_weight', weight]
                    + (['--global_pool'] if global_pool else []))
     m = models_vit.vit_tiny_patch16(img_size=32, global_pool=global_pool).freeze(1).train()
     x = torch.randn(2, 3, 32, 32)
@@ -456,6 +467,7 @@ def test_ddp_find_unused_matches_the_training_loop(global_pool, recon, weight):
     assert bool(unused) == main_finetune.ddp_find_unused(args), unused
 
 
+@pytest.mark.slow
 def test_torchrun_global_pool_without_reconstruction(synthetic_data, pretrained_tiny, tmp_path):
     """--global_pool --recon_weight 0 on two processes (gloo): the final norm gets no gradient, DDP must know."""
     rows = read_rows(synthetic_data['train'])
@@ -480,8 +492,8 @@ def test_mae_namespace_args_and_norm_pix_of_the_decoder_file(pretrained_tiny, fi
     ckpt = torch.load(pre, map_location='cpu', weights_only=False)
     assert ckpt['args']['norm_pix_loss'] is False
     torch.save(dict(ckpt, args=argparse.Namespace(**dict(ckpt['args'], norm_pix_loss=True))), tmp_path / 'mae.pth')
-    args = ft_args(['--finetune', tmp_path / 'mae.pth', '--train_manifest', synthetic_data['train'],
-                    '--output_dir', tmp_path / 'out', '--input_size', 112, '--device', 'cpu'])
+    args = filled_args(['--finetune', tmp_path / 'mae.pth', '--train_manifest', synthetic_data['train'],
+                        '--output_dir', tmp_path / 'out', '--input_size', 112, '--device', 'cpu'])
     model, decoder_loaded = main_finetune.build_model(args)     # no --model: the Namespace names it
     assert args.model == 'vit_tiny_patch16' and decoder_loaded and model.norm_pix and args.norm_pix
     m = models_vit.vit_tiny_patch16(img_size=112)
@@ -513,7 +525,7 @@ def test_more_bad_input_fails_in_one_line(finetune_tiny, pretrained_tiny, synthe
     main_finetune.main(argv('--no_balance', '--batch_size', 8, '--epochs', 1, train=fakes, out=tmp_path / 'fakes'))
     assert 'warning: --train_manifest' in capsys.readouterr().out
 
-    import benchmark_finetune
+    from benchmarks import finetune as benchmark_finetune
     bench = benchmark_finetune.get_args_parser().parse_args(
         ['--mode', 'eval_e2e', '--device', 'cpu', '--model', 'vit_tiny_patch16', '--input_size', '32', '--batch_size',
          '512', '--num_workers', '0', '--compile', 'off', '--data_path', str(synthetic_data['test'])])
@@ -553,6 +565,7 @@ def test_unreadable_validation_set_trains_and_tests_the_last_checkpoint(finetune
     assert next(iter(result['test'].values()))['auc'] is not None
 
 
+@pytest.mark.slow
 def test_detector_compiles_into_one_graph_and_matches_eager():
     """Stage 2 gets the same treatment as stage 1: no graph breaks (with or without the decoder's
     reconstruction), and the compiled logits and reconstruction equal eager ones."""
@@ -582,18 +595,21 @@ REFERENCE_STAGE2 = dict(
 
 
 def test_recipe_reference_reproduces_every_reference_value_and_explicit_flags_win():
-    args = main_finetune.parse_args(['--recipe', 'light', '--epochs', '100', '--no_balance'])
-    effective = main_finetune.apply_recipe(args, set(args.given))
-    assert effective['epochs'] == 100 and effective['balance'] is False       # explicit, equal to the default
-    assert effective['mixup'] == 0 and effective['aa'] == 'none' and effective['blr'] == 1e-3
+    def effective(argv):
+        return recipes.apply_recipe(main_finetune.get_args_parser().parse_args(argv))[0]
+    light = effective(['--recipe', 'light', '--epochs', '100', '--no_balance'])
+    assert light['epochs'] == 100 and light['balance'] is False       # explicit, equal to the reference's
+    assert light['mixup'] == 0 and light['aa'] == 'none' and light['blr'] == 1e-3
     for argv in ([], ['--recipe', 'reference'], ['--recipe', 'light', '--recipe', 'reference']):
-        args = main_finetune.parse_args(argv)
-        effective = main_finetune.apply_recipe(args, set(args.given))
-        assert effective == REFERENCE_STAGE2, argv
-    # the light recipe changes flags left at their defaults, and only those (args built in code)
-    args = ft_args(['--recipe', 'light', '--epochs', '3'])
-    effective = main_finetune.apply_recipe(args)
-    assert effective['epochs'] == 3 and effective['layer_decay'] == 0.75 and effective['balance'] is True
+        assert effective(argv) == REFERENCE_STAGE2, argv
+    # flags set in code after parsing take the command line's path: set wins, unset takes the recipe
+    args = ft_args(['--recipe', 'light'])
+    args.epochs, args.balance = 3, False
+    effective, filled = recipes.apply_recipe(args)
+    assert effective['epochs'] == 3 and effective['balance'] is False and effective['layer_decay'] == 0.75
+    assert 'epochs' not in filled and 'layer_decay' in filled
+    assert all(v is None for k, v in vars(main_finetune.get_args_parser().parse_args([])).items()
+               if k in recipes.RECIPE_FLAGS)                  # every recipe flag is filled after parsing
 
 
 def test_reference_training_transform_and_erasing_and_centre_crop():

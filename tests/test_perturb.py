@@ -26,29 +26,29 @@ def rng(seed=0):
 
 
 def test_table_holds_the_reference_parameters():
-    assert PERTURBATIONS['saturation'] == (0.4, 0.3, 0.2, 0.1, 0.0)
-    assert PERTURBATIONS['contrast'] == (0.85, 0.725, 0.6, 0.475, 0.35)
-    assert PERTURBATIONS['block'] == (16, 32, 48, 64, 80)
-    assert PERTURBATIONS['noise'] == (0.001, 0.002, 0.005, 0.01, 0.05)
-    assert PERTURBATIONS['blur'] == (7, 9, 13, 17, 21)
-    assert PERTURBATIONS['pixelation'] == (2, 3, 4, 5, 6)
-    assert PERTURBATIONS['jpeg'] == (90, 70, 50, 30, 10)
-    assert PERTURBATIONS['h264'] == (30, 32, 35, 38, 40)
+    assert PERTURBATIONS['saturation'].levels == (0.4, 0.3, 0.2, 0.1, 0.0)
+    assert PERTURBATIONS['contrast'].levels == (0.85, 0.725, 0.6, 0.475, 0.35)
+    assert PERTURBATIONS['block'].levels == (16, 32, 48, 64, 80)
+    assert PERTURBATIONS['noise'].levels == (0.001, 0.002, 0.005, 0.01, 0.05)
+    assert PERTURBATIONS['blur'].levels == (7, 9, 13, 17, 21)
+    assert PERTURBATIONS['pixelation'].levels == (2, 3, 4, 5, 6)
+    assert PERTURBATIONS['jpeg'].levels == (90, 70, 50, 30, 10)
+    assert PERTURBATIONS['h264'].levels == (30, 32, 35, 38, 40)
     assert set(FRAME_KINDS) == {'saturation', 'contrast', 'block', 'noise', 'blur', 'pixelation', 'jpeg'}
 
 
 def test_contrast_is_the_scaled_array_truncated(img):
-    for lv, p in enumerate(PERTURBATIONS['contrast'], 1):
+    for lv, p in enumerate(PERTURBATIONS['contrast'].levels, 1):
         assert np.array_equal(perturb(img, 'contrast', lv, rng()), (img.astype(np.float32) * p).astype(np.uint8))
 
 
 def test_blur_is_opencv_gaussian_with_the_level_kernel(img):
-    for lv, k in enumerate(PERTURBATIONS['blur'], 1):
+    for lv, k in enumerate(PERTURBATIONS['blur'].levels, 1):
         assert np.array_equal(perturb(img, 'blur', lv, rng()), cv2.GaussianBlur(img, (k, k), k / 6))
 
 
 def test_pixelation_is_bilinear_down_and_up_scaling(img):
-    for lv, f in enumerate(PERTURBATIONS['pixelation'], 1):
+    for lv, f in enumerate(PERTURBATIONS['pixelation'].levels, 1):
         small = cv2.resize(img, (256 // f, 256 // f))
         assert np.array_equal(perturb(img, 'pixelation', lv, rng()), cv2.resize(small, (256, 256)))
 
@@ -57,7 +57,7 @@ def test_jpeg_matches_pillow_at_the_same_quality(img):
     import io
 
     from PIL import Image
-    for lv, q in enumerate(PERTURBATIONS['jpeg'], 1):
+    for lv, q in enumerate(PERTURBATIONS['jpeg'].levels, 1):
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format='JPEG', quality=q)
         ref = np.asarray(Image.open(buf).convert('RGB'))
@@ -83,7 +83,7 @@ def assert_truncation_of(got, want):
 
 
 def test_saturation_scales_chroma_in_ycbcr(img):
-    for lv, p in enumerate(PERTURBATIONS['saturation'], 1):
+    for lv, p in enumerate(PERTURBATIONS['saturation'].levels, 1):
         ycc = _ycbcr_by_opencv(img)
         ycc[..., 1:] = 0.5 + (ycc[..., 1:] - 0.5) * p
         want = np.clip(_rgb_by_opencv(ycc), 0, 255)
@@ -94,7 +94,7 @@ def test_saturation_scales_chroma_in_ycbcr(img):
 
 
 def test_noise_is_white_gaussian_of_the_variance_on_studio_swing_ycbcr(img):
-    for lv, var in enumerate(PERTURBATIONS['noise'], 1):
+    for lv, var in enumerate(PERTURBATIONS['noise'].levels, 1):
         n = rng(3).standard_normal(img.shape) * math.sqrt(var)            # same draws, Y Cb Cr order
         ycc = _ycbcr_by_opencv(img)
         studio = ycc.copy()                                               # to [16/255, 235/255] and [16/255, 240/255]
@@ -110,7 +110,7 @@ def test_noise_is_white_gaussian_of_the_variance_on_studio_swing_ycbcr(img):
 
 
 def test_block_places_grey_8x8_blocks_scaled_by_size(img):
-    for lv, n in enumerate(PERTURBATIONS['block'], 1):
+    for lv, n in enumerate(PERTURBATIONS['block'].levels, 1):
         g = rng(5)
         want = img.copy()
         for _ in range(n):                                  # 256 px: min side // 256 = 1 unit
@@ -167,7 +167,7 @@ def test_h264_compression_is_smaller_and_decodes(tmp_path, img):
         w.write(np.ascontiguousarray(perturb(frame, 'noise', 1, g)[..., ::-1]))
     w.release()
     sizes = []
-    for crf in (PERTURBATIONS['h264'][0], PERTURBATIONS['h264'][4]):
+    for crf in (PERTURBATIONS['h264'].levels[0], PERTURBATIONS['h264'].levels[4]):
         dst = str(tmp_path / f'clip_crf{crf}.mp4')
         compress_video(src, dst, crf)
         cap = cv2.VideoCapture(dst)

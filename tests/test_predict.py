@@ -169,17 +169,18 @@ def test_grad_cam_of_a_partly_frozen_detector_leaves_it_as_it_was():
     """pytorch-grad-cam on the fake logit: one [0, 1] map per image at input size, that depends on the image;
     the frozen prefix, train/eval mode and gradients are as before."""
     import models_vit
+    from util import explain
     torch.manual_seed(0)
     model = models_vit.vit_micro_patch8(img_size=32).freeze(1).train()
     before = {k: v.requires_grad for k, v in model.named_parameters()}
     x = torch.randn(2, 3, 32, 32)
-    cams = models_vit.grad_cam(model, x)
+    cams = explain.grad_cam(model, x)
     assert cams.shape == (2, 32, 32) and float(cams.min()) >= 0 and float(cams.max()) <= 1 + 1e-6
     assert float(cams.max()) > 0.5 and not torch.allclose(cams[0], cams[1])
     assert model.training and model.first_trainable == len(model.blocks) - 1
     assert before == {k: v.requires_grad for k, v in model.named_parameters()}
     assert all(p.grad is None for p in model.parameters())
-    overlay = models_vit.cam_overlay(torch.rand(3, 32, 32), cams[0])
+    overlay = explain.cam_overlay(torch.rand(3, 32, 32), cams[0])
     assert overlay.shape == (32, 32, 3) and overlay.dtype == np.uint8
 
 
@@ -212,7 +213,7 @@ def test_a_rejected_candidate_is_never_scored(finetune_tiny, media, monkeypatch)
 
 def test_suit_patch_is_not_a_face(finetune_tiny, tmp_path):
     """The astronaut's suit rolled by 20 deg: HOG alone scores its mission patch; the default detector drops it."""
-    import benchmark_detect
+    from benchmarks import detect as benchmark_detect
     path = tmp_path / 'suit.png'
     cv2.imwrite(str(path), benchmark_detect.negative_scene('suit_rolled')[:, :, ::-1])
     res = predict.Predictor(finetune_tiny['out'] / 'checkpoint-best.pth', 'cpu').predict_image(str(path))
@@ -222,7 +223,7 @@ def test_suit_patch_is_not_a_face(finetune_tiny, tmp_path):
 @pytest.fixture(scope='module')
 def two_people(tmp_path_factory):
     """Two synthetic people side by side; the left one's face is larger in every other frame."""
-    from preprocess import synthetic_faces as S
+    from synthetic import faces as S
     rng = np.random.default_rng(1)
     people = [S.sample_identity(rng) for _ in range(2)]
     path = tmp_path_factory.mktemp('two_people') / 'two.avi'

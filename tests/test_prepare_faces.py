@@ -251,7 +251,7 @@ def test_read_video_frames_even_spacing_short_and_broken(tmp_path):
 
 
 def test_modules_import_without_dlib_and_face_alignment(tmp_path):
-    """preprocess.faces, preprocess.synthetic_faces and prepare_faces import where dlib / face_alignment / torch
+    """preprocess.faces, synthetic.faces and prepare_faces import where dlib / face_alignment / torch
     are absent."""
     import subprocess
     code = ('import sys\n'
@@ -260,7 +260,7 @@ def test_modules_import_without_dlib_and_face_alignment(tmp_path):
             '        if name.split(".")[0] in ("dlib", "face_alignment", "torch", "_dlib_pybind11"):\n'
             '            raise ImportError("blocked " + name)\n'
             'sys.meta_path.insert(0, Block())\n'
-            'import preprocess.faces, preprocess.synthetic_faces, prepare_faces\n'
+            'import preprocess.faces, synthetic.faces, prepare_faces\n'
             'assert not {"dlib", "face_alignment", "torch"} & set(sys.modules)\n'
             'try:\n'
             '    preprocess.faces.build_landmarker("dlib")\n'
@@ -505,6 +505,7 @@ elif __name__ == '__main__':
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', ['init', 'killed'])
 def test_worker_failure_is_one_error_and_finished_items_are_kept(tmp_path, case, prep_use_dlib):
     import subprocess

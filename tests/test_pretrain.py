@@ -84,6 +84,7 @@ def test_resume_continues_at_next_epoch_with_same_optimizer_state(synthetic_data
         assert torch.equal(resumed['model'][k], v), k
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(synthetic_data, tmp_path):
     data = small_manifest(synthetic_data, tmp_path)
     out = tmp_path / 'ddp'
@@ -257,6 +258,7 @@ def test_facial_mask_lands_on_the_augmented_face(synthetic_data):
         assert any(hits)
 
 
+@pytest.mark.slow
 def test_compiled_and_eager_step_give_the_same_loss():
     """torch.compile (inductor on CPU) computes the same loss as eager on the same batch and seed."""
     torch.manual_seed(0)
@@ -269,6 +271,7 @@ def test_compiled_and_eager_step_give_the_same_loss():
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_model_compiles_into_one_graph():
     """No graph breaks: static shapes, gather on index tensors, no data-dependent Python control flow."""
     import torch._dynamo as dynamo

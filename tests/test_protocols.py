@@ -9,7 +9,7 @@ import pytest
 
 import main_finetune
 from conftest import write_rows
-from util import protocols
+from util import evaluation, protocols
 from util.datasets import Sample
 from util.metrics import compute_metrics
 from util.metrics import main as metrics_main
@@ -241,7 +241,7 @@ def test_frame_protocol_writes_its_own_deterministic_manifests(tmp_path, monkeyp
 
 # ---------------------------------------------------------------------- synthetic forgery families
 def test_forgery_families_are_deterministic_local_and_recorded(tmp_path):
-    from preprocess.synthetic_faces import (
+    from synthetic.faces import (
         FORGERY_FAMILIES,
         family_method,
         generate_dataset,
@@ -293,7 +293,7 @@ def test_evaluation_md_commands_parse_with_the_scripts_parsers():
         args = parsers[argv[0]].parse_args(argv[1:])
         seen.add(argv[0])
         if argv[0] == 'main_finetune.py':
-            main_finetune.check_protocol_args(args, lambda msg: pytest.fail(f'{line}: {msg}'))
+            evaluation.check_protocol_args(args, lambda msg: pytest.fail(f'{line}: {msg}'))
         else:
             assert args.perturb is None or prepare_faces.perturb_spec(args.perturb)
     assert seen == {'prepare_faces.py', 'main_finetune.py', 'metrics'}
@@ -302,3 +302,28 @@ def test_evaluation_md_commands_parse_with_the_scripts_parsers():
     assert 'python -m util.metrics eval_cross_dataset/scores_celebdf_test.csv --group_by method' in text
     with pytest.raises(SystemExit):                         # the documented flags exist in util.metrics
         util.metrics.main(['--help'])
+
+
+def test_adding_a_perturbation_anywhere_leaves_the_others_draws(monkeypatch):
+    """Random streams are keyed by the perturbation's name: a new type at the head of the table changes no
+    other type's seed or degraded frame, in the crop protocol (frame_seed) and the frame protocol (worker)."""
+    from preprocess import worker
+    from util import perturb as P
+    img = (np.random.default_rng(1).random((40, 48, 3)) * 255).astype(np.uint8)
+    sample = Sample('clip/0001.png', None, 1, 'v1', 'ffpp', 'Deepfakes')
+
+    def draws():
+        seeds = {k: protocols.frame_seed(sample, 7, k, 3) for k in P.FRAME_KINDS if k != 'sharpen'}
+        crops = {k: P.perturb(img, k, 3, np.random.default_rng(s)) for k, s in seeds.items()}
+        frames = {k: next(worker._perturbed([(0, img)], {'key': 'ffpp/v1'}, {'perturb': (k, 3)}))[1]
+                  for k in seeds}
+        return seeds, crops, frames
+
+    seeds, crops, frames = draws()
+    assert len({s[1] for s in seeds.values()}) == len(seeds)             # one stream per type
+    monkeypatch.setattr(P, 'PERTURBATIONS', {'sharpen': P.Perturbation((1, 2, 3, 4, 5), lambda x, p, rng: x.copy()),
+                                             **P.PERTURBATIONS})
+    monkeypatch.setattr(P, 'FRAME_KINDS', ('sharpen',) + P.FRAME_KINDS)
+    seeds2, crops2, frames2 = draws()
+    assert seeds2 == seeds
+    assert all(np.array_equal(crops[k], crops2[k]) and np.array_equal(frames[k], frames2[k]) for k in seeds)

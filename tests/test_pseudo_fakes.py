@@ -11,7 +11,8 @@ import main_finetune
 import main_pretrain
 import util.checkpoint as checkpoint
 import util.self_blend as sb
-from preprocess.synthetic_faces import generate_dataset, render_face, sample_identity
+from synthetic.faces import generate_dataset, render_face, sample_identity
+from util import recipes
 from util.datasets import FaceTransform, Sample
 
 
@@ -147,6 +148,7 @@ def test_reals_only_manifest_trains_and_evaluates(micro, tmp_path, capsys):
     assert test['auc'] is not None and (tmp_path / 'ft' / 'eval.json').is_file()
 
 
+@pytest.mark.slow
 def test_resume_draws_the_same_pairs_as_a_run_never_stopped(micro, tmp_path):
     parse = main_finetune.get_args_parser().parse_args
     main_finetune.main(parse(sbi_argv(micro, tmp_path / 'a', '--epochs', '1', '--recon', 'none')))
@@ -165,8 +167,9 @@ def test_resume_draws_the_same_pairs_as_a_run_never_stopped(micro, tmp_path):
 ])
 def test_pseudo_fake_flag_errors(extra, msg):
     args = main_finetune.get_args_parser().parse_args(['--pseudo_fakes', 'sbi', '--train_manifest', 'x.csv'] + extra)
+    _, from_recipe = recipes.apply_recipe(args)
     with pytest.raises(SystemExit, match=re.escape(msg)):
-        main_finetune.check_pseudo_fake_args(args)
+        recipes.check_pseudo_fake_args(args, from_recipe)
 
 
 def test_self_blending_doc_commands_parse():
@@ -174,26 +177,28 @@ def test_self_blending_doc_commands_parse():
     import shlex
     from pathlib import Path
 
-    import benchmark_generalisation
     import prepare_faces
+    from benchmarks import generalisation as benchmark_generalisation
     doc = (Path(__file__).resolve().parents[1] / 'docs' / 'self_blending.md').read_text()
     blocks = re.findall(r'```bash\n(.*?)```', doc, re.S)
     commands = [c for b in blocks for c in b.replace('\\\n', ' ').splitlines() if c.strip() and not c.startswith('#')]
     parsers = {'prepare_faces.py': prepare_faces.get_args_parser, 'main_pretrain.py': main_pretrain.get_args_parser,
                'main_finetune.py': main_finetune.get_args_parser,
-               'benchmark_generalisation.py': benchmark_generalisation.get_args_parser}
+               'benchmarks.generalisation': benchmark_generalisation.get_args_parser}
     parsed = {}
     for cmd in commands:
         words = shlex.split(cmd, comments=True)
-        assert words[0] == 'python' and words[1] in parsers, cmd
-        parsed.setdefault(words[1], []).append(parsers[words[1]]().parse_args(words[2:]))
-    assert len(parsed['main_finetune.py']) == 3 and len(parsed['benchmark_generalisation.py']) == 3
+        script, argv = (words[2], words[3:]) if words[1] == '-m' else (words[1], words[2:])
+        assert words[0] == 'python' and script in parsers, cmd
+        parsed.setdefault(script, []).append(parsers[script]().parse_args(argv))
+    assert len(parsed['main_finetune.py']) == 3 and len(parsed['benchmarks.generalisation']) == 3
     pre, (ft, ev, ffpp) = parsed['main_pretrain.py'][0], parsed['main_finetune.py']
     assert ft.finetune == f'{pre.output_dir}/checkpoint-last.pth' and ft.train_manifest == pre.data_path
     assert ft.pseudo_fakes == 'sbi' and ffpp.pseudo_fakes_ratio == 1
     assert ev.eval and ev.resume == f'{ft.output_dir}/checkpoint-last.pth'
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_with_loader_workers(micro, tmp_path):
     """--pseudo_fakes sbi under torchrun (gloo, two processes), pairs made in a DataLoader worker."""
     import os

@@ -20,6 +20,7 @@ import predict
 import util.checkpoint as checkpoint
 import util.fileio as fileio
 from conftest import ROOT
+from util import recipes
 
 READ_ONLY = Path('/sys')            # a folder no process may write to, root included (Linux)
 
@@ -76,6 +77,12 @@ def pre_args(micro, out, *extra, epochs=2):
     return main_pretrain.get_args_parser().parse_args([str(a) for a in argv])
 
 
+def filled(args):
+    """Parsed stage-2 args with the --recipe's values, as main_finetune.main has them before check_args."""
+    recipes.apply_recipe(args)
+    return args
+
+
 def one_line(fn, *a, match=None):
     """The message of the SystemExit fn(*a) raises; it is one line (and matches `match`)."""
     with pytest.raises(SystemExit) as e:
@@ -120,7 +127,7 @@ def test_finetuning_refuses_bad_run_flags_in_one_line(micro, tmp_path, extra, ms
     args = ft_args(micro, tmp_path / 'o', *extra)
     if args.output_dir == '':
         args.test_manifests = []                               # (these have their own message: covered elsewhere)
-    one_line(main_finetune.check_args, args, match=f'main_finetune.py: error: {msg}')
+    one_line(main_finetune.check_args, filled(args), match=f'main_finetune.py: error: {msg}')
 
 
 def test_output_dir_that_is_a_file_is_refused_by_every_stage(micro, tmp_path):
@@ -128,12 +135,12 @@ def test_output_dir_that_is_a_file_is_refused_by_every_stage(micro, tmp_path):
     blocker.write_text('x')
     msg = f'--output_dir {blocker}: cannot write to {blocker}: it is a file, not a folder'
     one_line(main_pretrain.check_args, pre_args(micro, blocker), match=msg)
-    one_line(main_finetune.check_args, ft_args(micro, blocker), match=msg)
+    one_line(main_finetune.check_args, filled(ft_args(micro, blocker)), match=msg)
     ev = ['--eval', '--resume', str(micro['pre']), '--test_manifests', str(micro['test']), '--device', 'cpu']
-    one_line(main_finetune.check_args, main_finetune.get_args_parser().parse_args(ev + ['--output_dir', str(blocker)]),
-             match=msg)
+    parse = main_finetune.get_args_parser().parse_args
+    one_line(main_finetune.check_args, filled(parse(ev + ['--output_dir', str(blocker)])), match=msg)
     one_line(main_finetune.check_args,
-             main_finetune.get_args_parser().parse_args(ev + ['--output_dir', str(READ_ONLY)]),
+             filled(parse(ev + ['--output_dir', str(READ_ONLY)])),
              match=f'cannot write to {READ_ONLY}')
 
 
@@ -217,6 +224,7 @@ def test_resuming_with_changed_method_flags(micro, tmp_path, capsys):
     assert 'changed flags' not in capsys.readouterr().out      # harmless flags pass without a word
 
 
+@pytest.mark.slow
 def test_fresh_run_over_another_run_is_refused_or_moves_it_aside(micro, tmp_path):
     out = tmp_path / 'run'
     main_pretrain.main(pre_args(micro, out, epochs=1))
@@ -286,6 +294,7 @@ def run_killed(micro, out, kill_after, epochs):
     assert res.returncode == -9, res.stdout[-2000:] + res.stderr[-2000:]       # killed, not failed
 
 
+@pytest.mark.slow
 def test_finetuning_killed_anywhere_resumes_to_the_same_best_checkpoint_and_test_metrics(micro, tmp_path):
     """Uninterrupted run vs. runs SIGKILLed between the best and the last write (the first and a later
     improvement) and after the last write (before the log line): each rerun of the same command ends with

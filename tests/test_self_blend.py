@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from preprocess.synthetic_faces import render_face, sample_identity
+from synthetic.faces import render_face, sample_identity
 from util.self_blend import UnusableLandmarks, self_blend
 
 

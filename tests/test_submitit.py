@@ -169,6 +169,7 @@ def test_bad_launcher_input(tmp_path, synthetic_data, monkeypatch, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_unreachable_rendezvous_times_out_naming_the_address(tmp_path, synthetic_data):
     """Rank 1 of 2 with nobody at the rendezvous: a bounded wait, then a message naming where it waited."""
     with socket.socket() as s:                          # a localhost port nobody listens on
@@ -256,6 +257,7 @@ def test_checkpoint_method_requeues_a_fresh_trainer(tmp_path, monkeypatch):
     assert slurm.Trainer('main_pretrain', args).checkpoint().function.args.resume == '/elsewhere/start.pth'
 
 
+@pytest.mark.slow
 # ---------------------------------------------------------------------- real runs with the LocalExecutor
 def test_local_executor_two_tasks_one_epoch(tmp_path, synthetic_data, local_job_env):
     data = subset_manifest(synthetic_data['pretrain'], 32, tmp_path / 'faces.csv')
@@ -291,6 +293,7 @@ def resumed_from(text):
     return out
 
 
+@pytest.mark.slow
 def test_requeue_resumes_from_checkpoint_last_twice(tmp_path, synthetic_data, local_job_env):
     """Two pre-emption signals: each requeued run resumes from checkpoint-last.pth after its newest epoch."""
     data = subset_manifest(synthetic_data['pretrain'], 16, tmp_path / 'faces.csv')

@@ -1,4 +1,4 @@
-"""Tests of preprocess/synthetic_faces.py (procedural faces with exact iBUG-68 landmarks + face-swap fakes)."""
+"""Tests of synthetic/faces.py (procedural faces with exact iBUG-68 landmarks + face-swap fakes)."""
 import csv
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from preprocess import synthetic_faces as sf
+from synthetic import faces as sf
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -213,7 +213,7 @@ def test_generate_dataset_rejects_impossible_split(tmp_path):
 
 def test_cli(tmp_path):
     out = tmp_path / "cli"
-    res = subprocess.run([sys.executable, "-m", "preprocess.synthetic_faces", "--out", str(out), "--num", "16",
+    res = subprocess.run([sys.executable, "-m", "synthetic.faces", "--out", str(out), "--num", "16",
                           "--size", "64", "--frames", "2", "--seed", "1"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -222,7 +222,7 @@ def test_cli(tmp_path):
     assert 12 <= len(rows) <= 20
     assert (out / rows[0]["path"]).is_file()
     # --artefacts strong: the same faces (same seed), only the fakes differ
-    res = subprocess.run([sys.executable, "-m", "preprocess.synthetic_faces", "--out", str(tmp_path / "strong"),
+    res = subprocess.run([sys.executable, "-m", "synthetic.faces", "--out", str(tmp_path / "strong"),
                           "--num", "16", "--size", "64", "--frames", "2", "--seed", "1", "--artefacts", "strong"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

@@ -203,12 +203,12 @@ def report_interrupt(script, args):
 
 # ---------------------------------------------------------------------- flags a resumed run may change
 def method_flags(parser, harmless=()):
-    """The flags that change what a model learns: every flag of `parser` outside its 'run' and 'distributed'
-    groups, less `harmless` (workers, memory pinning, evaluation-only flags, ...)."""
-    run_groups = {'run', 'distributed'}
-    skip = {a.dest for g in parser._action_groups if g.title in run_groups for a in g._group_actions}
-    return [a.dest for a in parser._actions
-            if a.dest not in skip and a.dest not in harmless and a.dest != 'help' and a.option_strings]
+    """The flags that change what a model learns: every flag of `parser` but the run and distributed flags
+    (misc.add_run_args), less `harmless` (workers, memory pinning, evaluation-only flags, ...)."""
+    run = argparse.ArgumentParser(add_help=False)
+    misc.add_run_args(run, '', '')
+    skip = set(vars(run.parse_args([]))) | set(harmless)
+    return [k for k in vars(parser.parse_args([])) if k not in skip]
 
 
 def _same(a, b):

@@ -77,15 +77,6 @@ def compute_metrics(labels, scores, videos=None, threshold=0.5):
     return out
 
 
-def roc_points(labels, scores):
-    """(fpr, tpr) of the ROC for plotting; None with one class."""
-    labels = np.asarray(labels).astype(np.int64)
-    if np.unique(labels).size < 2:
-        return None
-    fpr, tpr, _ = roc_curve(labels, np.asarray(scores, np.float64))
-    return fpr, tpr
-
-
 def score_file_results(path, group_by=None, threshold=0.5):
     """The evaluation table's rows recomputed from a scores_<set>.csv alone: {name: metrics} for the whole
     set and, with group_by='method', for each manipulation's fakes against all the reals."""
@@ -119,7 +110,7 @@ def main(argv=None):
         except (ValueError, KeyError) as e:           # read_scores names the file; compute_metrics does not
             msg = str(e) if str(e).startswith(f'{path}:') else f'{path}: {e}'
             p.exit(2, f'python -m util.metrics: error: {msg}\n')
-    from engine_finetune import format_table
+    from util.reports import format_table
     print(format_table(results))
     return results
 

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import random
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +224,30 @@ def maybe_compile(model, device, mode):
     if mode == 'on' or (mode == 'auto' and device.type == 'cuda'):
         return torch.compile(model)
     return model
+
+
+@contextmanager
+def num_threads(n, opencv=True):
+    """torch's (and with `opencv`, OpenCV's) thread counts set to `n` for the block (None or 0: unchanged), then
+    restored.
+
+    The thread count is process state that changes results: a matmul split over another number of threads sums
+    in another order, so a run after a block that left one thread set trains to other weights. Whatever changes
+    it goes through here."""
+    if not n:
+        yield
+        return
+    import cv2
+    torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(n)
+    if opencv:
+        cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        if opencv:
+            cv2.setNumThreads(cv2_threads)
 
 
 def seed_everything(seed):

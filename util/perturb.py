@@ -28,22 +28,12 @@ and shifts the neutral point by 0.002 grey levels).
 """
 import os
 import subprocess
+import zlib
+from typing import Callable, NamedTuple, Optional
 
 import cv2
 import numpy as np
 
-PERTURBATIONS = {                                   # type -> parameters of levels 1..5
-    'saturation': (0.4, 0.3, 0.2, 0.1, 0.0),
-    'contrast': (0.85, 0.725, 0.6, 0.475, 0.35),
-    'block': (16, 32, 48, 64, 80),
-    'noise': (0.001, 0.002, 0.005, 0.01, 0.05),
-    'blur': (7, 9, 13, 17, 21),
-    'pixelation': (2, 3, 4, 5, 6),
-    'jpeg': (90, 70, 50, 30, 10),
-    'h264': (30, 32, 35, 38, 40),
-}
-VIDEO_KINDS = ('h264',)                             # applied to whole videos by compress_video
-FRAME_KINDS = tuple(k for k in PERTURBATIONS if k not in VIDEO_KINDS)
 LEVELS = (1, 2, 3, 4, 5)
 
 # BT.601 full-range RGB -> (Y, Cb, Cr), chroma centred on 0 (the transform of JPEG and of OpenCV)
@@ -61,7 +51,7 @@ def parameter(kind, level):
         raise ValueError(f'unknown perturbation {kind!r}; choose from {" ".join(PERTURBATIONS)}')
     if int(level) != level or not 1 <= level <= 5:
         raise ValueError(f'perturbation level must be 1-5, got {level!r}')
-    return PERTURBATIONS[kind][int(level) - 1]
+    return PERTURBATIONS[kind].levels[int(level) - 1]
 
 
 def _to_uint8(x):
@@ -111,8 +101,29 @@ def _jpeg(img, p, rng):
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
 
 
-_FUNCTIONS = dict(saturation=_saturation, contrast=_contrast, block=_block, noise=_noise, blur=_blur,
-                  pixelation=_pixelation, jpeg=_jpeg)
+class Perturbation(NamedTuple):
+    levels: tuple                     # the parameter of levels 1..5
+    frame: Optional[Callable]         # (img, parameter, rng) -> img; None: whole videos (compress_video)
+
+
+PERTURBATIONS = {                     # one entry per type, looked up by name; order is only for listing
+    'saturation': Perturbation((0.4, 0.3, 0.2, 0.1, 0.0), _saturation),
+    'contrast': Perturbation((0.85, 0.725, 0.6, 0.475, 0.35), _contrast),
+    'block': Perturbation((16, 32, 48, 64, 80), _block),
+    'noise': Perturbation((0.001, 0.002, 0.005, 0.01, 0.05), _noise),
+    'blur': Perturbation((7, 9, 13, 17, 21), _blur),
+    'pixelation': Perturbation((2, 3, 4, 5, 6), _pixelation),
+    'jpeg': Perturbation((90, 70, 50, 30, 10), _jpeg),
+    'h264': Perturbation((30, 32, 35, 38, 40), None),
+}
+VIDEO_KINDS = tuple(k for k, p in PERTURBATIONS.items() if p.frame is None)   # applied by compress_video
+FRAME_KINDS = tuple(k for k in PERTURBATIONS if k not in VIDEO_KINDS)
+
+
+def stream_key(kind):
+    """The number that keys a type's random streams: derived from its name, never from its place in the table,
+    so that adding a type anywhere leaves every other type's draws as they were."""
+    return zlib.crc32(kind.encode())
 
 
 def perturb(img, kind, level, rng):
@@ -123,7 +134,7 @@ def perturb(img, kind, level, rng):
     img = np.asarray(img)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f'perturb needs a uint8 [H, W, 3] image, got {img.dtype} {img.shape}')
-    return _FUNCTIONS[kind](img, p, rng)
+    return PERTURBATIONS[kind].frame(img, p, rng)
 
 
 def parse_spec(spec):

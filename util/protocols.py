@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from util.datasets import FaceDataset
-from util.perturb import PERTURBATIONS, perturb
+from util.perturb import perturb, stream_key
 
 # the short names of the papers -> FaceForensics++'s folder names, which the ffpp preset writes
 METHOD_ALIASES = {'DF': 'Deepfakes', 'F2F': 'Face2Face', 'FS': 'FaceSwap', 'NT': 'NeuralTextures',
@@ -87,9 +87,10 @@ def groups(samples, by):
 
 def frame_seed(sample, seed, kind, level):
     """Seed of one frame's perturbation: the same frame draws the same whatever the order, selection, worker
-    or machine (the video key and the file name, not the index, identify it)."""
+    or machine (the video key and the file name, not the index, identify it), and whatever other types the
+    perturbation table holds (util.perturb.stream_key)."""
     key = f'{sample.dataset}/{sample.method}/{sample.video}/{os.path.basename(sample.path)}'
-    return [int(seed), list(PERTURBATIONS).index(kind), int(level), zlib.crc32(key.encode())]
+    return [int(seed), stream_key(kind), int(level), zlib.crc32(key.encode())]
 
 
 class PerturbedFaces(FaceDataset):

@@ -32,6 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from util.datasets import DataError, ReportOnce, probe_usable, read_image_rgb, read_replacing
 from util.landmarks import NUM_LANDMARKS, load_landmarks
+from util.misc import num_threads
 
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
 MIN_HULL_FRACTION = 0.01        # a landmark hull below 1% of the image is no usable face
@@ -68,12 +69,8 @@ def _alter_source(img, rng):
 
     One face is far too small to share among threads: with several (the main process of a loader without
     workers) the threads' hand-offs cost ten times the work, so it runs on one, as in a DataLoader worker."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with num_threads(1, opencv=False):
         return _alter_source_1thread(img, rng)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _alter_source_1thread(img, rng):

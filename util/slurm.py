@@ -32,7 +32,8 @@ def build_parser(entry, prog, description):
     """The entry point's parser (every flag of `entry.get_args_parser()`) plus the Slurm group."""
     module = importlib.import_module(entry)
     parser = argparse.ArgumentParser(prog, parents=[module.get_args_parser()], description=description)
-    g = parser.add_argument_group('slurm (submitit)')
+    g = parser.add_argument_group('slurm (submitit)', 'Here --output_dir defaults to --job_dir, and --device to cuda '
+                                                      'on Slurm.')
     g.add_argument('--job_dir', default='', type=str,
                    help='job folder on a file system shared by all nodes: submitit pickles and logs, and by '
                         'default output_dir and TensorBoard logs; %%j becomes the Slurm job id')
@@ -61,10 +62,6 @@ def build_parser(entry, prog, description):
                         'submit nothing')
     # Parsed on a login node without GPUs: decide the device and output folder after parsing.
     parser.set_defaults(device=None, output_dir=None)
-    for flag, note in (('--output_dir', 'default here: --job_dir'), ('--device', 'default here: cuda on Slurm')):
-        action = parser._option_string_actions.get(flag)
-        if action is not None:
-            action.help = f'{action.help or flag[2:]} ({note})'
     return parser
 
 
@@ -228,21 +225,19 @@ def submit(entry, argv=None, prog=None, description=None):
     args = finalize_args(parser.parse_args(argv), entry, prog)
     params = executor_parameters(args)
     module = importlib.import_module(entry)
+    checked, problem = copy.deepcopy(args), None    # what the job's first step makes of the arguments (recipe)
+    if str(args.device).startswith('cuda'):         # the job's GPUs are on the compute nodes, not here
+        checked.device = 'cpu'
+    try:
+        getattr(module, 'prepare_args', module.check_args)(checked)
+    except SystemExit as e:
+        problem = str(e)
 
     print(f'{prog}: {args.cluster} job "{args.job_name}": {args.nodes} node(s) x {args.ngpus} GPU(s) = '
           f'{world_size(args)} processes, {params["timeout_min"]} min per allocation')
-    print(describe_batch(args))
+    print(describe_batch(checked))
     print(f'job folder {args.job_dir}; output_dir {args.output_dir}; TensorBoard {args.log_dir or args.output_dir}'
           + (' (%j = job id)' if '%j' in args.job_dir + args.output_dir else ''))
-    problem = None
-    if hasattr(module, 'check_args'):
-        try:
-            checked = copy.deepcopy(args)
-            if str(args.device).startswith('cuda'):     # the job's GPUs are on the compute nodes, not here
-                checked.device = 'cpu'
-            module.check_args(checked)
-        except SystemExit as e:
-            problem = str(e)
     if args.dry_run:
         print('Slurm parameters: ' + json.dumps(params, sort_keys=True))
         print('Arguments: ' + json.dumps(vars(args), sort_keys=True, default=str))

@@ -98,7 +98,7 @@ def breakdown(rows, steps, flops=None, top=8):
         ms = us / steps / 1e3
         cats[cat] = dict(ms=round(ms, 3), share=round(us / total, 3))
         if flops and flops.get(cat) and ms > 0:
-            cats[cat]['tflops'] = round(flops[cat] / (ms / 1e3) / 1e12, 2)
+            cats[cat]['tflops'] = float(f'{flops[cat] / (ms / 1e3) / 1e12:.3g}')   # a slow CPU: never 0.0
     top_names = sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
     return dict(ms_step=round(total / steps / 1e3, 3), categories=cats,
                 top=[[name[:90], round(us / steps / 1e3, 3)] for name, us in top_names])

@@ -17,8 +17,8 @@ size of the true centre and its size is within a factor 2 of it; every other rep
 (detect + verify, without landmarks), the landmarker built beforehand, one warm-up frame; the
 CPU time of the process (all its threads) is printed beside it, a figure a busy machine disturbs less.
 
-    python benchmark_detect.py                       # every option, the whole grid
-    python benchmark_detect.py --detector hybrid --threads 1
+    python -m benchmarks.detect                       # every option, the whole grid
+    python -m benchmarks.detect --detector hybrid --threads 1
 """
 import argparse
 import json
@@ -29,6 +29,8 @@ import time
 
 import cv2
 import numpy as np
+
+from util.misc import num_threads
 
 FRAME = (640, 480)                                 # width, height of every scene
 ASTRONAUT_FACE = (179.0, 83.0, 266.0, 170.0)       # dlib's box on the 512 x 512 astronaut
@@ -151,9 +153,12 @@ def _machine():
 
 
 def main(args):
+    with num_threads(args.threads):
+        return run(args)
+
+
+def run(args):
     from preprocess import faces as F
-    if args.threads:
-        cv2.setNumThreads(args.threads)
     scenes = build_scenes([float(a) for a in args.angles.split(',')], [int(s) for s in args.sizes.split(',')])
     results = []
     print(f'{len(scenes)} scenes of {FRAME[0]}x{FRAME[1]} on {_machine()}')

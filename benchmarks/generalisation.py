@@ -8,13 +8,13 @@ scored by frame AUC on held-out identities, per forgery family: the training fam
 self-blended fakes for sbi) and the others (unseen), mean +/- sd over --seeds (each seed draws its own faces and
 training randomness). Every run goes through main_pretrain.main / main_finetune.main with their own parsers.
 
-  python benchmark_generalisation.py                                # micro model on 2 CPU cores, 3 seeds
-  python benchmark_generalisation.py --seeds 1 --out bench_gen      # one seed
-  python benchmark_generalisation.py --device cuda --model mae_vit_small_patch16 --size 128 --input_size 112 \
+  python -m benchmarks.generalisation                                # micro model on 2 CPU cores, 3 seeds
+  python -m benchmarks.generalisation --seeds 1 --out bench_gen      # one seed
+  python -m benchmarks.generalisation --device cuda --model mae_vit_small_patch16 --size 128 --input_size 112 \
       --num_identities 400 --pre_epochs 40 --ft_epochs 20
-  python benchmark_generalisation.py --quick                        # a tiny grid (seconds; for the tests)
+  python -m benchmarks.generalisation --quick                        # a tiny grid (seconds; for the tests)
 
-Forgery families come from preprocess/synthetic_faces.py: its FORGERY_FAMILIES (or FAMILIES) table of
+Forgery families come from synthetic/faces.py: its FORGERY_FAMILIES (or FAMILIES) table of
 name -> fn(target identity, source identity, rng, size) -> (RGB uint8, landmarks) when it has one, else face
 swaps at the `strong` and `subtle` artefact levels (SWAP_ARTEFACTS). Self-blended fakes of held-out reals
 (`sbi`) are always a family. A real-photo test set (`photo_sbi`: crops of skimage's astronaut with dlib's
@@ -34,14 +34,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import main_finetune  # noqa: E402
 import main_pretrain  # noqa: E402
 import models_mae  # noqa: E402
-import preprocess.synthetic_faces as sf  # noqa: E402
+import synthetic.faces as sf  # noqa: E402
 import util.checkpoint as checkpoint  # noqa: E402
+from util import recipes  # noqa: E402
+from util.misc import num_threads  # noqa: E402
 from util.self_blend import self_blend  # noqa: E402
 
 # stage-1 variants: pre-training flags, or None for no pre-training (a randomly initialised checkpoint)
@@ -87,7 +89,7 @@ def get_args_parser():
     p.add_argument('--lr', default=5e-4, type=float, help='absolute learning rate of both stages')
     p.add_argument('--no_photo', dest='photo', action='store_false',
                    help=f'leave out the real-photo test set ({PHOTO}: astronaut crops and their self-blended fakes)')
-    p.add_argument('--recipe', default='light', choices=list(main_finetune.RECIPES),
+    p.add_argument('--recipe', default='light', choices=list(recipes.RECIPES),
                    help="main_finetune.py's stage-2 recipe (light: no mixup / RandAugment); every recipe runs with "
                         "--drop_path 0 --min_crop_scale 1 here")
     p.add_argument('--device', default='cpu')
@@ -104,12 +106,12 @@ def resolve(args):
     for flag in ('seeds', 'num_identities', 'test_identities', 'frames', 'size', 'input_size', 'pre_epochs',
                  'ft_epochs', 'batch_size', 'threads'):
         if getattr(args, flag) < 1:
-            raise SystemExit(f'benchmark_generalisation.py: error: --{flag} must be at least 1')
+            raise SystemExit(f'benchmarks/generalisation.py: error: --{flag} must be at least 1')
     if args.test_identities < 2 or args.num_identities < 2:
-        raise SystemExit('benchmark_generalisation.py: error: --num_identities and --test_identities must be >= 2 '
+        raise SystemExit('benchmarks/generalisation.py: error: --num_identities and --test_identities must be >= 2 '
                          '(a swap needs two faces)')
     if args.batch_size % 2:
-        raise SystemExit(f'benchmark_generalisation.py: error: --batch_size {args.batch_size} must be even '
+        raise SystemExit(f'benchmarks/generalisation.py: error: --batch_size {args.batch_size} must be even '
                          f'(self-blended runs take real + fake pairs)')
     return args
 
@@ -143,7 +145,7 @@ def make_forgery(fn, target, source, rng, size):
     out = fn(target, source, rng, size)
     img = out[0] if isinstance(out, tuple) else out
     if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.shape == (size, size, 3)):
-        raise SystemExit(f'benchmark_generalisation.py: error: a forgery family returned {type(img).__name__} '
+        raise SystemExit(f'benchmarks/generalisation.py: error: a forgery family returned {type(img).__name__} '
                          f'{getattr(img, "shape", "")}, expected RGB uint8 [{size}, {size}, 3]')
     return img
 
@@ -348,12 +350,8 @@ def figure(summary, path):
 # ---------------------------------------------------------------------- main
 def main(args):
     args = resolve(args)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with num_threads(args.threads):
         return run_grid(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run_grid(args):
@@ -361,12 +359,12 @@ def run_grid(args):
     swaps = [f for f in families if f != SBI_FAMILY]
     train_family = args.train_family or (swaps[0] if swaps else None)
     if train_family not in families or train_family == SBI_FAMILY:
-        raise SystemExit(f'benchmark_generalisation.py: error: --train_family {train_family} is not one of '
+        raise SystemExit(f'benchmarks/generalisation.py: error: --train_family {train_family} is not one of '
                          f'{", ".join(swaps)}')
     out = Path(args.out)
     earlier = sorted(out.glob('seed*'))
     if earlier:
-        raise SystemExit(f'benchmark_generalisation.py: error: --out {out} holds an earlier grid ({earlier[0].name}, '
+        raise SystemExit(f'benchmarks/generalisation.py: error: --out {out} holds an earlier grid ({earlier[0].name}, '
                          f'...): choose another --out or delete it')
     out.mkdir(parents=True, exist_ok=True)
     grid = [(seed, s1, s2) for seed in range(args.seeds) for s1 in args.stage1 for s2 in args.stage2]

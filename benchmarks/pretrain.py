@@ -2,14 +2,14 @@
 
 Model step (masks already made, FFT low-pass, both branches, both losses, backward, AdamW) on synthetic
 on-device data:
-    python benchmark_pretrain.py --model mae_vit_base_patch16 --batch_size 64 256 --compile off on --amp bf16
-    python benchmark_pretrain.py --device cpu --model mae_vit_tiny_patch16 --input_size 112 --batch_size 8
-    python benchmark_pretrain.py --compile on --batch_size 256 --profile 5     # where the step's time goes
+    python -m benchmarks.pretrain --model mae_vit_base_patch16 --batch_size 64 256 --compile off on --amp bf16
+    python -m benchmarks.pretrain --device cpu --model mae_vit_tiny_patch16 --input_size 112 --batch_size 8
+    python -m benchmarks.pretrain --compile on --batch_size 256 --profile 5     # where the step's time goes
 A `--variant reference` run emulates the released reference code's step on current libraries: fp16 with a
 GradScaler, unfused (explicit softmax) attention, a for-loop AdamW, no compilation.
 
 Input pipeline, per DataLoader worker (decode, crop, flip, landmark transform, facial-region mask):
-    python benchmark_pretrain.py --data_only --num_images 256 --image_size 256
+    python -m benchmarks.pretrain --data_only --num_images 256 --image_size 256
 Imports nothing beyond torch, timm, numpy and OpenCV (runs on the GPU machine as is).
 """
 import argparse
@@ -21,7 +21,7 @@ import torch
 
 import models_mae
 import util.misc as misc
-from util.benchmarking import device_name, flop_categories, profile_steps, time_steps
+from benchmarks.common import device_name, flop_categories, profile_steps, time_steps
 
 
 def get_args_parser():
@@ -54,7 +54,7 @@ def get_args_parser():
 def flops_per_image(model, input_size, device):
     """Forward + backward FLOPs of one image, counted by torch.utils.flop_counter on a batch of 2.
 
-    Returns (total, {category: FLOPs}) with the categories of util.benchmarking.flop_categories."""
+    Returns (total, {category: FLOPs}) with the categories of benchmarks.common.flop_categories."""
     from torch.utils.flop_counter import FlopCounterMode
     x = torch.randn(2, 3, input_size, input_size, device=device)
     mask = model.random_masks(2, device)
@@ -158,7 +158,6 @@ def time_data(args):
             samples = write_faces(tmp, args.num_images, args.image_size, args.image_format)
         ds = FaceDataset(samples, FaceTransform(args.input_size, train=True, normalize=False), mask_strategy='facial',
                          patch_size=16, mask_ratio=0.75)
-        torch.set_num_threads(1)                  # a DataLoader worker runs single-threaded
         for i in range(min(16, len(ds))):         # warm caches
             ds[i]
         t0 = time.perf_counter()
@@ -177,7 +176,7 @@ def write_faces(folder, num, size, fmt):
     import cv2
     import numpy as np
 
-    from preprocess.synthetic_faces import render_face, sample_identity
+    from synthetic.faces import render_face, sample_identity
     from util.datasets import scan_folder
     rng = np.random.default_rng(0)
     ids = [sample_identity(rng) for _ in range(16)]
@@ -190,7 +189,8 @@ def write_faces(folder, num, size, fmt):
 
 def main(args):
     if args.data_only:
-        print(json.dumps(time_data(args)), flush=True)
+        with misc.num_threads(1):                 # a DataLoader worker runs single-threaded
+            print(json.dumps(time_data(args)), flush=True)
         return
     device = torch.device(args.device)
     if device.type == 'cuda':

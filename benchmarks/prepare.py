@@ -8,8 +8,8 @@ decoding, detection + landmarks, and crop + write, and the CPU time per face
 (``cpu_ms_per_face``: all threads of this process; with ``--threads 1`` that is the
 work of one core, a figure that holds on a busy machine too).
 
-    python benchmark_prepare.py --landmarker dlib --device cpu --threads 1
-    python benchmark_prepare.py --landmarker face_alignment --device cuda --random_weights
+    python -m benchmarks.prepare --landmarker dlib --device cpu --threads 1
+    python -m benchmarks.prepare --landmarker face_alignment --device cuda --random_weights
 
 ``--random_weights`` (face_alignment without its real weights, e.g. offline): FAN and
 S3FD get random weights saved in a temporary TORCH_HOME; the detector is set to find
@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from preprocess import faces as F
+from util.misc import num_threads
 
 ASTRONAUT_FACE = (179.0, 83.0, 266.0, 170.0)   # dlib's box on the 512 x 512 astronaut
 
@@ -130,10 +131,6 @@ def _one_pass(landmarker, video, step, size, out_dir, ext, params, sync):
 
 def run_config(name, device, args, video, boxes, workdir, rank=0, barrier=None):
     """Build the landmarker, one warm-up pass, then ``args.repeats`` timed passes."""
-    if args.threads:
-        cv2.setNumThreads(args.threads)
-        if name == 'face_alignment':
-            __import__('torch').set_num_threads(args.threads)
     kwargs = dict(allow_download=not args.random_weights) if name == 'face_alignment' else {}
     t = time.time()
     landmarker = F.build_landmarker(name, device=device, weights_dir=args.weights_dir,
@@ -170,7 +167,8 @@ def run_config(name, device, args, video, boxes, workdir, rank=0, barrier=None):
 
 
 def _proc(queue, barrier, name, device, args, video, boxes, workdir, rank):
-    queue.put(run_config(name, device, args, video, boxes, workdir, rank, barrier))
+    with num_threads(args.threads):
+        queue.put(run_config(name, device, args, video, boxes, workdir, rank, barrier))
 
 
 def run_parallel(name, device, args, video, boxes, workdir):
@@ -225,8 +223,11 @@ def main(args):
         for device in (['cpu'] if name == 'dlib' else args.device.split(',')):
             for procs in [int(n) for n in str(args.procs).split(',')]:
                 one = argparse.Namespace(**dict(vars(args), procs=procs))
-                res = (run_config(name, device, one, video, boxes, workdir) if procs == 1
-                       else run_parallel(name, device, one, video, boxes, workdir))
+                if procs == 1:
+                    with num_threads(args.threads):
+                        res = run_config(name, device, one, video, boxes, workdir)
+                else:
+                    res = run_parallel(name, device, one, video, boxes, workdir)
                 res.pop('wall')
                 print(json.dumps(res), flush=True)
                 results.append(res)

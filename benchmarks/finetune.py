@@ -1,10 +1,10 @@
 """Stage-2 speed: evaluation throughput (GPU-only and end-to-end with the DataLoader), the fine-tuning step,
 and predict latency per image on the CPU. One JSON line per configuration.
 
-    python benchmark_finetune.py --mode eval_gpu eval_e2e train --model vit_base_patch16 --batch_size 256 \
+    python -m benchmarks.finetune --mode eval_gpu eval_e2e train --model vit_base_patch16 --batch_size 256 \
         --num_workers 16 --compile off on
-    python benchmark_finetune.py --mode predict_cpu --model vit_base_patch16
-    python benchmark_finetune.py --device cpu --model vit_tiny_patch16 --input_size 112 --batch_size 8 --steps 3
+    python -m benchmarks.finetune --mode predict_cpu --model vit_base_patch16
+    python -m benchmarks.finetune --device cpu --model vit_tiny_patch16 --input_size 112 --batch_size 8 --steps 3
 
 eval_gpu:    forward + fake probability on uint8 batches already on the device (normalisation included).
 eval_e2e:    the same fed by main_finetune's evaluation DataLoader (PNG decode, resize, uint8 collate,
@@ -25,8 +25,8 @@ import torch
 
 import models_vit
 import util.misc as misc
+from benchmarks.common import device_name, sync, time_steps
 from engine_finetune import reconstruction_loss
-from util.benchmarking import device_name, sync, time_steps
 from util.datasets import normalize_batch
 from util.lr_decay import param_groups_lrd
 
@@ -103,7 +103,7 @@ def face_samples(args, folder):
         return [Sample(s.path, None, max(s.label, 0), s.video, s.dataset) for s in load_samples(args.data_path)]
     import cv2
 
-    from preprocess.synthetic_faces import render_face, sample_identity
+    from synthetic.faces import render_face, sample_identity
     rng = np.random.default_rng(0)
     ids = [sample_identity(rng) for _ in range(16)]
     paths = []
@@ -122,14 +122,14 @@ def time_eval_e2e(args, device, batch, amp_dtype, compiled, samples):
     prefetch queues (2 batches per worker) have filled or drained, over --e2e_batches batches in all."""
     from torch.utils.data import DataLoader
 
-    from engine_finetune import ShardSampler
     from util.datasets import FaceDataset, FaceTransform
+    from util.loaders import ShardSampler
     ds = FaceDataset(samples, FaceTransform(args.input_size, train=False, normalize=False), require_label=True)
     loader = DataLoader(ds, sampler=ShardSampler(len(ds)), batch_size=batch, num_workers=args.num_workers,
                         pin_memory=device.type == 'cuda', drop_last=True, persistent_workers=args.num_workers > 0)
     n_batches = min(len(loader), args.e2e_batches)
     if n_batches < 1:
-        raise SystemExit(f'benchmark_finetune.py: error: eval_e2e: {len(ds)} images'
+        raise SystemExit(f'benchmarks/finetune.py: error: eval_e2e: {len(ds)} images'
                          f'{f" in --data_path {args.data_path}" if args.data_path else ""} and --e2e_batches '
                          f'{args.e2e_batches} give no full batch of --batch_size {batch}')
     skip = min(args.warmup + 2 * max(args.num_workers, 1), n_batches // 2)
@@ -200,8 +200,6 @@ def time_train(args, device, batch, amp_dtype, compiled):
 
 # ---------------------------------------------------------------------- predict latency on the CPU
 def time_predict_cpu(args):
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device('cpu')
     model = build(args, device)
     from util.datasets import FaceTransform
@@ -256,7 +254,8 @@ def main(args):
         samples = face_samples(args, tmp) if 'eval_e2e' in args.mode else None
         for mode in args.mode:
             if mode == 'predict_cpu':
-                print(json.dumps(time_predict_cpu(args)), flush=True)
+                with misc.num_threads(args.threads):
+                    print(json.dumps(time_predict_cpu(args)), flush=True)
                 continue
             for compiled in compiles:
                 for bs in args.batch_size:

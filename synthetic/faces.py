@@ -37,7 +37,7 @@ cv2.imwrite); landmarks are float32 [68, 2] (x, y) in pixels; label 1 = fake,
 
 CLI::
 
-    python -m preprocess.synthetic_faces --out DIR --num 400 [--size 256] [--frames 4]
+    python -m synthetic.faces --out DIR --num 400 [--size 256] [--frames 4]
         [--seed 0] [--fake_ratio 0.5] [--test_fraction 0.25]
 """
 from __future__ import annotations
