@@ -231,6 +231,11 @@ def check_args(args):
                 fail(f'--{flag} {getattr(args, flag)} does not exist')
     evaluation.check_protocol_args(args, fail)
     for m in manifests:
+        if Path(m).is_dir():
+            found = sorted(p.name for p in Path(m).glob('*.csv'))
+            fail(f'{m} is a folder: stage 2 needs the label of every face (1 = fake, 0 = real), which only a manifest '
+                 f'CSV gives (DATA.md); ' + (f'it holds {", ".join(found[:4])}: pass one of them' if found else
+                                             'prepare_faces.py --label writes one'))
         if not Path(m).is_file():
             fail(f'manifest {m} does not exist')
         if not str(m).lower().endswith('.csv'):

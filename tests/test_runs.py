@@ -395,3 +395,22 @@ def test_a_schedule_that_trains_little_is_said_in_one_line(micro, tmp_path, caps
                     'more data and fewer --warmup_epochs or more --epochs train more')
     main_pretrain.main(pre_args(micro, tmp_path / 'pre2', '--batch_size', 2, epochs=2))     # 8 steps, 4 in warm-up
     assert 'warning' not in capsys.readouterr().out
+
+
+def eval_args(ckpt, out, *manifests, extra=()):
+    argv = ['--eval', '--resume', ckpt, '--test_manifests', *manifests, '--output_dir', out, '--device', 'cpu',
+            '--num_workers', 0, '--quiet', *extra]
+    return main_finetune.get_args_parser().parse_args([str(a) for a in argv])
+
+
+def test_a_folder_given_as_a_stage_2_manifest_is_named_as_such(micro, tmp_path):
+    folder = micro['train'].parent
+    found = sorted(p.name for p in folder.glob('*.csv'))
+    msg = one_line(main_finetune.main, ft_args(micro, tmp_path / 'f', '--train_manifest', folder))
+    assert msg == (f'main_finetune.py: error: {folder} is a folder: stage 2 needs the label of every face (1 = fake, '
+                   f'0 = real), which only a manifest CSV gives (DATA.md); it holds {", ".join(found[:4])}: pass one '
+                   f'of them')
+    (tmp_path / 'faces').mkdir()
+    one_line(main_finetune.main, eval_args(micro['pre'], tmp_path / 'e', tmp_path / 'faces'),
+             match='is a folder: stage 2 needs the label of every face (1 = fake, 0 = real), which only a manifest CSV '
+                   'gives (DATA.md); prepare_faces.py --label writes one')
