@@ -406,6 +406,8 @@ def main(args):
     except (FileNotFoundError, ValueError) as e:
         raise error(f'cannot resume: {e}') from None
     best_auc, best_epoch = checkpoint.reconcile_best(args.output_dir, ckpt) if ckpt else (None, None)
+    if (note := misc.schedule_note(args, loader)) and misc.is_main_process():
+        print(f'main_finetune.py: warning: {note}', flush=True)
 
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:

@@ -397,6 +397,36 @@ def test_a_schedule_that_trains_little_is_said_in_one_line(micro, tmp_path, caps
     assert 'warning' not in capsys.readouterr().out
 
 
+# ---------------------------------------------------------------------- a run that learns nothing; earlier reports
+@pytest.fixture(scope='module')
+def chance_run(micro):
+    """One epoch of fine-tuning whose validation set holds every face twice, as real and as fake (so its AUC is
+    0.5 whatever the detector), tested on micro's test set: (output folder, what it printed)."""
+    import contextlib
+    import io
+    with open(micro['val'], newline='') as f:
+        rows = list(csv.DictReader(f))
+    both = [dict(r, label=label, video=f'{r["video"]}_{label}') for r in rows for label in '01']
+    val = micro['val'].with_name('runs_val_chance.csv')
+    with open(val, 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(both)
+    out, printed = micro['folder'] / 'chance', io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main_finetune.main(ft_args(micro, out, '--val_manifest', val, epochs=1))
+    return out, printed.getvalue()
+
+
+def test_a_short_fine_tuning_schedule_is_said_in_one_line(chance_run):
+    """32 faces in batches of 8: 4 steps an epoch, the first in the warm-up at lr 0."""
+    [line] = [x for x in chance_run[1].splitlines() if 'warning' in x]
+    assert line == ('main_finetune.py: warning: an epoch is only 4 optimiser steps (32 images / 8 x 1 accum x 1 '
+                    'processes); all 4 steps of the run fall in the warm-up (--warmup_epochs 1, --epochs 1), so the '
+                    'learning rate never reaches --lr and the first step is taken at lr 0: a smaller --batch_size or '
+                    'more data and fewer --warmup_epochs or more --epochs train more')
+
+
 def eval_args(ckpt, out, *manifests, extra=()):
     argv = ['--eval', '--resume', ckpt, '--test_manifests', *manifests, '--output_dir', out, '--device', 'cpu',
             '--num_workers', 0, '--quiet', *extra]
