@@ -484,6 +484,8 @@ def main(args):
         result['test'] = evaluation.evaluate_sets(model_net, args.test_manifests, args.input_size,
                                                   model_without_ddp.mean, model_without_ddp.std, device, amp_dtype,
                                                   args, ckpt_path=best, crop_pct=model_without_ddp.crop_pct)
+    if (note := evaluation.untrained_note(best_auc, best_epoch)) and misc.is_main_process():
+        print(note, flush=True)                                # the closing line
     if args.distributed:
         torch.distributed.destroy_process_group()
     return result

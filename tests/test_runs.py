@@ -427,6 +427,20 @@ def test_a_short_fine_tuning_schedule_is_said_in_one_line(chance_run):
                     'more data and fewer --warmup_epochs or more --epochs train more')
 
 
+UNTRAINED = ('main_finetune.py: note: the best validation AUC is 0.500 (epoch 0), within 0.05 of chance: the detector '
+             'has not learned to separate real from fake faces; more epochs, --recipe light, or a checkpoint from a '
+             'longer pre-training usually help')
+
+
+def test_a_run_that_learns_nothing_says_so_in_its_closing_lines(micro, chance_run, tmp_path, capsys):
+    out, printed = chance_run
+    assert printed.rstrip().splitlines()[-1] == UNTRAINED                  # after the test table
+    main_finetune.main(eval_args(out / 'checkpoint-best.pth', tmp_path / 'e', micro['test']))
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == UNTRAINED
+    from util.evaluation import untrained_note
+    assert untrained_note(0.56) is None and untrained_note(0.44) is None and untrained_note(None) is None
+
+
 def eval_args(ckpt, out, *manifests, extra=()):
     argv = ['--eval', '--resume', ckpt, '--test_manifests', *manifests, '--output_dir', out, '--device', 'cpu',
             '--num_workers', 0, '--quiet', *extra]

@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import models_vit
+import util.checkpoint as checkpoint
 import util.misc as misc
 from engine_finetune import evaluate_frames
 from util import loaders, protocols
@@ -23,7 +24,20 @@ from util.reports import format_table, write_eval_report
 error = partial(misc.usage_error, 'main_finetune.py')
 
 
+UNTRAINED_MARGIN = 0.05        # a best validation AUC this close to 0.5 means the detector learnt nothing
+
+
 # ---------------------------------------------------------------------- flags
+def untrained_note(best_auc, epoch=None):
+    """The closing line when the best validation AUC is within UNTRAINED_MARGIN of chance, else None."""
+    if best_auc is None or abs(best_auc - 0.5) > UNTRAINED_MARGIN:
+        return None
+    return (f'main_finetune.py: note: the best validation AUC is {best_auc:.3f}'
+            + (f' (epoch {epoch})' if epoch is not None else '')
+            + f', within {UNTRAINED_MARGIN} of chance: the detector has not learned to separate real from fake '
+              f'faces; more epochs, --recipe light, or a checkpoint from a longer pre-training usually help')
+
+
 def check_protocol_args(args, fail):
     if args.eval_frames < 0:
         fail('--eval_frames must be >= 0 (0 = every frame)')
@@ -193,4 +207,8 @@ def run_eval(args, device, amp_dtype, ignored=()):
     if args.perturb:
         run_robustness(net, results, meta['input_size'], meta['mean'], meta['std'], device, amp_dtype, args,
                        args.resume, model.crop_pct)
+    saved = checkpoint.load(args.resume, mmap=True)             # what its training recorded of validation
+    if (note := untrained_note(saved.get('best_val_auc'), saved.get('best_epoch'))) and misc.is_main_process():
+        print(note, flush=True)
     return results
+
