@@ -217,6 +217,8 @@ def check_args(args):
             fail(f'--resume {args.resume} does not exist')
         if problem := misc.device_problem(args.device) or output_dir_problem(args.output_dir):
             fail(problem if problem.startswith('--') else f'--output_dir {args.output_dir}: {problem}')
+        if not args.overwrite and (problem := evaluation.earlier_report_problem(args)):
+            fail(problem)
     else:
         if not args.train_manifest:
             fail('--train_manifest is required to train (or pass --eval to evaluate)')
@@ -378,8 +380,8 @@ def main(args):
     ignored = evaluation.eval_ignored_flags(args, training_only_flags()) if args.eval else []   # as given
     recipe = prepare_args(args)
     device = misc.setup_run(args)
-    if args.overwrite and not args.eval:
-        checkpoint.move_aside(args.output_dir)
+    if args.overwrite:                                          # --eval: the earlier evaluation report only
+        checkpoint.move_aside(args.output_dir, checkpoint.EVAL_OUTPUTS if args.eval else checkpoint.RUN_OUTPUTS)
     amp_dtype, scaler = misc.resolve_amp(args.amp, device)
     if args.eval:
         results = evaluation.run_eval(args, device, amp_dtype, ignored)

@@ -418,18 +418,15 @@ def chance_run(micro):
     return out, printed.getvalue()
 
 
-def test_a_short_fine_tuning_schedule_is_said_in_one_line(chance_run):
-    """32 faces in batches of 8: 4 steps an epoch, the first in the warm-up at lr 0."""
-    [line] = [x for x in chance_run[1].splitlines() if 'warning' in x]
-    assert line == ('main_finetune.py: warning: an epoch is only 4 optimiser steps (32 images / 8 x 1 accum x 1 '
-                    'processes); all 4 steps of the run fall in the warm-up (--warmup_epochs 1, --epochs 1), so the '
-                    'learning rate never reaches --lr and the first step is taken at lr 0: a smaller --batch_size or '
-                    'more data and fewer --warmup_epochs or more --epochs train more')
-
-
 UNTRAINED = ('main_finetune.py: note: the best validation AUC is 0.500 (epoch 0), within 0.05 of chance: the detector '
              'has not learned to separate real from fake faces; more epochs, --recipe light, or a checkpoint from a '
              'longer pre-training usually help')
+
+
+def eval_args(ckpt, out, *manifests, extra=()):
+    argv = ['--eval', '--resume', ckpt, '--test_manifests', *manifests, '--output_dir', out, '--device', 'cpu',
+            '--num_workers', 0, '--quiet', *extra]
+    return main_finetune.get_args_parser().parse_args([str(a) for a in argv])
 
 
 def test_a_run_that_learns_nothing_says_so_in_its_closing_lines(micro, chance_run, tmp_path, capsys):
@@ -441,10 +438,32 @@ def test_a_run_that_learns_nothing_says_so_in_its_closing_lines(micro, chance_ru
     assert untrained_note(0.56) is None and untrained_note(0.44) is None and untrained_note(None) is None
 
 
-def eval_args(ckpt, out, *manifests, extra=()):
-    argv = ['--eval', '--resume', ckpt, '--test_manifests', *manifests, '--output_dir', out, '--device', 'cpu',
-            '--num_workers', 0, '--quiet', *extra]
-    return main_finetune.get_args_parser().parse_args([str(a) for a in argv])
+def test_a_short_fine_tuning_schedule_is_said_in_one_line(chance_run):
+    """32 faces in batches of 8: 4 steps an epoch, the first in the warm-up at lr 0."""
+    [line] = [x for x in chance_run[1].splitlines() if 'warning' in x]
+    assert line == ('main_finetune.py: warning: an epoch is only 4 optimiser steps (32 images / 8 x 1 accum x 1 '
+                    'processes); all 4 steps of the run fall in the warm-up (--warmup_epochs 1, --epochs 1), so the '
+                    'learning rate never reaches --lr and the first step is taken at lr 0: a smaller --batch_size or '
+                    'more data and fewer --warmup_epochs or more --epochs train more')
+
+
+def test_eval_keeps_the_earlier_evaluation_report(micro, chance_run, tmp_path):
+    import shutil
+    out = tmp_path / 'ft'
+    shutil.copytree(chance_run[0], out)
+    best, before = out / 'checkpoint-best.pth', {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {'eval.json', 'eval.md', 'scores_runs_test.csv'} <= set(before)
+    msg = one_line(main_finetune.main, eval_args(best, out, micro['val']))
+    assert msg == (f'main_finetune.py: error: --output_dir {out} holds the evaluation report of {best} (eval.json, '
+                   f'eval.md, score files): choose another --output_dir, or --overwrite to move it into '
+                   f'{out}/replaced-<date-time>/')
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    main_finetune.main(eval_args(best, out, micro['test']))             # the same checkpoint and sets: rewritten
+    main_finetune.main(eval_args(best, out, micro['val'], extra=['--overwrite']))
+    [aside] = [p for p in out.iterdir() if p.name.startswith('replaced-')]
+    assert {p.name for p in aside.iterdir()} >= {'eval.json', 'eval.md', 'scores_runs_test.csv'}
+    assert json.loads((out / 'eval.json').read_text())['sets'].keys() == {'runs_val'}
+    assert (out / 'checkpoint-best.pth').is_file() and (out / 'log.txt').is_file()     # the run itself stays
 
 
 def test_a_folder_given_as_a_stage_2_manifest_is_named_as_such(micro, tmp_path):

@@ -30,7 +30,8 @@ from util.fileio import atomic_write, write_text
 
 LAST, BEST = 'checkpoint-last.pth', 'checkpoint-best.pth'
 RUN_FILES = ('checkpoint-*.pth', 'log.txt')                    # what makes a folder hold a run
-RUN_OUTPUTS = RUN_FILES + ('events.out.tfevents.*', 'eval.json', 'eval.md', 'roc_*.png')   # moved by --overwrite
+EVAL_OUTPUTS = ('eval.json', 'eval.md', 'roc_*.png', 'scores_*.csv', 'videos_*.csv')     # an evaluation report
+RUN_OUTPUTS = RUN_FILES + ('events.out.tfevents.*',) + EVAL_OUTPUTS                         # moved by --overwrite
 KILL_HOOK = 'MIFAE_KILL_AFTER'          # tests: SIGKILL this process right after <file name>[:k-th time] is in place
 _renamed = {}
 
@@ -312,10 +313,10 @@ def check_fresh_output(args):
                          f'aside')
 
 
-def move_aside(output_dir):
-    """Move a previous run's files (checkpoints, log.txt, TensorBoard events, eval reports) into
+def move_aside(output_dir, patterns=RUN_OUTPUTS):
+    """Move a previous run's files (checkpoints, log.txt, TensorBoard events, eval reports; `patterns`) into
     output_dir/replaced-<date-time>/ (rank 0). -> that folder, or None when there was nothing to move."""
-    found = run_files(output_dir, RUN_OUTPUTS)
+    found = run_files(output_dir, patterns)
     if not found or not misc.is_main_process():
         return None
     dest = Path(output_dir) / time.strftime('replaced-%Y%m%d-%H%M%S')

@@ -28,6 +28,26 @@ UNTRAINED_MARGIN = 0.05        # a best validation AUC this close to 0.5 means t
 
 
 # ---------------------------------------------------------------------- flags
+def earlier_report_problem(args):
+    """--eval into a folder whose eval.json reports another checkpoint or other test sets (a training run's test
+    report, an earlier evaluation) would replace it and leave its score files and ROC curves unlisted: one line,
+    or None. The same command again (same checkpoint and sets) rewrites its own report."""
+    path = Path(args.output_dir) / 'eval.json'
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        doc = None
+    doc = doc if isinstance(doc, dict) else {}
+    manifests = sorted(s['manifest'] for s in (doc.get('sets') or {}).values() if 'manifest' in s)
+    if doc.get('checkpoint') == str(args.resume) and manifests == sorted(map(str, args.test_manifests)):
+        return None
+    of = doc.get('checkpoint') or 'another evaluation'
+    return (f'--output_dir {args.output_dir} holds the evaluation report of {of} (eval.json, eval.md, score files): '
+            f'choose another --output_dir, or --overwrite to move it into {args.output_dir}/replaced-<date-time>/')
+
+
 def untrained_note(best_auc, epoch=None):
     """The closing line when the best validation AUC is within UNTRAINED_MARGIN of chance, else None."""
     if best_auc is None or abs(best_auc - 0.5) > UNTRAINED_MARGIN:
@@ -211,4 +231,3 @@ def run_eval(args, device, amp_dtype, ignored=()):
     if (note := untrained_note(saved.get('best_val_auc'), saved.get('best_epoch'))) and misc.is_main_process():
         print(note, flush=True)
     return results
-
