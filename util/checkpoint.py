@@ -192,7 +192,7 @@ def report_interrupt(script, args):
     command continues. -> the exit status, 130 (as a shell reports SIGINT)"""
     out = Path(args.output_dir) if getattr(args, 'output_dir', '') else None
     if getattr(args, 'eval', False):
-        kept = 'the evaluation writes nothing before its end; run the same command again'
+        kept = 'the evaluation report (eval.json, eval.md) is written at its end; run the same command again'
     elif out is not None and (out / LAST).is_file() and (epoch := epoch_of(out / LAST)) is not None:
         kept = f'{out / LAST} (epoch {epoch}) is kept; run the same command again to continue from it'
     else:
