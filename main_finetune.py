@@ -218,6 +218,8 @@ def check_args(args):
             fail(problem)
         if problem := misc.device_problem(args.device) or output_dir_problem(args.output_dir):
             fail(problem if problem.startswith('--') else f'--output_dir {args.output_dir}: {problem}')
+        if not args.overwrite and (problem := evaluation.earlier_report_problem(args)):
+            fail(problem)
     else:
         if not args.train_manifest:
             fail('--train_manifest is required to train (or pass --eval to evaluate)')
@@ -234,6 +236,11 @@ def check_args(args):
             fail(f'--resume {args.resume} does not exist')
     evaluation.check_protocol_args(args, fail)
     for m in manifests:
+        if Path(m).is_dir():
+            found = sorted(p.name for p in Path(m).glob('*.csv'))
+            fail(f'{m} is a folder: stage 2 needs the label of every face (1 = fake, 0 = real), which only a manifest '
+                 f'CSV gives (DATA.md); ' + (f'it holds {", ".join(found[:4])}: pass one of them' if found else
+                                             'prepare_faces.py --label writes one'))
         if not Path(m).is_file():
             fail(f'manifest {m} does not exist')
         if not str(m).lower().endswith('.csv'):
@@ -376,8 +383,8 @@ def main(args):
     ignored = evaluation.eval_ignored_flags(args, training_only_flags()) if args.eval else []   # as given
     recipe = prepare_args(args)
     device = misc.setup_run(args)
-    if args.overwrite and not args.eval:
-        checkpoint.move_aside(args.output_dir)
+    if args.overwrite:                                          # --eval: the earlier evaluation report only
+        checkpoint.move_aside(args.output_dir, checkpoint.EVAL_OUTPUTS if args.eval else checkpoint.RUN_OUTPUTS)
     amp_dtype, scaler = misc.resolve_amp(args.amp, device)
     if args.eval:
         results = evaluation.run_eval(args, device, amp_dtype, ignored)
@@ -404,6 +411,8 @@ def main(args):
     except (FileNotFoundError, ValueError) as e:
         raise error(f'cannot resume: {e}') from None
     best_auc, best_epoch = checkpoint.reconcile_best(args.output_dir, ckpt) if ckpt else (None, None)
+    if (note := misc.schedule_note(args, loader)) and misc.is_main_process():
+        print(f'main_finetune.py: warning: {note}', flush=True)
 
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
@@ -480,6 +489,8 @@ def main(args):
         result['test'] = evaluation.evaluate_sets(model_net, args.test_manifests, args.input_size,
                                                   model_without_ddp.mean, model_without_ddp.std, device, amp_dtype,
                                                   args, ckpt_path=best, crop_pct=model_without_ddp.crop_pct)
+    if (note := evaluation.untrained_note(best_auc, best_epoch)) and misc.is_main_process():
+        print(note, flush=True)                                # the closing line
     if args.distributed:
         torch.distributed.destroy_process_group()
     return result

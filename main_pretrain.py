@@ -217,6 +217,8 @@ def main(args):
     except (FileNotFoundError, ValueError) as e:
         refuse_old_freq_decoder(args)                      # the older frequency decoder: say so, and what to do
         raise error(f'cannot resume: {e}') from None
+    if (note := misc.schedule_note(args, loader)) and misc.is_main_process():
+        print(f'main_pretrain.py: warning: {note}', flush=True)
 
     if args.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model,

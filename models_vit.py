@@ -235,8 +235,20 @@ def load_pretrained(model, path, decoder_path=None, model_name='the model'):
             state['pos_embed'] = resize_pos_embed(state['pos_embed'], grid)
             print(f'{path}: pos_embed resized from a {old}x{old} to a {grid}x{grid} patch grid')
 
+    def other_model():            # the model the file's training arguments name, when it is not this one
+        saved = checkpoint.args_of(ckpt).get('model')
+        try:
+            saved = resolve_model_name(str(saved)) if saved else None
+        except ValueError:
+            return None
+        if saved and saved != model_name:
+            return (f'{path} holds a {saved} (its training arguments), not {model_name}: leave --model out, '
+                    f'or pass --model {saved}')
+
     enc_keys = [k for k in own if not k.startswith(DECODER_PREFIXES + HEAD_PREFIXES) and k != 'decoder_pos_embed']
     missing = [k for k in enc_keys if k not in state]
+    if (missing or checkpoint.shape_mismatches(state, own, [k for k in enc_keys if k in state])) and other_model():
+        raise ValueError(other_model())
     if missing:
         raise ValueError(f'{path}: not a ViT/MAE checkpoint for {model_name}: {len(missing)} encoder key(s) missing, '
                          f'e.g. {", ".join(missing[:3])}')

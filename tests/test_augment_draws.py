@@ -5,6 +5,7 @@ A rare draw that raises (RandAugment's posterize to 0 bits under Pillow 13: 6 in
 to seconds. Every stream used here is a local generator: the process's global streams are left as found.
 """
 import contextlib
+import math
 import random
 import types
 
@@ -138,3 +139,36 @@ def test_self_blended_pairs_survive_many_draws(tmp_path):
         for i in range(600):
             item = ds[i % len(ds)]
             assert item['img'].shape[1:] == (3, 24, 24)
+
+
+@pytest.mark.slow
+def test_reference_recipe_trains_a_micro_model_for_256_steps(synthetic_data, tmp_path):
+    """`--recipe reference` with only its length and batch made small: RandAugment, mixup / cutmix, random
+    erasing, stochastic depth and the reconstruction loss, 8 epochs of 32 steps on 32-px synthetic faces."""
+    import csv
+    import json
+
+    import main_finetune
+    import models_mae
+    from conftest import write_rows
+    with open(synthetic_data['train'], newline='') as f:
+        rows = list(csv.DictReader(f))
+    real, fake = [r for r in rows if r['label'] == '0'], [r for r in rows if r['label'] == '1']
+    folder = synthetic_data['train'].parent                    # the paths are relative to the manifest
+    train = write_rows(folder / 'recipe_train.csv', real[:32] + fake[:32])
+    val = write_rows(folder / 'recipe_val.csv', real[32:36] + fake[32:36])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        pre = models_mae.mae_vit_micro_patch8(img_size=32)
+    torch.save(dict(model=pre.state_dict(), args=dict(model='mae_vit_micro_patch8', input_size=32)),
+               tmp_path / 'pre.pth')
+    args = main_finetune.parse_args([str(a) for a in (
+        '--recipe', 'reference', '--epochs', 8, '--batch_size', 2, '--finetune', tmp_path / 'pre.pth',
+        '--train_manifest', train, '--val_manifest', val, '--output_dir', tmp_path / 'ft', '--input_size', 32,
+        '--device', 'cpu', '--num_workers', 0, '--quiet', '--seed', 0)])
+    assert (args.aa, args.mixup, args.cutmix, args.reprob) == ('rand-m9-mstd0.5-inc1', 0.8, 1.0, 0.25)
+    with global_streams_restored(0):
+        result = main_finetune.main(args)
+    log = [json.loads(line) for line in (tmp_path / 'ft' / 'log.txt').read_text().splitlines()]
+    assert [e['epoch'] for e in log] == list(range(8))                       # 8 x 64 / 2 = 256 steps
+    assert all(math.isfinite(e['train_loss']) for e in log) and result['best_val_auc'] is not None

@@ -177,11 +177,16 @@ def test_pos_embed_resized_when_input_size_differs(pretrained_tiny, capsys, tmp_
 
 
 def test_wrong_checkpoint_size_names_keys_and_shapes(pretrained_tiny, tmp_path, synthetic_data):
-    args = ft_args(['--finetune', pretrained_tiny / 'checkpoint-last.pth', '--model', 'vit_small_patch16',
-                    '--train_manifest', synthetic_data['train'], '--output_dir', tmp_path, '--input_size', 112,
-                    '--device', 'cpu', '--num_workers', 0, '--quiet'])
+    def args(ckpt):
+        return ft_args(['--finetune', ckpt, '--model', 'vit_small_patch16', '--train_manifest', synthetic_data['train'],
+                        '--output_dir', tmp_path, '--input_size', 112, '--device', 'cpu', '--num_workers', 0,
+                        '--quiet'])
+    with pytest.raises(SystemExit, match='holds a vit_tiny_patch16 .*not vit_small_patch16'):    # it names its model
+        main_finetune.main(args(pretrained_tiny / 'checkpoint-last.pth'))
+    bare = tmp_path / 'no_args.pth'                                 # it does not: the keys and shapes that differ
+    torch.save(dict(model=torch.load(pretrained_tiny / 'checkpoint-last.pth', weights_only=False)['model']), bare)
     with pytest.raises(SystemExit, match=r'differ in shape .*cls_token: \(1, 1, 192\) in file, \(1, 1, 384\)'):
-        main_finetune.main(args)
+        main_finetune.main(args(bare))
 
 
 def test_encoder_only_checkpoint_needs_a_decoder(pretrained_tiny, tmp_path, synthetic_data):

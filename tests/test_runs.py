@@ -377,3 +377,111 @@ def test_a_fine_tuning_checkpoint_given_to_pre_training_is_named_as_such(micro, 
                    f'it with main_finetune.py --resume; pre-training resumes from a pre-training checkpoint (or '
                    f'choose another --output_dir)')
     one_line(main_pretrain.main, pre_args(micro, ft), match=f'{ft / "checkpoint-last.pth"} is a fine-tuning (stage 2)')
+
+
+def test_a_model_mismatch_names_the_checkpoints_own_model(micro, tmp_path):
+    msg = one_line(main_finetune.main, ft_args(micro, tmp_path / 'ft', '--model', 'vit_tiny_patch16'))
+    assert msg == (f'main_finetune.py: error: {micro["pre"]} holds a vit_micro_patch8 (its training arguments), not '
+                   f'vit_tiny_patch16: leave --model out, or pass --model vit_micro_patch8')
+
+
+def test_a_schedule_that_trains_little_is_said_in_one_line(micro, tmp_path, capsys):
+    """16 faces in batches of 8: 2 steps an epoch, and with --epochs 1 --warmup_epochs 1 both in the warm-up
+    (the first at lr 0)."""
+    import types
+
+    import util.misc as misc
+    main_pretrain.main(pre_args(micro, tmp_path / 'pre', epochs=1))
+    [line] = [x for x in capsys.readouterr().out.splitlines() if 'warning' in x]
+    assert line == ('main_pretrain.py: warning: an epoch is only 2 optimiser steps (16 images / 8 x 1 accum x 1 '
+                    'processes); all 2 steps of the run fall in the warm-up (--warmup_epochs 1, --epochs 1), so the '
+                    'learning rate never reaches --lr and the first step is taken at lr 0: a smaller --batch_size or '
+                    'more data and fewer --warmup_epochs or more --epochs train more')
+
+    class Loader(list):                                     # 8 batches of 2 of 16 images
+        dataset = range(16)
+    quiet = types.SimpleNamespace(accum_iter=1, batch_size=2, epochs=2, start_epoch=0, warmup_epochs=1)
+    assert misc.schedule_note(quiet, Loader(range(8))) is None      # 8 steps an epoch, half of the run warm
+
+
+# ---------------------------------------------------------------------- a run that learns nothing; earlier reports
+@pytest.fixture(scope='module')
+def chance_run(micro):
+    """One epoch of fine-tuning whose validation set holds every face twice, as real and as fake (so its AUC is
+    0.5 whatever the detector), tested on micro's test set: (output folder, what it printed)."""
+    import contextlib
+    import io
+    with open(micro['val'], newline='') as f:
+        rows = list(csv.DictReader(f))
+    both = [dict(r, label=label, video=f'{r["video"]}_{label}') for r in rows for label in '01']
+    val = micro['val'].with_name('runs_val_chance.csv')
+    with open(val, 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(both)
+    out, printed = micro['folder'] / 'chance', io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main_finetune.main(ft_args(micro, out, '--val_manifest', val, epochs=1))
+    return out, printed.getvalue()
+
+
+UNTRAINED = ('main_finetune.py: note: the best validation AUC is 0.500 (epoch 0), within 0.05 of chance: the detector '
+             'has not learned to separate real from fake faces; more epochs, --recipe light, or a checkpoint from a '
+             'longer pre-training usually help')
+
+
+def eval_args(ckpt, out, *manifests, extra=()):
+    argv = ['--eval', '--resume', ckpt, '--test_manifests', *manifests, '--output_dir', out, '--device', 'cpu',
+            '--num_workers', 0, '--quiet', *extra]
+    return main_finetune.get_args_parser().parse_args([str(a) for a in argv])
+
+
+def test_a_run_that_learns_nothing_says_so_in_its_closing_lines(micro, chance_run, tmp_path, capsys):
+    out, printed = chance_run
+    assert printed.rstrip().splitlines()[-1] == UNTRAINED                  # after the test table
+    main_finetune.main(eval_args(out / 'checkpoint-best.pth', tmp_path / 'e', micro['test']))
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == UNTRAINED
+    from util.evaluation import untrained_note
+    assert untrained_note(0.56) is None and untrained_note(0.44) is None and untrained_note(None) is None
+
+
+def test_a_short_fine_tuning_schedule_is_said_in_one_line(chance_run):
+    """32 faces in batches of 8: 4 steps an epoch, the first in the warm-up at lr 0."""
+    [line] = [x for x in chance_run[1].splitlines() if 'warning' in x]
+    assert line == ('main_finetune.py: warning: an epoch is only 4 optimiser steps (32 images / 8 x 1 accum x 1 '
+                    'processes); all 4 steps of the run fall in the warm-up (--warmup_epochs 1, --epochs 1), so the '
+                    'learning rate never reaches --lr and the first step is taken at lr 0: a smaller --batch_size or '
+                    'more data and fewer --warmup_epochs or more --epochs train more')
+
+
+def test_eval_keeps_the_earlier_evaluation_report(micro, chance_run, tmp_path):
+    import shutil
+    out = tmp_path / 'ft'
+    shutil.copytree(chance_run[0], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    best = json.loads((out / 'eval.json').read_text())['checkpoint']      # the checkpoint its test report names
+    assert {'eval.json', 'eval.md', 'scores_runs_test.csv'} <= set(before)
+    msg = one_line(main_finetune.main, eval_args(best, out, micro['val']))
+    assert msg == (f'main_finetune.py: error: --output_dir {out} holds the evaluation report of {best} (eval.json, '
+                   f'eval.md, score files): choose another --output_dir, or --overwrite to move it into '
+                   f'{out}/replaced-<date-time>/')
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    main_finetune.main(eval_args(best, out, micro['test']))             # the same checkpoint and sets: rewritten
+    main_finetune.main(eval_args(best, out, micro['val'], extra=['--overwrite']))
+    [aside] = [p for p in out.iterdir() if p.name.startswith('replaced-')]
+    assert {p.name for p in aside.iterdir()} >= {'eval.json', 'eval.md', 'scores_runs_test.csv'}
+    assert json.loads((out / 'eval.json').read_text())['sets'].keys() == {'runs_val'}
+    assert (out / 'checkpoint-best.pth').is_file() and (out / 'log.txt').is_file()     # the run itself stays
+
+
+def test_a_folder_given_as_a_stage_2_manifest_is_named_as_such(micro, tmp_path):
+    folder = micro['train'].parent
+    found = sorted(p.name for p in folder.glob('*.csv'))
+    msg = one_line(main_finetune.main, ft_args(micro, tmp_path / 'f', '--train_manifest', folder))
+    assert msg == (f'main_finetune.py: error: {folder} is a folder: stage 2 needs the label of every face (1 = fake, '
+                   f'0 = real), which only a manifest CSV gives (DATA.md); it holds {", ".join(found[:4])}: pass one '
+                   f'of them')
+    (tmp_path / 'faces').mkdir()
+    one_line(main_finetune.main, eval_args(micro['pre'], tmp_path / 'e', tmp_path / 'faces'),
+             match='is a folder: stage 2 needs the label of every face (1 = fake, 0 = real), which only a manifest CSV '
+                   'gives (DATA.md); prepare_faces.py --label writes one')

@@ -29,7 +29,8 @@ from util.fileio import atomic_write, write_text
 
 LAST, BEST = 'checkpoint-last.pth', 'checkpoint-best.pth'
 RUN_FILES = ('checkpoint-*.pth', 'log.txt')                    # what makes a folder hold a run
-RUN_OUTPUTS = RUN_FILES + ('events.out.tfevents.*', 'eval.json', 'eval.md', 'roc_*.png')   # moved by --overwrite
+EVAL_OUTPUTS = ('eval.json', 'eval.md', 'roc_*.png', 'scores_*.csv', 'videos_*.csv')     # an evaluation report
+RUN_OUTPUTS = RUN_FILES + ('events.out.tfevents.*',) + EVAL_OUTPUTS                         # moved by --overwrite
 
 
 # ---------------------------------------------------------------------- saving
@@ -171,7 +172,7 @@ def report_interrupt(script, args):
     command continues. -> the exit status, 130 (as a shell reports SIGINT)"""
     out = Path(args.output_dir) if getattr(args, 'output_dir', '') else None
     if getattr(args, 'eval', False):
-        kept = 'the evaluation writes nothing before its end; run the same command again'
+        kept = 'the evaluation report (eval.json, eval.md) is written at its end; run the same command again'
     elif out is not None and (out / LAST).is_file() and (epoch := epoch_of(out / LAST)) is not None:
         kept = f'{out / LAST} (epoch {epoch}) is kept; run the same command again to continue from it'
     else:
@@ -292,10 +293,10 @@ def check_fresh_output(args):
                          f'aside')
 
 
-def move_aside(output_dir):
-    """Move a previous run's files (checkpoints, log.txt, TensorBoard events, eval reports) into
+def move_aside(output_dir, patterns=RUN_OUTPUTS):
+    """Move a previous run's files (checkpoints, log.txt, TensorBoard events, eval reports; `patterns`) into
     output_dir/replaced-<date-time>/ (rank 0). -> that folder, or None when there was nothing to move."""
-    found = run_files(output_dir, RUN_OUTPUTS)
+    found = run_files(output_dir, patterns)
     if not found or not misc.is_main_process():
         return None
     dest = Path(output_dir) / time.strftime('replaced-%Y%m%d-%H%M%S')

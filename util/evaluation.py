@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import models_vit
+import util.checkpoint as checkpoint
 import util.misc as misc
 from engine_finetune import evaluate_frames
 from util import loaders, protocols
@@ -23,7 +24,40 @@ from util.reports import format_table, write_eval_report
 error = partial(misc.usage_error, 'main_finetune.py')
 
 
+UNTRAINED_MARGIN = 0.05        # a best validation AUC this close to 0.5 means the detector learnt nothing
+
+
 # ---------------------------------------------------------------------- flags
+def earlier_report_problem(args):
+    """--eval into a folder whose eval.json reports another checkpoint or other test sets (a training run's test
+    report, an earlier evaluation) would replace it and leave its score files and ROC curves unlisted: one line,
+    or None. The same command again (same checkpoint and sets) rewrites its own report."""
+    path = Path(args.output_dir) / 'eval.json'
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        doc = None
+    doc = doc if isinstance(doc, dict) else {}
+    manifests = sorted(s['manifest'] for s in (doc.get('sets') or {}).values() if 'manifest' in s)
+    if doc.get('checkpoint') == str(args.resume) and manifests == sorted(map(str, args.test_manifests)):
+        return None
+    of = doc.get('checkpoint') or 'another evaluation'
+    return (f'--output_dir {args.output_dir} holds the evaluation report of {of} (eval.json, eval.md, score files): '
+            f'choose another --output_dir, or --overwrite to move it into {args.output_dir}/replaced-<date-time>/')
+
+
+def untrained_note(best_auc, epoch=None):
+    """The closing line when the best validation AUC is within UNTRAINED_MARGIN of chance, else None."""
+    if best_auc is None or abs(best_auc - 0.5) > UNTRAINED_MARGIN:
+        return None
+    return (f'main_finetune.py: note: the best validation AUC is {best_auc:.3f}'
+            + (f' (epoch {epoch})' if epoch is not None else '')
+            + f', within {UNTRAINED_MARGIN} of chance: the detector has not learned to separate real from fake '
+              f'faces; more epochs, --recipe light, or a checkpoint from a longer pre-training usually help')
+
+
 def check_protocol_args(args, fail):
     if args.eval_frames < 0:
         fail('--eval_frames must be >= 0 (0 = every frame)')
@@ -193,4 +227,7 @@ def run_eval(args, device, amp_dtype, ignored=()):
     if args.perturb:
         run_robustness(net, results, meta['input_size'], meta['mean'], meta['std'], device, amp_dtype, args,
                        args.resume, model.crop_pct)
+    saved = checkpoint.load(args.resume, mmap=True)             # what its training recorded of validation
+    if (note := untrained_note(saved.get('best_val_auc'), saved.get('best_epoch'))) and misc.is_main_process():
+        print(note, flush=True)
     return results

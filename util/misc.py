@@ -120,6 +120,34 @@ def accum_problem(args, loader):
             f'use at most {len(loader)}')
 
 
+FEW_STEPS = 5          # an epoch of fewer optimiser steps than this is said to be short
+
+
+def schedule_note(args, loader):
+    """One line when the schedule trains little or nothing without an error: an epoch of fewer than FEW_STEPS
+    optimiser steps, or a run whose steps all fall in the linear warm-up (util.lr_sched: the lr never reaches
+    --lr, and the run's first step is taken at lr 0); None otherwise."""
+    steps = -(-len(loader) // args.accum_iter)                  # optimiser steps of an epoch
+    run = (args.epochs - args.start_epoch) * steps
+    warm = min(run, max(0, math.ceil((args.warmup_epochs - args.start_epoch) * steps)))
+    notes, advice = [], []
+    if steps < FEW_STEPS:
+        notes.append(f'an epoch is only {steps} optimiser step{"s" if steps > 1 else ""} ({len(loader.dataset)} '
+                     f'images / {args.batch_size} x {args.accum_iter} accum x {get_world_size()} processes)')
+        advice.append('a smaller --batch_size or more data')
+    if run and warm == run:
+        notes.append(('the run\'s only step falls' if run == 1 else f'all {run} steps of the run fall')
+                     + f' in the warm-up (--warmup_epochs {args.warmup_epochs:g}, --epochs {args.epochs}), so the '
+                     f'learning rate never reaches --lr' + (' and the first step is taken at lr 0'
+                                                            if args.start_epoch == 0 else ''))
+        advice.append('fewer --warmup_epochs or more --epochs')
+    elif notes and warm:
+        notes.append(f'{warm} of the run\'s {run} steps {"falls" if warm == 1 else "fall"} in the warm-up')
+    if not notes:
+        return None
+    return '; '.join(notes) + f': {" and ".join(advice)} train more'
+
+
 # ---------------------------------------------------------------------- distributed
 def init_distributed_mode(args):
     """Join a process group when the launcher (torchrun, or submitit through the same variables) asked.
