@@ -1,6 +1,6 @@
 """Per-face time of the detector's classification path on the CPU: onnxruntime against PyTorch eager, in one run.
 
-    python benchmarks/onnx_speed.py [--model vit_base_patch16] [--input_size 224] [--batch 1 16] [--rounds 9]
+    python -m benchmarks.onnx_speed [--model vit_base_patch16] [--input_size 224] [--batch 1 16] [--rounds 9]
 
 The detector is built with random weights (speed does not depend on their values), exported as
 export.py --format onnx does it (util.onnx_runtime.export, which also checks its probabilities against

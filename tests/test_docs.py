@@ -384,3 +384,54 @@ def test_scripts_without_get_args_parser_are_parsed_by_their_main():
     assert ns is None and '--num' in reason
     ns, reason = parse('submitit_pretrain', ['--job_dir', '/shared/j', '--nodes', '2', '--epochs', '3'])
     assert reason is None and ns.nodes == 2 and ns.epochs == 3
+
+
+# ----------------------------------------------------------------------------------------- flags tables
+FLAG = re.compile(r'--[A-Za-z][\w-]*')
+FLAG_TABLES = {'main_pretrain': 'PRETRAIN.md', 'main_finetune': 'FINETUNE.md'}
+
+
+def flags_table(path):
+    """{flag: group} from the '## Flags' section of a Markdown file: a row whose first cell is **bold** names a
+    group, the flags of the first cell of each row below it belong to it."""
+    rows, group, inside = {}, None, False
+    for line in Path(path).read_text(encoding='utf-8').splitlines():
+        if line.startswith('## '):
+            inside = line.strip() == '## Flags'
+            continue
+        if not inside or not line.startswith('|'):
+            continue
+        first = line.split('|')[1].strip()
+        if first.startswith('**'):
+            group = first.strip('*')
+        else:
+            rows.update((f, group) for f in FLAG.findall(first))
+    return rows
+
+
+def parser_flags(parser):
+    """{flag: the title of its argument group, up to any parenthesis}, --help left out (argparse keeps the groups
+    in private attributes; this reads them and changes nothing)."""
+    return {f: g.title.split(' (')[0] for g in parser._action_groups for a in g._group_actions
+            for f in a.option_strings if f not in ('-h', '--help')}
+
+
+@pytest.mark.parametrize('module', sorted(FLAG_TABLES))
+def test_flags_tables_match_the_parsers(module):
+    table = flags_table(Path(ROOT) / FLAG_TABLES[module])
+    flags = parser_flags(load(module).get_args_parser())
+    missing = sorted(set(flags) - set(table))
+    unknown = sorted(set(table) - set(flags))
+    assert not missing and not unknown, (f'{FLAG_TABLES[module]} ## Flags lacks {missing} of {module}.py; names '
+                                         f'{unknown}, which {module}.py does not have')
+    moved = [f'{f} under {table[f]!r}, parser group {g!r}' for f, g in flags.items() if table[f] != g]
+    assert not moved, f'{FLAG_TABLES[module]}: ' + '; '.join(moved)
+
+
+def test_flags_table_check_catches_a_missing_and_an_unknown_flag(tmp_path):
+    md = tmp_path / 'X.md'
+    md.write_text('## Flags\n\n| flag | default |\n|---|---|\n| **options** | |\n| `--batch_size` | 64 |\n'
+                  '| **model** | |\n| `--modle` | x |\n\n## Next\n\n| `--not_a_flag` | |\n')
+    assert flags_table(md) == {'--batch_size': 'options', '--modle': 'model'}
+    flags = parser_flags(load('main_pretrain').get_args_parser())
+    assert '--model' in set(flags) - set(flags_table(md)) and '--modle' not in flags
