@@ -1,4 +1,4 @@
-"""Tests for preprocess/faces.py and prepare_faces.py (issue 3): CPU, offline.
+"""Tests for preprocess/faces.py and prepare_faces.py: CPU, offline.
 
 * the real dlib landmarker on skimage's astronaut photo;
 * a short video written here with OpenCV, prepared twice (the second run does nothing);
