@@ -822,7 +822,7 @@ def test_single_files_of_one_folder_build_one_mixed_manifest(tmp_path, prep_stub
     # the same file again is already done; the whole folder afterwards too
     assert prepare_faces.main(args_for(clips / 'fake.mp4', out, '--label', 1))['processed'] == 0
     assert prepare_faces.main(args_for(clips, out, '--label', 1))['already_done'] == 2
-    # a journal of an earlier version, which keyed a single file by itself, still matches
+    # a journal in the older format, which keyed a single file by itself, still matches
     journal = out / JOURNAL_DIR / 'clips.jsonl'
     lines = journal.read_text().splitlines()
     for k, line in enumerate(lines):
