@@ -275,7 +275,8 @@ def build_page(analyser, examples, title):
             with gr.Column(scale=1):
                 annotated = gr.Image(label='faces found', type='numpy', elem_id='annotated', interactive=False)
                 heatmaps = gr.Image(label='heat maps, a row per face: input | reconstruction | |difference| | '
-                                    'Grad-CAM of the fake logit', type='numpy', elem_id='heatmaps', interactive=False)
+                                    'Grad-CAM of the fake logit', type='numpy', elem_id='heatmaps', interactive=False,
+                                    visible=analyser.heat)             # an .onnx model has no decoder
         upload.change(analyser.page, [upload], [verdict, annotated, table, heatmaps, tracks, download],
                       api_visibility='undocumented', concurrency_id='detector')
         # the API endpoint: hidden on the page, documented for gradio_client

@@ -203,6 +203,7 @@ def test_onnx_file_states_its_input_and_takes_any_batch(micro_checkpoints, share
     assert np.abs(ort.probs(x.numpy()) - probs_of(model, x).numpy()).max() <= onnx_runtime.TOLERANCE
 
 
+@pytest.mark.slow
 def test_predict_gives_the_same_results_with_onnx(micro_checkpoints, shared, media, tmp_path):
     def run(checkpoint):
         args = predict.get_args_parser().parse_args(['--checkpoint', str(checkpoint), str(media), '--frames', '4',
