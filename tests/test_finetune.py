@@ -543,7 +543,7 @@ def test_eval_notes_the_flags_it_ignores(finetune_tiny, tmp_path, capsys):
             '--test_manifests', finetune_tiny['test'], '--output_dir', tmp_path, '--device', 'cpu', '--num_workers', 0,
             '--quiet', '--input_size', 128, '--global_pool', '--epochs', 3, '--balance', '--batch_size', 32]
     main_finetune.main(ft_args(argv))
-    notes = [line for line in capsys.readouterr().out.splitlines() if 'note:' in line]
+    notes = [line for line in capsys.readouterr().out.splitlines() if 'note:' in line and 'ignoring' in line]
     assert len(notes) == 1 and notes[0].endswith('ignoring --epochs 3, --balance, --input_size 128, --global_pool')
 
 
