@@ -20,7 +20,7 @@ for every variant; a rerun with other settings into the same --out is refused.
   python -m benchmarks.ablation --quick --out /tmp/ablation_quick   # a tiny grid (seconds; for the tests)
   python -m benchmarks.ablation --device cuda --model mae_vit_small_patch16 --size 128 --input_size 112 \\
       --num_identities 4000 --pre_epochs 100 --train_identities 1000 --test_identities 500 --ft_epochs 20 \\
-      --batch_size 128 --seeds 5 --out ablation_gpu
+      --batch_size 128 --seeds 5 --num_workers 8 --out ablation_gpu
 
 Everything lands in --out: data/ (faces and manifests), pretrain/<variant>/ (main_pretrain.py runs, whose
 checkpoint-<epoch>.pth are the lengths), cells/<cell>.json (one finished cell each, written atomically), and
@@ -116,6 +116,7 @@ def get_args_parser():
     p.add_argument('--train_family', default=None,
                    help='forgery family of the face-swap training fakes (default: the first of the table)')
     p.add_argument('--device', default='cpu')
+    p.add_argument('--num_workers', default=0, type=int, help='data-loading processes of both stages')
     p.add_argument('--threads', default=1, type=int,
                    help='torch CPU threads (1: on a shared machine two threads were slower than one)')
     return p
@@ -226,8 +227,9 @@ def pretrain_argv(variant, data_csv, out_dir, args):
     return ['--data_path', str(data_csv), '--output_dir', str(out_dir), '--model', args.model,
             '--input_size', str(args.input_size), '--batch_size', str(args.batch_size),
             '--epochs', str(args.pre_epochs), '--warmup_epochs', str(max(1, args.pre_epochs // 10)),
-            '--lr', str(args.lr), '--num_workers', '0', '--device', args.device, '--seed', str(args.seed),
-            '--save_freq', '1', '--quiet', '--mask_strategy', flags['mask_strategy'], '--lamda', str(flags['lamda'])]
+            '--lr', str(args.lr), '--num_workers', str(args.num_workers), '--device', args.device,
+            '--seed', str(args.seed), '--save_freq', '1', '--quiet',
+            '--mask_strategy', flags['mask_strategy'], '--lamda', str(flags['lamda'])]
 
 
 def stage1_checkpoints(variant, data_csv, out_dir, args):
@@ -301,7 +303,8 @@ def finetune_cell(reading, variant, ckpt, data, seed, paths, run_dir, families, 
     tests = [paths[f'test_{f}'] for f in families]
     argv = ['--finetune', str(ckpt), '--train_manifest', str(train), '--test_manifests', *map(str, tests),
             '--output_dir', str(run_dir), '--input_size', str(args.input_size), '--batch_size', str(args.batch_size),
-            '--epochs', str(args.ft_epochs), '--lr', str(args.lr), '--num_workers', '0', '--device', args.device,
+            '--epochs', str(args.ft_epochs), '--lr', str(args.lr), '--num_workers', str(args.num_workers),
+            '--device', args.device,
             '--seed', str(seed), '--no_auto_resume', '--quiet', *FT_COMMON, *READINGS[reading][1],
             '--recon', 'none' if STAGE1[variant] is None else 'real']     # no pre-training: no decoder to ask
     if data == 'sbi':
