@@ -1,6 +1,7 @@
 """benchmarks/ablation.py: a tiny grid runs end to end (cells, table, JSON and figure agree), and an interrupted
 grid resumes: the same cells, those already finished neither recomputed nor changed, pre-training not redone."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +18,17 @@ def grid(tmp_path_factory):
     """The tiny grid run twice into one --out: interrupted after STOP_AFTER fine-tuning cells, then rerun."""
     out = tmp_path_factory.mktemp('ablation')
     argv = [*ARGV, '--out', str(out)]
-    mp = pytest.MonkeyPatch()
+    with pytest.MonkeyPatch.context() as mp:
+        return _interrupt_and_resume(mp, out, argv)
+
+
+def _interrupt_and_resume(mp, out, argv):
     real_ft, calls = ablation.finetune_cell, []
 
     def failing(*a, **kw):
         if len(calls) == STOP_AFTER:
             raise KeyboardInterrupt
-        calls.append(a[:5])
+        calls.append(Path(a[6]).name)                              # the run folder: the cell's name
         return real_ft(*a, **kw)
     mp.setattr(ablation, 'finetune_cell', failing)
     with pytest.raises(KeyboardInterrupt):
@@ -33,7 +38,7 @@ def grid(tmp_path_factory):
     counts = dict(finetune=[], probe=0, pretrain=0)
 
     def counting_ft(*a, **kw):
-        counts['finetune'].append(a[:5])
+        counts['finetune'].append(Path(a[6]).name)
         return real_ft(*a, **kw)
 
     def counting(name, fn):
@@ -45,7 +50,6 @@ def grid(tmp_path_factory):
     mp.setattr(ablation, 'probe_cell', counting('probe', ablation.probe_cell))
     mp.setattr(main_pretrain, 'main', counting('pretrain', main_pretrain.main))
     result = ablation.main(ablation.get_args_parser().parse_args(argv))
-    mp.undo()
     return dict(out=out, argv=argv, first=first, interrupted=calls, counts=counts, result=result)
 
 
@@ -100,7 +104,8 @@ def test_interrupted_grid_resumes_without_recomputing(grid):
         assert (out / 'cells' / name).read_bytes() == data
     total_ft = 2 * 2 * 2
     assert len(counts['finetune']) == total_ft - STOP_AFTER        # only the missing cells ran
-    assert not {ablation.cell_name(*c) + '.json' for c in counts['finetune']} & set(first)
+    assert not {f'{name}.json' for name in counts['finetune']} & set(first)
+    assert {f'{name}.json' for name in grid['interrupted']} <= set(first)
     assert counts['pretrain'] == 0                                # the finished pre-training was reused
     probes = len(list((out / 'cells').glob('probe_*.json')))
     assert counts['probe'] == probes - sum(n.startswith('probe_') for n in first)
