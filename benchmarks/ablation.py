@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 # the synthetic-face generator and the generalisation benchmark's tables (stage-1 variants, forgery families):
 # imported here only
-import benchmark_generalisation as generalisation  # noqa: E402
-import preprocess.synthetic_faces as synthetic  # noqa: E402
+import synthetic.faces as synthetic  # noqa: E402
+from benchmarks import generalisation  # noqa: E402
 
 # isort: split
 import main_finetune  # noqa: E402
@@ -309,7 +309,7 @@ def finetune_cell(reading, variant, ckpt, data, seed, paths, run_dir, families, 
             '--recon', 'none' if STAGE1[variant] is None else 'real']     # no pre-training: no decoder to ask
     if data == 'sbi':
         argv += ['--pseudo_fakes', 'sbi']
-    result = main_finetune.main(main_finetune.parse_args(argv))
+    result = main_finetune.main(main_finetune.get_args_parser().parse_args(argv))
     auc = {f: result['test'][Path(t).stem]['auc'] for f, t in zip(families, tests)}
     shutil.rmtree(run_dir, ignore_errors=True)
     return auc

@@ -17,10 +17,6 @@ torch.set_num_threads(2)
 TINY = dict(model='mae_vit_tiny_patch16', input_size=112)
 
 
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: longer than about 10 s (the fast tier: -m "not slow")')
-
-
 def write_rows(path, rows):
     """Manifest rows (dicts) written as a CSV at `path`. -> path"""
     import csv
