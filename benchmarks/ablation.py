@@ -57,6 +57,7 @@ import main_pretrain  # noqa: E402
 import models_vit  # noqa: E402
 import util.checkpoint as checkpoint  # noqa: E402
 import util.misc as misc  # noqa: E402
+from util import explain  # noqa: E402
 from util.fileio import atomic_write  # noqa: E402
 from util.self_blend import self_blend  # noqa: E402
 
@@ -272,7 +273,7 @@ def features(model, manifest, args):
         rows = list(csv.DictReader(fh))
     out = {p: [] for p in POOLS}
     for i in range(0, len(rows), 256):
-        imgs = models_vit.load_images_for(model, [Path(manifest).parent / r['path'] for r in rows[i:i + 256]])
+        imgs = explain.load_images_for(model, [Path(manifest).parent / r['path'] for r in rows[i:i + 256]])
         tokens = model.forward_tokens(imgs.to(args.device)).float()
         for p, pool in POOLS.items():
             out[p].append(pool(tokens).cpu().double().numpy())
