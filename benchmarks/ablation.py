@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 # imported here only
 import synthetic.faces as synthetic  # noqa: E402
 from benchmarks import generalisation  # noqa: E402
+from benchmarks.common import fill_preset  # noqa: E402
 
 # isort: split
 import main_finetune  # noqa: E402
@@ -124,14 +125,8 @@ def get_args_parser():
 
 
 def resolve(args):
-    preset = PRESETS['quick' if args.quick else 'default']
-    for k, v in preset.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    for flag in ('seeds', 'num_identities', 'frames', 'train_identities', 'test_identities', 'size', 'input_size',
-                 'pre_epochs', 'ft_epochs', 'batch_size', 'threads'):
-        if getattr(args, flag) < 1:
-            raise error(f'--{flag} must be at least 1')
+    fill_preset(args, PRESETS, ('seeds', 'num_identities', 'frames', 'train_identities', 'test_identities', 'size',
+                                'input_size', 'pre_epochs', 'ft_epochs', 'batch_size', 'threads'), error)
     if min(args.num_identities, args.test_identities, args.train_identities) < 2:
         raise error('--num_identities, --train_identities and --test_identities must be >= 2 (a swap needs two faces)')
     if args.train_identities > args.num_identities:

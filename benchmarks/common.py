@@ -113,3 +113,15 @@ def profile_steps(step, steps, device, flops=None):
             step(i)
         sync(device)
     return breakdown(timed_kernels(prof, device), steps, flops)
+
+
+def fill_preset(args, presets, at_least_one, error):
+    """A grid benchmark's options left unset (None) filled from presets['quick' | 'default'], then every flag of
+    `at_least_one` checked >= 1 (a one-line `error(msg)` otherwise). -> args"""
+    for k, v in presets['quick' if args.quick else 'default'].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    for flag in at_least_one:
+        if getattr(args, flag) < 1:
+            raise error(f'--{flag} must be at least 1')
+    return args

@@ -42,6 +42,7 @@ import main_pretrain  # noqa: E402
 import models_mae  # noqa: E402
 import synthetic.faces as sf  # noqa: E402
 import util.checkpoint as checkpoint  # noqa: E402
+from benchmarks.common import fill_preset  # noqa: E402
 from util import recipes  # noqa: E402
 from util.misc import num_threads  # noqa: E402
 from util.self_blend import self_blend  # noqa: E402
@@ -99,14 +100,9 @@ def get_args_parser():
 
 
 def resolve(args):
-    preset = PRESETS['quick' if args.quick else 'default']
-    for k, v in preset.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    for flag in ('seeds', 'num_identities', 'test_identities', 'frames', 'size', 'input_size', 'pre_epochs',
-                 'ft_epochs', 'batch_size', 'threads'):
-        if getattr(args, flag) < 1:
-            raise SystemExit(f'benchmarks/generalisation.py: error: --{flag} must be at least 1')
+    fill_preset(args, PRESETS, ('seeds', 'num_identities', 'test_identities', 'frames', 'size', 'input_size',
+                                'pre_epochs', 'ft_epochs', 'batch_size', 'threads'),
+                lambda msg: SystemExit(f'benchmarks/generalisation.py: error: {msg}'))
     if args.test_identities < 2 or args.num_identities < 2:
         raise SystemExit('benchmarks/generalisation.py: error: --num_identities and --test_identities must be >= 2 '
                          '(a swap needs two faces)')
