@@ -507,10 +507,11 @@ def figure(summary, curves, path, args):
                     ax.axhline(ms[0], color=f'C{i}', ls=ls, lw=1, label=f'{v} ({pool})')
                     continue
                 ax.errorbar(xs, ms, yerr=sds, color=f'C{i}', ls=ls, marker='o', ms=3, capsize=2, label=f'{v} ({pool})')
-                ax.set_xticks(xs, [f'{x:,}' for x in xs], fontsize=7)
-                ax.minorticks_off()
         ax.axhline(0.5, color='grey', lw=0.6, ls=':')
         ax.set_xscale('log')
+        ticks = sorted({r['images_seen'] for r in summary if r['reading'] == 'probe' and r['epochs']})
+        ax.set_xticks(ticks, [f'{x:,}' for x in ticks], fontsize=7)
+        ax.minorticks_off()
         ax.set_xlabel('pre-training images seen')
         ax.set_ylabel('probe AUC, unseen families')
         ax.set_title(f'linear probe trained on {data}', fontsize=9)
