@@ -95,6 +95,8 @@ def get_args_parser():
     p = argparse.ArgumentParser('MIFAE stage-1 ablation (synthetic faces)', add_help=False)
     p.add_argument('--quick', action='store_true', help='a tiny grid (for tests)')
     p.add_argument('--out', required=True, help='folder of the grid (data, checkpoints, cells, results)')
+    p.add_argument('--report', action='store_true',
+                   help='only write results.json, results.md and ablation.png from the cells finished so far')
     p.add_argument('--seeds', default=3, type=int, help='draws of the stage-2 training set and randomness')
     p.add_argument('--seed', default=0, type=int, help='seed of the data and of pre-training')
     p.add_argument('--stage1', nargs='+', default=list(STAGE1), choices=list(STAGE1))
@@ -378,6 +380,8 @@ def run_grid(args, families):
     print(f'{len(cells)} cells ({len(cells) - len(todo)} done): stage 1 {", ".join(args.stage1)}; readings '
           f'{", ".join(args.readings)}; lengths {length_epochs(args)} of {args.pre_epochs} epochs; {args.seeds} '
           f'seed(s); families {", ".join(families)} (training swaps: {args.train_family})', flush=True)
+    if args.report:
+        return report(out, args, families, cells, done, {}, time.time() - start)
     paths = write_data(out / 'data', args, families) if todo or todo_pre else None
     bar = tqdm(total=total, initial=initial, desc='ablation', unit='img', unit_scale=True, dynamic_ncols=True,
                file=sys.stdout, smoothing=0)
@@ -452,7 +456,7 @@ def fmt(s):
 
 
 def markdown(summary, families, meta):
-    head = ['stage 1', 'pre-training (epochs / images)', 'AUC training family', 'AUC unseen (mean)',
+    head = ['stage 1', 'pre-training (epochs / images)', 'seeds', 'AUC training family', 'AUC unseen (mean)',
             *[f'AUC {f}' for f in families]]
     order = {v: i for i, v in enumerate(STAGE1)}
     parts = []
@@ -468,13 +472,16 @@ def markdown(summary, families, meta):
                   '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
         for r in rows:
             parts.append('| ' + ' | '.join([STAGE1_NAMES[r['stage1']], f'{r["epochs"]} / {r["images_seen"]:,}',
-                                            fmt(r['train_auc']), fmt(r['unseen_auc'])]
+                                            str(len(r['seeds'])), fmt(r['train_auc']), fmt(r['unseen_auc'])]
                                            + [fmt(r['family_auc'][f]) for f in families]) + ' |')
         parts.append('')
     parts.append(f'Frame AUC on {meta["test_identities"]} held-out identities (one real and one fake per family '
-                 f'each); mean ± sd over {meta["seeds"]} draws of {meta["train_identities"]} stage-2 training '
-                 f'identities; {meta["model"]} at {meta["input_size"]} px, pre-training {meta["pre_epochs"]} epochs '
-                 f'on {meta["pretrain_images"]:,} images, fine-tuning {meta["ft_epochs"]} epochs.')
+                 f'each); mean ± sd over the finished stage-2 draws (column `seeds`, of {meta["seeds"]}) of '
+                 f'{meta["train_identities"]} training identities each; {meta["model"]} at {meta["input_size"]} px, '
+                 f'pre-training {meta["pre_epochs"]} epochs on {meta["pretrain_images"]:,} images, fine-tuning '
+                 f'{meta["ft_epochs"]} epochs.'
+                 + (f' {meta["finished"]} of {meta["cells"]} cells finished; missing: {", ".join(meta["missing"])}.'
+                    if meta['missing'] else ''))
     return '\n'.join(parts) + '\n'
 
 
@@ -496,10 +503,11 @@ def figure(summary, curves, path, args):
                     ax.axhline(ms[0], color=f'C{i}', ls=ls, lw=1, label=f'{v} ({pool})')
                     continue
                 ax.errorbar(xs, ms, yerr=sds, color=f'C{i}', ls=ls, marker='o', ms=3, capsize=2, label=f'{v} ({pool})')
-                ax.set_xticks(xs, [f'{x:,}' for x in xs], fontsize=7)
-                ax.minorticks_off()
         ax.axhline(0.5, color='grey', lw=0.6, ls=':')
         ax.set_xscale('log')
+        ticks = sorted({r['images_seen'] for r in summary if r['reading'] == 'probe' and r['epochs']})
+        ax.set_xticks(ticks, [f'{x:,}' for x in ticks], fontsize=7)
+        ax.minorticks_off()
         ax.set_xlabel('pre-training images seen')
         ax.set_ylabel('probe AUC, unseen families')
         ax.set_title(f'linear probe trained on {data}', fontsize=9)
@@ -528,6 +536,7 @@ def report(out, args, families, cells, done, timings, seconds):
     meta = dict({k: getattr(args, k) for k in GRID_SETTINGS}, seeds=args.seeds, device=args.device,
                 threads=args.threads, pretrain_images=args.pre_epochs * steps * args.batch_size,
                 length_epochs=length_epochs(args), cells=len(cells), finished=len(finished),
+                missing=[cell_name(*c) for c in cells if not done[c].exists()],
                 run_s=round(seconds, 1), timings=timings,
                 pretrain_s={v: round(sum(r.get('epoch_time_s', 0) for r in log), 1) for v, log in curves.items()},
                 cell_s={r: round(sum(c['time_s'] for c in finished if c['reading'] == r), 1) for r in READINGS},

@@ -34,6 +34,9 @@ def _interrupt_and_resume(mp, out, argv):
     with pytest.raises(KeyboardInterrupt):
         ablation.main(ablation.get_args_parser().parse_args(argv))
     first = {p.name: p.read_bytes() for p in (out / 'cells').glob('*.json')}
+    mp.setattr(ablation, 'finetune_cell', None)                  # --report runs no cell
+    partial = ablation.main(ablation.get_args_parser().parse_args([*argv, '--report']))
+    partial_md = (out / 'results.md').read_text()
 
     counts = dict(finetune=[], probe=0, pretrain=0)
 
@@ -50,7 +53,8 @@ def _interrupt_and_resume(mp, out, argv):
     mp.setattr(ablation, 'probe_cell', counting('probe', ablation.probe_cell))
     mp.setattr(main_pretrain, 'main', counting('pretrain', main_pretrain.main))
     result = ablation.main(ablation.get_args_parser().parse_args(argv))
-    return dict(out=out, argv=argv, first=first, interrupted=calls, counts=counts, result=result)
+    return dict(out=out, argv=argv, first=first, interrupted=calls, counts=counts, result=result, partial=partial,
+                partial_md=partial_md)
 
 
 @pytest.mark.slow
@@ -110,5 +114,10 @@ def test_interrupted_grid_resumes_without_recomputing(grid):
     probes = len(list((out / 'cells').glob('probe_*.json')))
     assert counts['probe'] == probes - sum(n.startswith('probe_') for n in first)
     assert not (out / 'ft_runs').exists() or not any((out / 'ft_runs').iterdir())
+    partial = grid['partial']['meta']                             # the report of the interrupted grid: what is missing
+    assert partial['finished'] == len(first) and len(partial['missing']) == partial['cells'] - len(first)
+    assert not {f'{name}.json' for name in partial['missing']} & set(first)
+    assert f'{len(first)} of {partial["cells"]} cells finished; missing: {partial["missing"][0]}' in grid['partial_md']
+    assert grid['result']['meta']['missing'] == [] and 'missing' not in (out / 'results.md').read_text()
     with pytest.raises(SystemExit, match='holds a grid with other settings'):     # refused before any work
         ablation.main(ablation.get_args_parser().parse_args([*grid['argv'], '--pre_epochs', '3']))
