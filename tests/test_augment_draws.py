@@ -5,6 +5,7 @@ A rare draw that raises (RandAugment's posterize to 0 bits under Pillow 13: 6 in
 to seconds. Every stream used here is a local generator: the process's global streams are left as found.
 """
 import contextlib
+import copy
 import math
 import random
 import types
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from util import loaders
+from util import loaders, recipes
 
 DRAWS = 20_000
 
@@ -162,11 +163,13 @@ def test_reference_recipe_trains_a_micro_model_for_256_steps(synthetic_data, tmp
         pre = models_mae.mae_vit_micro_patch8(img_size=32)
     torch.save(dict(model=pre.state_dict(), args=dict(model='mae_vit_micro_patch8', input_size=32)),
                tmp_path / 'pre.pth')
-    args = main_finetune.parse_args([str(a) for a in (
+    args = main_finetune.get_args_parser().parse_args([str(a) for a in (
         '--recipe', 'reference', '--epochs', 8, '--batch_size', 2, '--finetune', tmp_path / 'pre.pth',
         '--train_manifest', train, '--val_manifest', val, '--output_dir', tmp_path / 'ft', '--input_size', 32,
         '--device', 'cpu', '--num_workers', 0, '--quiet', '--seed', 0)])
-    assert (args.aa, args.mixup, args.cutmix, args.reprob) == ('rand-m9-mstd0.5-inc1', 0.8, 1.0, 0.25)
+    filled = copy.deepcopy(args)
+    recipes.apply_recipe(filled)                                       # as main() fills the recipe's flags
+    assert (filled.aa, filled.mixup, filled.cutmix, filled.reprob) == ('rand-m9-mstd0.5-inc1', 0.8, 1.0, 0.25)
     with global_streams_restored(0):
         result = main_finetune.main(args)
     log = [json.loads(line) for line in (tmp_path / 'ft' / 'log.txt').read_text().splitlines()]

@@ -284,7 +284,8 @@ def test_eval_mode_reports_per_set_and_bad_sets(finetune_tiny, tmp_path):
     md = (tmp_path / 'eval.md').read_text()
     assert '| only_real |' in md and 'undefined' in md
     with pytest.raises(SystemExit, match=r'5 of \d+ image file\(s\) missing.*_gone.png.*--strict_data'):
-        main_finetune.main(ft_args(argv[:4] + [missing, '--strict_data'] + argv[7:]))
+        main_finetune.main(ft_args(argv[:4] + [missing, '--strict_data', '--output_dir', tmp_path / 'strict']
+                                   + argv[9:]))
 
 
 def test_eval_rejects_a_pretraining_checkpoint(pretrained_tiny, synthetic_data, tmp_path):
