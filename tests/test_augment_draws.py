@@ -4,10 +4,8 @@ A rare draw that raises (RandAugment's posterize to 0 bits under Pillow 13: 6 in
 100k-face epoch with near certainty, and a handful of draws never finds it. Tiny images keep 20,000 draws
 to seconds. Every stream used here is a local generator: the process's global streams are left as found.
 """
-import contextlib
 import copy
 import math
-import random
 import types
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 import torch
 
 from util import loaders, recipes
+from util.augment import seeded_global_streams
 
 DRAWS = 20_000
 
@@ -27,21 +26,6 @@ def _images(n, size, seed):
     return imgs
 
 
-@contextlib.contextmanager
-def global_streams_restored(seed):
-    """Python's, NumPy's and torch's global streams seeded for the block, then put back as they were."""
-    py, npy = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
-            yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('recipe', ['reference', 'light'])
 def test_stage2_training_transform_of_every_recipe_survives_20000_draws(recipe):
@@ -50,7 +34,7 @@ def test_stage2_training_transform_of_every_recipe_survives_20000_draws(recipe):
     args = types.SimpleNamespace(aa=r['aa'], min_crop_scale=r['min_crop_scale'], input_size=16)
     transform = loaders.train_transform(args)
     imgs = _images(64, 20, seed=1)
-    with global_streams_restored(0):       # timm draws from the global streams, as in a loader worker
+    with seeded_global_streams(0):       # timm draws from the global streams, as in a loader worker
         for i in range(DRAWS):
             x, _ = transform(imgs[i % len(imgs)], None)
             assert x.shape == (3, 16, 16) and x.dtype == torch.uint8
@@ -112,7 +96,7 @@ def test_batch_augmentations_survive_many_draws():
                 num_classes=2)
     erase = device_random_erasing(0.25)
     g = torch.Generator().manual_seed(0)
-    with global_streams_restored(0):
+    with seeded_global_streams(0):
         for _ in range(2_000):
             x = torch.randn(4, 3, 8, 8, generator=g)
             x, y = mix(x, torch.randint(0, 2, (4,), generator=g))
@@ -136,7 +120,7 @@ def test_self_blended_pairs_survive_many_draws(tmp_path):
         np.save(tmp_path / f'{i}.npy', lm)
         samples.append(Sample(str(tmp_path / f'{i}.png'), str(tmp_path / f'{i}.npy'), 0, f'v{i}', 'd'))
     ds = PseudoFakePairs(samples, TimmTrainTransform(24, (0.08, 1.0), 'rand-m9-mstd0.5-inc1'))
-    with global_streams_restored(0):
+    with seeded_global_streams(0):
         for i in range(600):
             item = ds[i % len(ds)]
             assert item['img'].shape[1:] == (3, 24, 24)
@@ -170,7 +154,7 @@ def test_reference_recipe_trains_a_micro_model_for_256_steps(synthetic_data, tmp
     filled = copy.deepcopy(args)
     recipes.apply_recipe(filled)                                       # as main() fills the recipe's flags
     assert (filled.aa, filled.mixup, filled.cutmix, filled.reprob) == ('rand-m9-mstd0.5-inc1', 0.8, 1.0, 0.25)
-    with global_streams_restored(0):
+    with seeded_global_streams(0):
         result = main_finetune.main(args)
     log = [json.loads(line) for line in (tmp_path / 'ft' / 'log.txt').read_text().splitlines()]
     assert [e['epoch'] for e in log] == list(range(8))                       # 8 x 64 / 2 = 256 steps

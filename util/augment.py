@@ -7,6 +7,7 @@ the worker on a PIL image and return uint8 [3, S, S]; random erasing needs the n
 (its 'pixel' mode draws N(0, 1) noise in normalised units), so it runs on the device batch right after
 normalisation, as timm's own prefetching loader does.
 """
+import contextlib
 import random
 
 import numpy as np
@@ -27,6 +28,22 @@ def check_posterize_zero_bits():
         import PIL
         raise RuntimeError(f'RandAugment needs a Pillow that posterizes to 0 bits (Pillow {PIL.__version__} '
                          'refuses it); install the pinned pillow from requirements.txt, or pass --aa none') from None
+
+
+@contextlib.contextmanager
+def seeded_global_streams(seed):
+    """Python's, NumPy's and torch's global streams (the ones timm draws from) seeded with `seed` for the block,
+    then put back as they were."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 class TimmTrainTransform:
@@ -52,17 +69,8 @@ class TimmTrainTransform:
         if generator is None:
             pil = self._apply(pil)
         else:
-            seed = int(torch.randint(2 ** 31, (1,), generator=generator).item())
-            py_state, np_state = random.getstate(), np.random.get_state()
-            try:
-                with torch.random.fork_rng(devices=[]):
-                    random.seed(seed)
-                    np.random.seed(seed)
-                    torch.manual_seed(seed)
-                    pil = self._apply(pil)
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
+            with seeded_global_streams(int(torch.randint(2 ** 31, (1,), generator=generator).item())):
+                pil = self._apply(pil)
         return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous(), None
 
     def _apply(self, pil):
