@@ -75,21 +75,14 @@ def load_model(path):
     try:
         ckpt = checkpoint.load(path)
         if 'detector' in ckpt:
-            model, _ = models_vit.load_detector(path)
-            return model, ckpt
-        args = checkpoint.args_of(ckpt)
-        if args.get('model') not in models_mae.MODELS or 'mask_ratio' not in args:
-            raise ValueError(f'{path}: neither a fine-tuning nor a pre-training checkpoint of this code '
-                             f'(its args record no MIFAE model)')
-        model = models_mae.MODELS[args['model']](**{k: args[a] for a, k in hub.AUTOENCODER_ARGS.items() if a in args})
-        state = checkpoint.state_dict_of(ckpt)
-        own = model.state_dict()
-        if problem := checkpoint.shape_mismatches(state, own, target=args['model']) or sorted(set(own) ^ set(state)):
-            raise ValueError(f'{path}: does not fit {args["model"]}: {problem[0]} (and {len(problem) - 1} more)')
+            return models_vit.load_detector(path)[0], ckpt
+        model = models_mae.load_autoencoder(path)
+        if model.old_freq_decoder:
+            raise ValueError(f'{path}: {model.old_freq_decoder}; continue its training with main_pretrain.py '
+                             f'--init_from first')
     except (FileNotFoundError, ValueError) as e:
         raise error(f'--checkpoint {e}') from None
-    model.load_state_dict(state)
-    return model.eval(), ckpt
+    return model, ckpt
 
 
 def export_hub(model, ckpt, args):

@@ -16,7 +16,6 @@ import torch
 
 import models_mae
 import util.checkpoint as checkpoint
-import util.hub as hub
 import util.misc as misc
 from engine_pretrain import train_one_epoch
 from util import loaders
@@ -132,36 +131,6 @@ def check_args(args):
         fail(f'cannot resume: {e}')
 
 
-def build_model(args):
-    return models_mae.MODELS[args.model](img_size=args.input_size, norm_pix_loss=args.norm_pix_loss,
-                                         mask_ratio=args.mask_ratio, mask_radius=args.mask_radius,
-                                         freq_loss=getattr(args, 'freq_loss', 'ffl'),   # runs before the flag: ffl
-                                         ffl_alpha=args.ffl_alpha, lamda=args.lamda)
-
-
-def init_from_checkpoint(model, path):
-    """Initialise from an original MAE (encoder only or full) or a MIFAE checkpoint; report what is fresh."""
-    try:
-        state = checkpoint.state_dict_of(hub.load_checkpoint(path))     # a file, a Hub-format folder or a Hub id
-    except (FileNotFoundError, ValueError) as e:
-        raise error(f'--init_from {e}' if str(path) in str(e) else f'--init_from {path}: {e}') from None
-    own = model.state_dict()
-    note = models_mae.old_freq_decoder_note(state)
-    if note:
-        print(f'{path}: {note}: the frequency decoder starts fresh')
-    # fixed sin-cos embeddings: the file's (the positions its weights learnt with), rebuilt for another grid
-    fixed = {k for k in ('pos_embed', 'decoder_pos_embed') if k in state and state[k].shape != own[k].shape}
-    mismatched = checkpoint.shape_mismatches(state, own, [k for k in state if k in own and k not in fixed],
-                                             target='this model')
-    if mismatched:
-        raise error(checkpoint.shape_report(path, mismatched, f'{type(model).__name__} (is --model right?)'))
-    state = {k: v for k, v in state.items() if k in own and k not in fixed}
-    missing = sorted(set(own) - set(state) - {'pos_embed', 'decoder_pos_embed'})
-    model.load_state_dict(state, strict=False)
-    fresh = sorted({k.split('.')[0] for k in missing})
-    print(f'Initialised from {path}: {len(state)} tensors loaded; freshly initialised: {", ".join(fresh) or "none"}')
-
-
 def refuse_old_freq_decoder(args):
     """After a failed resume: a one-line reason when the checkpoint has the older frequency decoder."""
     path = checkpoint.find_resume_checkpoint(args)
@@ -201,9 +170,12 @@ def main(args):
     samples = real_samples(args)
     dataset, sampler, loader = loaders.pretrain_loader(args, samples)
 
-    model = build_model(args).to(device)
+    model = models_mae.build_autoencoder(args).to(device)
     if args.init_from:
-        init_from_checkpoint(model, args.init_from)
+        try:
+            models_mae.load_pretrained(model, args.init_from)
+        except (FileNotFoundError, ValueError) as e:
+            raise error(f'--init_from {e}') from None
     model_without_ddp = model
 
     eff_batch = args.batch_size * args.accum_iter * misc.get_world_size()

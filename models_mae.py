@@ -19,14 +19,16 @@ from huggingface_hub import PyTorchModelHubMixin
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+import util.checkpoint as checkpoint
+import util.hub as hub
 from util.freq import filter_spectrum, low_pass_mask, max_radius
-from util.hub import CARD_TEMPLATE
 from util.losses import FREQ_LOSSES, masked_patch_mse, to_gray
 from util.masking import num_masked
 from util.pos_embed import sincos_pos_embed_2d
 
 
-class SpatialDecoder(nn.Module, PyTorchModelHubMixin, library_name='mifae-forensics', model_card_template=CARD_TEMPLATE,
+class SpatialDecoder(nn.Module, PyTorchModelHubMixin, library_name='mifae-forensics',
+                     model_card_template=hub.CARD_TEMPLATE,
                      tags=['deepfake-detection', 'vision-transformer', 'masked-autoencoder']):
     """The spatial decoder, shared by the autoencoder (stage 1) and the detector (stage 2): decoder_embed,
     decoder_pos_embed (fixed sin-cos), decoder_blocks, decoder_norm, decoder_pred -- MAE's names, so that the
@@ -289,3 +291,73 @@ mae_vit_small_patch16 = MODELS['mae_vit_small_patch16']
 mae_vit_base_patch16 = MODELS['mae_vit_base_patch16']
 mae_vit_large_patch16 = MODELS['mae_vit_large_patch16']
 mae_vit_huge_patch14 = MODELS['mae_vit_huge_patch14']
+
+
+# ---------------------------------------------------------------------- building and loading
+# main_pretrain.py's flag -> the __init__ argument it sets; a Hub config.json holds the latter
+TRAINING_ARGS = dict(input_size='img_size', norm_pix_loss='norm_pix_loss', mask_ratio='mask_ratio',
+                     mask_radius='mask_radius', freq_loss='freq_loss', ffl_alpha='ffl_alpha', lamda='lamda')
+
+
+def build_autoencoder(args):
+    """The autoencoder main_pretrain.py's arguments describe: a Namespace or a checkpoint's args dict (the
+    __init__ defaults fill what it lacks; runs that predate --freq_loss trained with 'ffl')."""
+    args = dict(vars(args) if not isinstance(args, dict) else args)
+    args.setdefault('freq_loss', 'ffl')
+    return MODELS[args['model']](**{k: args[a] for a, k in TRAINING_ARGS.items() if a in args})
+
+
+def _read(path):
+    try:
+        ckpt = hub.load_checkpoint(path)                      # a file, a Hub-format folder or a Hub id
+        return ckpt, checkpoint.state_dict_of(ckpt)
+    except ValueError as e:
+        raise ValueError(str(e) if str(path) in str(e) else f'{path}: {e}') from None
+
+
+def load_pretrained(model, path):
+    """Initialise `model` from an original MAE (encoder only or full) or a MIFAE checkpoint; what the file
+    lacks starts fresh (so does a frequency decoder of the older layout), and one line says what. The fixed
+    sin-cos embeddings stay the file's (the positions its weights learnt with), rebuilt for another grid.
+    ValueError naming the file and the tensors whose shapes differ."""
+    _, state = _read(path)
+    own = model.state_dict()
+    note = old_freq_decoder_note(state)
+    if note:
+        print(f'{path}: {note}: the frequency decoder starts fresh')
+    fixed = {k for k in ('pos_embed', 'decoder_pos_embed') if k in state and state[k].shape != own[k].shape}
+    mismatched = checkpoint.shape_mismatches(state, own, [k for k in state if k in own and k not in fixed],
+                                             target='this model')
+    if mismatched:
+        raise ValueError(checkpoint.shape_report(path, mismatched, f'{type(model).__name__} (is --model right?)'))
+    state = {k: v for k, v in state.items() if k in own and k not in fixed}
+    missing = sorted(set(own) - set(state) - {'pos_embed', 'decoder_pos_embed'})
+    model.load_state_dict(state, strict=False)
+    fresh = sorted({k.split('.')[0] for k in missing})
+    print(f'Initialised from {path}: {len(state)} tensors loaded; freshly initialised: {", ".join(fresh) or "none"}')
+
+
+def load_autoencoder(path, device='cpu'):
+    """Rebuild a pre-trained autoencoder from its checkpoint (file, Hub-format folder or Hub id) alone, in eval
+    mode on `device`. Every tensor must fit, except a frequency decoder of the older layout, which stays fresh:
+    model.old_freq_decoder then holds old_freq_decoder_note's line (else None).
+    ValueError naming the file when it is a detector's, records no MIFAE model, or does not fit."""
+    ckpt, state = _read(path)
+    if 'detector' in ckpt or any(k.startswith('head.') for k in state):
+        raise ValueError(f'{path}: a fine-tuning (detector) checkpoint, not a pre-training one')
+    args = checkpoint.args_of(ckpt)
+    if args.get('model') not in MODELS:
+        raise ValueError(f'{path}: checkpoint has no training arguments naming a MIFAE model (args.model); '
+                         f'is it a pre-training checkpoint from main_pretrain.py?')
+    model = build_autoencoder(args)
+    own = model.state_dict()
+    model.old_freq_decoder = old_freq_decoder_note(state)
+    wrong = checkpoint.shape_mismatches(state, own, target=args['model'])
+    missing = sorted(set(own) - set(state) - ({k for k in own if k.startswith('freq_decoder')}
+                                              if model.old_freq_decoder else set()))
+    if wrong or missing:
+        raise ValueError(f'{path}: does not match {args["model"]} at input {model.img_size}: '
+                         + (f'{len(wrong)} shape(s) differ, e.g. {wrong[0]}' if wrong else
+                            f'{len(missing)} tensor(s) missing, e.g. {missing[0]}'))
+    model.load_state_dict(state, strict=False)
+    return model.to(device).eval()

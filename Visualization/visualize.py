@@ -24,7 +24,6 @@ import argparse
 import csv
 import io
 import sys
-from argparse import Namespace
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -36,7 +35,6 @@ if __package__ in (None, ''):                      # run as a script: make the p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models_mae  # noqa: E402
-import util.checkpoint as checkpoint  # noqa: E402
 import util.hub as hub  # noqa: E402
 import util.misc as misc  # noqa: E402
 from util import explain  # noqa: E402
@@ -149,38 +147,14 @@ class GridFigure:
 
 
 # ---------------------------------------------------------------------- loading
-def _model_args(ckpt, path):
-    args = checkpoint.args_of(ckpt)
-    if 'model' not in args:
-        raise error(f'{path}: checkpoint has no training arguments (args.model); '
-                    f'is it a MIFAE pre-training checkpoint from main_pretrain.py?')
-    return Namespace(**args)
-
-
 def load_autoencoder(path, device='cpu'):
-    """The MIFAE of a main_pretrain.py checkpoint, in eval mode, rebuilt from the arguments it carries."""
-    import main_pretrain
+    """models_mae.load_autoencoder, its refusals as one line."""
     try:
-        ckpt = hub.load_checkpoint(path)                      # a file, a Hub-format folder or a Hub id
-        state = checkpoint.state_dict_of(ckpt)
+        return models_mae.load_autoencoder(path, device)
     except (FileNotFoundError, ValueError) as e:
-        raise error(str(e) if str(path) in str(e) else f'{path}: {e}') from None
-    if any(k.startswith('head.') for k in state):
-        raise error(f'{path}: this is a fine-tuning (detector) checkpoint; figures 1-3 need a pre-training '
-                    f'checkpoint (pass this one as --detector)')
-    args = _model_args(ckpt, path)
-    model = main_pretrain.build_model(args)
-    own = model.state_dict()
-    wrong = checkpoint.shape_mismatches(state, own, target=args.model)
-    model.old_freq_decoder = models_mae.old_freq_decoder_note(state)     # figures 1-2 only (see main)
-    missing = sorted(set(own) - set(state) - ({k for k in own if k.startswith('freq_decoder')}
-                                              if model.old_freq_decoder else set()))
-    if wrong or missing:
-        raise error(f'{path}: does not match {args.model} at input {args.input_size}: '
-                    + (f'{len(wrong)} shape(s) differ, e.g. {wrong[0]}' if wrong else
-                       f'{len(missing)} tensor(s) missing, e.g. {missing[0]}'))
-    model.load_state_dict(state, strict=False)
-    return model.to(device).eval()
+        hint = '; figures 1-3 need a pre-training checkpoint (pass this one as --detector)' \
+            if 'fine-tuning' in str(e) else ''
+        raise error(f'{e}{hint}') from None
 
 
 def image_samples(paths):

@@ -55,6 +55,7 @@ from benchmarks.common import fill_preset  # noqa: E402
 # isort: split
 import main_finetune  # noqa: E402
 import main_pretrain  # noqa: E402
+import models_mae  # noqa: E402
 import models_vit  # noqa: E402
 import util.checkpoint as checkpoint  # noqa: E402
 import util.misc as misc  # noqa: E402
@@ -239,7 +240,7 @@ def stage1_checkpoints(variant, data_csv, out_dir, args):
         if not path.exists():
             pre_args = main_pretrain.get_args_parser().parse_args(pretrain_argv('mae', data_csv, out_dir, args))
             torch.manual_seed(args.seed)
-            model = main_pretrain.build_model(pre_args)
+            model = models_mae.build_autoencoder(pre_args)
             out_dir.mkdir(parents=True, exist_ok=True)
             checkpoint.save_checkpoint(out_dir, path.name, model, torch.optim.AdamW(model.parameters()), 0, pre_args)
         return {0: path}

@@ -243,7 +243,7 @@ def pretrain(variant, data_csv, out_dir, seed, args):
     pre_args = main_pretrain.get_args_parser().parse_args(argv)
     if flags is None:
         torch.manual_seed(seed)
-        model = main_pretrain.build_model(pre_args)
+        model = models_mae.build_autoencoder(pre_args)
         out_dir.mkdir(parents=True, exist_ok=True)
         return checkpoint.save_checkpoint(out_dir, 'checkpoint-last.pth', model, torch.optim.AdamW(model.parameters()),
                                     0, pre_args)

@@ -85,7 +85,7 @@ def test_folder_round_trip_gives_identical_probabilities(micro_checkpoints, shar
 
 
 def test_autoencoder_folder_is_taken_where_its_checkpoint_is(micro_checkpoints, shared):
-    import main_pretrain
+    import models_mae
     from Visualization import visualize
     folder = shared['autoencoder']
     assert sorted(os.listdir(folder)) == FOLDER_FILES
@@ -93,8 +93,8 @@ def test_autoencoder_folder_is_taken_where_its_checkpoint_is(micro_checkpoints, 
     config = json.loads((folder / 'config.json').read_text())
     assert config['kind'] == 'mifae_autoencoder' and config['mask_ratio'] == 0.75
     # main_pretrain.py --init_from
-    model = main_pretrain.build_model(argparse_namespace(saved['args']))
-    main_pretrain.init_from_checkpoint(model, str(folder))
+    model = models_mae.build_autoencoder(saved['args'])
+    models_mae.load_pretrained(model, str(folder))
     assert all(torch.equal(v, saved['model'][k]) for k, v in model.state_dict().items())
     # main_finetune.py --finetune: the encoder and the decoder of the detector, and the model name
     det = models_vit.MODELS['vit_micro_patch8'](img_size=64)
@@ -106,11 +106,6 @@ def test_autoencoder_folder_is_taken_where_its_checkpoint_is(micro_checkpoints, 
     # Visualization/visualize.py --checkpoint
     viz = visualize.load_autoencoder(str(folder))
     assert torch.equal(viz.decoder_embed.weight, saved['model']['decoder_embed.weight'])
-
-
-def argparse_namespace(d):
-    import argparse
-    return argparse.Namespace(**d)
 
 
 def test_push_uploads_the_folder(micro_checkpoints, tmp_path, monkeypatch):

@@ -62,7 +62,7 @@ def test_resume_continues_at_next_epoch_with_same_optimizer_state(synthetic_data
 
     # the state a resumed run starts from is exactly the saved one
     args = pretrain_args(data, out, epochs=2, batch_size=8)
-    model = main_pretrain.build_model(args)
+    model = models_mae.build_autoencoder(args)
     opt = misc.make_adamw(misc.param_groups_weight_decay(model, 0.05), 1e-4, (0.9, 0.95), torch.device('cpu'))
     checkpoint.resume_training(args, model, opt)
     assert args.start_epoch == 1
@@ -218,17 +218,17 @@ def test_init_from_original_mae_checkpoint(tmp_path):
                 if k.startswith(('patch_embed', 'blocks', 'norm.', 'cls_token', 'pos_embed'))}
     torch.save({'model': mae_like}, tmp_path / 'mae_pretrain_vit_tiny.pth')
     fresh = models_mae.mae_vit_tiny_patch16(img_size=64)
-    main_pretrain.init_from_checkpoint(fresh, tmp_path / 'mae_pretrain_vit_tiny.pth')
+    models_mae.load_pretrained(fresh, tmp_path / 'mae_pretrain_vit_tiny.pth')
     assert torch.equal(fresh.blocks[3].attn.qkv.weight, mae_like['blocks.3.attn.qkv.weight'])
     assert torch.equal(fresh.pos_embed, mae_like['pos_embed'])          # the positions the weights learnt with
     other_grid = models_mae.mae_vit_tiny_patch16(img_size=32)
-    main_pretrain.init_from_checkpoint(other_grid, tmp_path / 'mae_pretrain_vit_tiny.pth')
+    models_mae.load_pretrained(other_grid, tmp_path / 'mae_pretrain_vit_tiny.pth')
     assert torch.equal(other_grid.pos_embed, models_mae.mae_vit_tiny_patch16(img_size=32).pos_embed)   # rebuilt
     assert torch.equal(other_grid.blocks[3].attn.qkv.weight, mae_like['blocks.3.attn.qkv.weight'])
     bad = {'blocks.0.attn.qkv.weight': torch.zeros(3, 3)}
     torch.save(bad, tmp_path / 'wrong.pth')
-    with pytest.raises(SystemExit, match='differ in shape'):
-        main_pretrain.init_from_checkpoint(fresh, tmp_path / 'wrong.pth')
+    with pytest.raises(ValueError, match='differ in shape'):
+        models_mae.load_pretrained(fresh, tmp_path / 'wrong.pth')
 
 
 def test_masks_per_seed_are_deterministic(synthetic_data):
@@ -330,8 +330,8 @@ def test_bad_paths_and_resume_mismatch_are_one_line(synthetic_data, tmp_path):
     torch.save(ckpt, old)
     msg = one_line(pretrain_args(data, tmp_path / 'o2', epochs=2, batch_size=8, resume=str(old)))
     assert 'older layout' in msg and '--init_from' in msg
-    model = main_pretrain.build_model(pretrain_args(data, tmp_path / 'o3'))
-    main_pretrain.init_from_checkpoint(model, old)
+    model = models_mae.build_autoencoder(pretrain_args(data, tmp_path / 'o3'))
+    models_mae.load_pretrained(model, old)
     assert torch.equal(model.blocks[0].attn.qkv.weight, state['blocks.0.attn.qkv.weight'])
 
 

@@ -34,10 +34,6 @@ KINDS = {
 # config.json carries them under the same names
 DETECTOR_EXTRAS = ('decoder', 'trainable_blocks', 'full_finetune', 'recon', 'recipe')
 
-# the autoencoder's training arguments that rebuild it (main_pretrain.build_model) <- its __init__ arguments
-AUTOENCODER_ARGS = dict(input_size='img_size', norm_pix_loss='norm_pix_loss', mask_ratio='mask_ratio',
-                        mask_radius='mask_radius', freq_loss='freq_loss', ffl_alpha='ffl_alpha', lamda='lamda')
-
 # the terms of the data sets this code prepares (the manifests' `dataset` column, preprocess.layouts), for the
 # model card: they may restrict the use of weights trained on them
 DATA_LICENCES = {
@@ -149,7 +145,8 @@ def load_checkpoint(source, mmap=False):
                                                     **{k: config[k] for k in DETECTOR_EXTRAS if k in config})
         ckpt['args'] = dict(model=config['model'], input_size=model.img_size)
     else:
-        ckpt['args'] = dict(model=config['model'], **{a: config[k] for a, k in AUTOENCODER_ARGS.items()})
+        import models_mae
+        ckpt['args'] = dict(model=config['model'], **{a: config[k] for a, k in models_mae.TRAINING_ARGS.items()})
     return ckpt
 
 
