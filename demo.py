@@ -15,7 +15,7 @@
   python demo.py --device cuda --model mae_vit_small_patch16 --epochs 100 --num_faces 8000 --size 256 \
       --input_size 224 --artefacts subtle
 
-The default recipe (1,200 faces of 600 identities, 12 + 20 epochs, whole encoder fine-tuned) is the one the
+The default recipe (1,200 faces of 600 identities, 8 + 18 epochs, whole encoder fine-tuned) is the one the
 test suite holds to AUC >= 0.9 on the held-out identities (tests/test_demo.py).
 
 Every stage calls the entry point's own main() with arguments from its own parser; the demo adds no
@@ -42,7 +42,7 @@ from Visualization import visualize as viz  # noqa: E402
 
 # (defaults, --quick) -- the quick run is the same pipeline at a size the test suite can afford
 PRESETS = dict(
-    default=dict(num_faces=1200, frames=1, size=64, input_size=64, epochs=12, ft_epochs=20, batch_size=16,
+    default=dict(num_faces=1200, frames=1, size=64, input_size=64, epochs=8, ft_epochs=18, batch_size=16,
                  ft_batch_size=32, lr=1e-3, ft_lr=1e-3, num_images=4),
     quick=dict(num_faces=64, frames=2, size=64, input_size=64, epochs=2, ft_epochs=1, batch_size=8,
                ft_batch_size=8, lr=1e-3, ft_lr=1e-3, num_images=2),
@@ -56,8 +56,8 @@ def get_args_parser():
     p.add_argument('--quick', action='store_true', help='a much smaller run of the same pipeline (for tests)')
     p.add_argument('--model', default='mae_vit_micro_patch8', help='pre-training model (see models_mae.MODELS); '
                                                                   'the detector uses the matching ViT')
-    p.add_argument('--epochs', default=None, type=int, help='pre-training epochs (default 12; quick 2)')
-    p.add_argument('--ft_epochs', default=None, type=int, help='fine-tuning epochs (default 20; quick 1)')
+    p.add_argument('--epochs', default=None, type=int, help='pre-training epochs (default 8; quick 2)')
+    p.add_argument('--ft_epochs', default=None, type=int, help='fine-tuning epochs (default 18; quick 1)')
     p.add_argument('--num_faces', default=None, type=int,
                    help='synthetic images, half real, half fake (default 1200; quick 64)')
     p.add_argument('--frames', default=None, type=int, help='frames per synthetic video (default 1; quick 2)')
@@ -216,8 +216,9 @@ def train(args, timings):
     -> (manifests, pre-trained checkpoint, detector checkpoint, main_finetune's result)"""
     torch.manual_seed(args.seed)
     out = Path(args.out)
-    for sub in ('data', 'pretrain', 'finetune', 'figures'):      # each run starts afresh
+    for sub in ('data', 'pretrain', 'finetune', 'families', 'robustness', 'figures'):     # each run starts afresh
         shutil.rmtree(out / sub, ignore_errors=True)
+    (out / 'summary.json').unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. data: num_faces images = identities x frames real + as many fake

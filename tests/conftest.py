@@ -105,7 +105,7 @@ def finetune_tiny(pretrained_tiny, synthetic_data, tmp_path_factory):
 def demo_default(tmp_path_factory):
     """`python demo.py` with its defaults (micro MIFAE on 64-px faces: pre-training, whole-encoder fine-tuning
     with real-face reconstruction, evaluation on held-out identities, figures), in-process: (summary, out dir).
-    About two minutes on 2 idle cores; shared by the stage-2 and demo tests."""
+    Its time is in docs/demo.md; shared by the stage-2 and demo tests."""
     import demo
     out = tmp_path_factory.mktemp('demo_default')
     summary = demo.main(demo.get_args_parser().parse_args(['--out', str(out), '--device', 'cpu']))

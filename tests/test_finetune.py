@@ -249,8 +249,8 @@ def test_end_to_end_pipeline(finetune_tiny, pretrained_tiny):
 @pytest.mark.slow
 def test_end_to_end_detects_unseen_identities(demo_default):
     """AUC >= 0.9 on held-out synthetic identities after a short pre-training and fine-tuning through
-    main_pretrain.main / main_finetune.main (the demo's default recipe, reconstruction of real faces on). The
-    default measured 0.946-0.991 over seeds 0-4 (docs/demo.md): the bar leaves room for another CPU's sums."""
+    main_pretrain.main / main_finetune.main (the demo's default recipe, reconstruction of real faces on). The bar
+    lies below the lowest of the five seeds measured in docs/demo.md, leaving room for another CPU's sums."""
     summary, out = demo_default
     report = json.loads((out / 'finetune' / 'eval.json').read_text())['sets']['test']
     assert report['n_real'] > 100 and report['n_fake'] > 100
@@ -574,10 +574,12 @@ def test_unreadable_validation_set_trains_and_tests_the_last_checkpoint(finetune
 @pytest.mark.slow
 def test_detector_compiles_into_one_graph_and_matches_eager():
     """Stage 2 gets the same treatment as stage 1: no graph breaks (with or without the decoder's
-    reconstruction), and the compiled logits and reconstruction equal eager ones."""
+    reconstruction), and the compiled logits and reconstruction equal eager ones. The code, not the size, is under
+    test: a two-block model compiles in a fraction of the time."""
     import torch._dynamo as dynamo
     torch.manual_seed(0)
-    m = models_vit.vit_tiny_patch16(img_size=32).eval()
+    m = models_vit.MIFAEDetector(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32,
+                                 decoder_depth=1, decoder_num_heads=2).eval()
     x = torch.randn(2, 3, 32, 32)
     for recon in (False, True):
         explanation = dynamo.explain(m)(x, return_recon=recon)

@@ -2,12 +2,15 @@
 training on chosen manipulations, and the crop-protocol robustness report on a trained tiny detector."""
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import main_finetune
+import models_vit
 from conftest import write_rows
 from util import evaluation, protocols
 from util.datasets import Sample
@@ -105,7 +108,8 @@ def test_group_by_eval_frames_and_score_files_recomputed_alone(finetune_tiny, tw
 
 
 def test_robustness_report_resumes_and_is_deterministic(finetune_tiny, tmp_path, capsys):
-    ckpt = finetune_tiny['out'] / 'checkpoint-best.pth'
+    ckpt = tmp_path / 'detector.pth'
+    shutil.copy(finetune_tiny['out'] / 'checkpoint-best.pth', ckpt)
     base = ['--eval', '--resume', ckpt, '--test_manifests', finetune_tiny['test'], '--output_dir', tmp_path,
             '--device', 'cpu', '--num_workers', 0, '--batch_size', 32, '--eval_frames', 2]
     clean = main_finetune.main(ft_args(base + ['--quiet', '--perturb', 'blur:5', 'noise:1']))['test']
@@ -132,6 +136,38 @@ def test_robustness_report_resumes_and_is_deterministic(finetune_tiny, tmp_path,
     main_finetune.main(ft_args([a if a != tmp_path else fresh for a in base] + ['--quiet', '--perturb', 'noise:1']))
     noise = json.loads((fresh / 'robustness.json').read_text())['sets']['test']['perturbations']['noise']['1']
     assert noise == entry['perturbations']['noise']['1']
+
+    # other weights at the same path: nothing is reused, every number is the new detector's
+    saved = torch.load(ckpt, weights_only=False)
+    saved['model']['head.weight'] = -saved['model']['head.weight']
+    torch.save(saved, ckpt)
+    capsys.readouterr()
+    main_finetune.main(ft_args(base + ['--perturb', 'blur:5']))
+    assert 'already in' not in capsys.readouterr().out
+    doc3 = json.loads((tmp_path / 'robustness.json').read_text())['sets']['test']
+    assert set(doc3['perturbations']) == {'blur'}
+    assert doc3['perturbations']['blur']['5']['auc'] == pytest.approx(1 - blur['auc'])     # the head flipped
+
+
+def test_robustness_reuse_fingerprints(tmp_path):
+    """The weights' fingerprint follows the tensors, not the file; the faces' follows each file's content stamp."""
+    m = models_vit.MIFAEDetector(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
+                                 decoder_depth=1, decoder_num_heads=2)
+    same = models_vit.MIFAEDetector(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2,
+                                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    same.load_state_dict(m.state_dict())
+    assert evaluation.weights_fingerprint(m) == evaluation.weights_fingerprint(same)
+    with torch.no_grad():
+        same.head.bias[0] += 1e-6
+    assert evaluation.weights_fingerprint(m) != evaluation.weights_fingerprint(same)
+    faces = [tmp_path / f'{i}.png' for i in range(3)]
+    for f in faces:
+        f.write_bytes(b'face')
+    samples = [Sample(str(f), None, i % 2, f'v{i}', 'd') for i, f in enumerate(faces)]
+    before = evaluation.samples_fingerprint(samples)
+    assert evaluation.samples_fingerprint(samples) == before
+    faces[1].write_bytes(b'another face')
+    assert evaluation.samples_fingerprint(samples) != before
 
 
 def test_train_methods_keeps_reals_and_chosen_fakes(synthetic_data, pretrained_tiny, tmp_path, capsys):

@@ -6,10 +6,14 @@ A test set is scored once per image: repeated rows and missing files are left ou
 images are left out and counted, never replaced by others. Groups of fakes are scored against all the reals of
 their set. Errors are one line through main_finetune.py's prefix.
 """
+import hashlib
 import json
+import os
 import sys
 from functools import partial
 from pathlib import Path
+
+import torch
 
 import models_vit
 import util.checkpoint as checkpoint
@@ -146,14 +150,39 @@ class _CountingLoader:
             self.bar.update(len(batch['index']))
 
 
+def weights_fingerprint(model):
+    """sha256 of a model's tensors (names and bytes): the same for the same weights, wherever they were read from."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def samples_fingerprint(samples):
+    """sha256 of a test set's rows and of each file's size and modification time: a set rewritten in place
+    (new faces under the same names) gets another."""
+    h = hashlib.sha256()
+    for s in samples:
+        try:
+            st = os.stat(s.path)
+            stamp = f'{st.st_size}:{st.st_mtime_ns}'
+        except OSError:
+            stamp = 'missing'
+        h.update(f'{s.path}\t{s.label}\t{s.video}\t{stamp}\n'.encode())
+    return h.hexdigest()
+
+
 def run_robustness(model, results, input_size, mean, std, device, amp_dtype, args, ckpt_path, crop_pct=None):
     """Crop protocol: every --perturb (type, level) on every test set; robustness.json / .md / .png written
-    after each evaluation, and evaluations already in robustness.json (same checkpoint, seed and frames)
-    skipped, so an interrupted run resumes where it stopped."""
+    after each evaluation, and evaluations already in robustness.json skipped, so an interrupted run resumes
+    where it stopped. Reused only for the same weights (weights_fingerprint, not the checkpoint's path), seed and
+    frames, and per set for the same faces (samples_fingerprint): anything else is evaluated afresh."""
     from tqdm import tqdm
     todo = list(dict.fromkeys(p for spec in args.perturb for p in parse_spec(spec)))
     out = Path(args.output_dir)
-    setting = dict(checkpoint=str(ckpt_path), seed=args.seed, eval_frames=args.eval_frames)
+    setting = dict(checkpoint=str(ckpt_path), weights=weights_fingerprint(model), seed=args.seed,
+                   eval_frames=args.eval_frames)
     doc = dict(setting, protocol='crop', sets={})
     old = out / 'robustness.json'
     if old.is_file():
@@ -166,7 +195,10 @@ def run_robustness(model, results, input_size, mean, std, device, amp_dtype, arg
             continue
         samples, _ = loaders.load_labelled(m['manifest'], args.strict_data)
         sets[name] = protocols.even_frames(samples, args.eval_frames)
-        entry = doc['sets'].setdefault(name, {})
+        faces = samples_fingerprint(sets[name])
+        entry = doc['sets'].get(name, {})
+        if entry.get('faces') != faces:
+            entry = doc['sets'][name] = dict(faces=faces)
         entry['clean'] = {k: m.get(k) for k in ('auc', 'video_auc', 'eer', 'n', 'n_videos')}
         entry.setdefault('perturbations', {})
     pending = [(name, k, lv) for name in sets for k, lv in todo
