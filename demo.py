@@ -15,7 +15,7 @@
   python demo.py --device cuda --model mae_vit_small_patch16 --epochs 100 --num_faces 8000 --size 256 \
       --input_size 224 --artefacts subtle
 
-The default recipe (1,200 faces of 600 identities, 8 + 18 epochs, whole encoder fine-tuned) is the one the
+The default recipe (1,200 faces of 600 identities, 5 + 18 epochs, whole encoder fine-tuned) is the one the
 test suite holds to AUC >= 0.9 on the held-out identities (tests/test_demo.py).
 
 Every stage calls the entry point's own main() with arguments from its own parser; the demo adds no
@@ -38,16 +38,18 @@ sys.path.insert(0, str(ROOT))
 import main_finetune  # noqa: E402
 import main_pretrain  # noqa: E402
 from synthetic.faces import FORGERY_FAMILIES, family_method, generate_dataset  # noqa: E402
+from util.perturb import FRAME_KINDS  # noqa: E402
 from Visualization import visualize as viz  # noqa: E402
 
 # (defaults, --quick) -- the quick run is the same pipeline at a size the test suite can afford
 PRESETS = dict(
-    default=dict(num_faces=1200, frames=1, size=64, input_size=64, epochs=8, ft_epochs=18, batch_size=16,
+    default=dict(num_faces=1200, frames=1, size=64, input_size=64, epochs=5, ft_epochs=18, batch_size=16,
                  ft_batch_size=32, lr=1e-3, ft_lr=1e-3, num_images=4),
     quick=dict(num_faces=64, frames=2, size=64, input_size=64, epochs=2, ft_epochs=1, batch_size=8,
                ft_batch_size=8, lr=1e-3, ft_lr=1e-3, num_images=2),
 )
 VAL_FRACTION = 0.2               # of the training identities, for picking the best fine-tuning epoch
+ROBUSTNESS_LEVELS = (1, 3, 5)    # of util/perturb.py's five, for every degradation (EVALUATION.md runs all five)
 
 
 def get_args_parser():
@@ -56,7 +58,7 @@ def get_args_parser():
     p.add_argument('--quick', action='store_true', help='a much smaller run of the same pipeline (for tests)')
     p.add_argument('--model', default='mae_vit_micro_patch8', help='pre-training model (see models_mae.MODELS); '
                                                                   'the detector uses the matching ViT')
-    p.add_argument('--epochs', default=None, type=int, help='pre-training epochs (default 8; quick 2)')
+    p.add_argument('--epochs', default=None, type=int, help='pre-training epochs (default 5; quick 2)')
     p.add_argument('--ft_epochs', default=None, type=int, help='fine-tuning epochs (default 18; quick 1)')
     p.add_argument('--num_faces', default=None, type=int,
                    help='synthetic images, half real, half fake (default 1200; quick 64)')
@@ -179,7 +181,7 @@ def finetune_argv(args, pretrained, train_csv, val_csv, test_csv, out_dir):
 
 def evaluation_protocols(args, detector, manifests, out):
     """Cross-manipulation (each forgery family's held-out fakes against all held-out reals) and robustness at
-    crop protocol (every util/perturb.py type and level on the swap test set), through main_finetune --eval;
+    crop protocol (every util/perturb.py type at ROBUSTNESS_LEVELS on the swap test set), through main_finetune --eval;
     both tables printed. -> dict(families={family: frame/video AUC}, robustness={type: {level: AUC}})"""
     common = ['--eval', '--resume', str(detector), '--device', args.device, '--num_workers', str(args.num_workers),
               '--batch_size', str(max(args.batch_size, 64)), '--seed', str(args.seed), '--quiet']
@@ -195,7 +197,8 @@ def evaluation_protocols(args, detector, manifests, out):
     print('\n'.join(f'  {k:11s} {v["auc"]:.3f}  ({v["n_fake"]} fakes)' if v['auc'] is not None else f'  {k:11s} n/a'
                      for k, v in families.items()))
     main_finetune.main(main_finetune.get_args_parser().parse_args(common + [
-        '--test_manifests', str(manifests['test']), '--perturb', 'all', '--output_dir', str(out / 'robustness')]))
+        '--test_manifests', str(manifests['test']), '--output_dir', str(out / 'robustness'),
+        '--perturb', *[f'{kind}:{level}' for kind in FRAME_KINDS for level in ROBUSTNESS_LEVELS]]))
     doc = json.loads((out / 'robustness' / 'robustness.json').read_text())
     entry = next(iter(doc['sets'].values()))
     robustness = {k: {lv: m['auc'] for lv, m in per.items()} for k, per in entry['perturbations'].items()}

@@ -22,7 +22,7 @@ from engine_finetune import evaluate_frames
 from util import loaders, protocols
 from util.fileio import WriteError
 from util.metrics import compute_metrics
-from util.perturb import VIDEO_KINDS, parse_spec
+from util.perturb import LEVELS, VIDEO_KINDS, parse_spec
 from util.reports import format_table, write_eval_report
 
 error = partial(misc.usage_error, 'main_finetune.py')
@@ -222,7 +222,8 @@ def run_robustness(model, results, input_size, mean, std, device, amp_dtype, arg
             protocols.write_robustness_json(out, doc)
     bar.close()
     if misc.is_main_process():
-        text = protocols.write_robustness(out, doc)
+        levels = sorted({int(lv) for e in doc['sets'].values() for per in e['perturbations'].values() for lv in per})
+        text = protocols.write_robustness(out, doc, tuple(levels) or LEVELS)
         print(text.split('\n## ', 1)[-1].split('![')[0].rstrip(), flush=True)
         print(f'Wrote {out / "robustness.json"}, robustness.md and robustness.png', flush=True)
     return doc

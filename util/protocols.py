@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from util.datasets import FaceDataset
-from util.perturb import perturb, stream_key
+from util.perturb import LEVELS, perturb, stream_key
 
 # the short names of the papers -> FaceForensics++'s folder names, which the ffpp preset writes
 METHOD_ALIASES = {'DF': 'Deepfakes', 'F2F': 'Face2Face', 'FS': 'FaceSwap', 'NT': 'NeuralTextures',
@@ -164,7 +164,7 @@ def _mean(vals):
     return sum(vals) / len(vals) if vals else None
 
 
-def robustness_table(entry, levels=(1, 2, 3, 4, 5)):
+def robustness_table(entry, levels=LEVELS):
     """Markdown table of one set: a row per type, cells 'frame AUC / video AUC' per level, the mean over
     levels, and a first row for the clean set."""
     head = ['type'] + [f'level {lv}' for lv in levels] + ['mean']
@@ -189,7 +189,7 @@ def write_robustness_json(output_dir, doc):
     tmp.replace(out / 'robustness.json')
 
 
-def write_robustness(output_dir, doc, levels=(1, 2, 3, 4, 5)):
+def write_robustness(output_dir, doc, levels=LEVELS):
     """robustness.json, robustness.md (frame AUC / video AUC per type and level) and robustness.png (frame
     AUC vs level, a line per type, the clean AUC dashed) in output_dir. -> the Markdown text."""
     out = Path(output_dir)
