@@ -88,8 +88,7 @@ def add_training_args(parser):
                    help='labelled manifest CSV (source domain) that picks the best checkpoint')
     t.add_argument('--balance', action='store_true', default=None,
                    help='draw real and fake training faces equally often (--no_balance: the natural class ratio)')
-    t.add_argument('--no_balance', action='store_false', dest='balance')
-    parser.set_defaults(balance=None)
+    t.add_argument('--no_balance', action='store_false', dest='balance', default=None)
     t.add_argument('--min_crop_scale', default=None, type=float, help='RandomResizedCrop minimum area fraction')
     t.add_argument('--aa', default=None, type=str, metavar='NAME',
                    help="timm RandAugment policy (none: off, and the crop + flip run in OpenCV instead of timm's PIL)")
@@ -175,15 +174,10 @@ def check_args(args):
             models_vit.resolve_model_name(args.model)
         except ValueError as e:
             fail(str(e))
-        p = models_vit.patch_size_of(args.model)
-        if args.input_size % p:
-            fail(f'--input_size {args.input_size} is not divisible by the patch size {p} of {args.model}')
-        check_trainable_blocks(args, args.model)
-    for flag in ('batch_size', 'accum_iter', 'epochs', 'print_freq'):
-        if getattr(args, flag) < 1:
+        check_model_shape(args, args.model)
+    for flag in ('batch_size', 'accum_iter', 'epochs', 'print_freq', 'eval_batch_size'):
+        if (value := getattr(args, flag)) is not None and value < 1:      # eval_batch_size None: 2 x batch_size
             fail(f'--{flag} must be at least 1')
-    if args.eval_batch_size is not None and args.eval_batch_size < 1:
-        fail('--eval_batch_size must be at least 1')
     if args.num_workers < 0:
         fail('--num_workers must be >= 0')
     if args.recon_weight < 0 or args.recon_lambda < 0:
@@ -225,7 +219,7 @@ def check_args(args):
             fail('--train_manifest is required to train (or pass --eval to evaluate)')
         manifests += [args.train_manifest] + ([args.val_manifest] if args.val_manifest else [])
         if problem := checkpoint.start_problem(args):
-                fail(problem)
+            fail(problem)
         resuming = checkpoint.find_resume_checkpoint(args)
         if not args.finetune and not resuming:
             fail('--finetune <pre-training checkpoint> is required (unless resuming a fine-tuning run)')
@@ -255,7 +249,11 @@ def check_args(args):
             fail(f'cannot resume: {e}')
 
 
-def check_trainable_blocks(args, model_name):
+def check_model_shape(args, model_name):
+    """--input_size and --trainable_blocks against the model (named or taken from the checkpoint)."""
+    p = models_vit.patch_size_of(model_name)
+    if args.input_size % p:
+        raise error(f'--input_size {args.input_size} is not divisible by the patch size {p} of {model_name}')
     depth = models_vit.depth_of(model_name)
     if not args.full_finetune and args.trainable_blocks > depth:
         raise error(f'--trainable_blocks {args.trainable_blocks} exceeds the {depth} '
@@ -328,10 +326,7 @@ def build_model(args):
         name = models_vit.resolve_model_name(args.model)
     except ValueError as e:
         raise error(str(e)) from None
-    if args.input_size % models_vit.patch_size_of(name):
-        raise error(f'--input_size {args.input_size} is not divisible by the patch '
-                    f'size of {name}')
-    check_trainable_blocks(args, name)
+    check_model_shape(args, name)
     make = lambda norm_pix: models_vit.MODELS[name](  # noqa: E731
         img_size=args.input_size, global_pool=args.global_pool, drop_rate=args.drop, drop_path_rate=args.drop_path,
         norm_pix=norm_pix, crop_pct=args.eval_crop_pct or None, head_init_std=args.head_init_std)
