@@ -236,6 +236,11 @@ class MaskedImageFrequencyAutoencoder(SpatialDecoder):
         loss = sum(weights[k] * v for k, v in losses.items())
         return loss, dict(losses, losses=losses, **out)
 
+    @staticmethod
+    def checkpoint_entries(config):
+        """What a checkpoint file holds beside the weights, for this model read from a Hub-format folder."""
+        return dict(args=dict(model=config['model'], **{a: config[k] for a, k in TRAINING_ARGS.items()}))
+
 
 # The frequency decoder of checkpoints written before it shared decoder_embed (own embedding, biased Linear):
 # they cannot continue training, and their frequency decoder is not used elsewhere.

@@ -161,6 +161,12 @@ class MIFAEDetector(SpatialDecoder):
         """P(label 1 = fake). [N, 2] -> [N] float32"""
         return logits.float().softmax(dim=-1)[:, 1]
 
+    def checkpoint_entries(self, config):
+        """What a fine-tuning checkpoint holds beside the weights, for this model read from a Hub-format folder."""
+        meta = detector_meta(self, config['model'], threshold=config.get('threshold'),
+                             **{k: config[k] for k in hub.DETECTOR_EXTRAS if k in config})
+        return dict(detector=meta, args=dict(model=config['model'], input_size=self.img_size))
+
     # ------------------------------------------------------------------ reconstruction targets / images
     def recon_target(self, imgs):
         """What the decoder's output is compared with: the input's patches (per-patch normalised with norm_pix)."""

@@ -240,7 +240,7 @@ def _run_items(pending, opts, journal, run, args):
         if opts['workers'] == 1:
             results = map(W.process_item, pending)
         else:
-            W._STATE.clear()                  # the check's landmarker: its GPU memory back for the workers
+            W.release_worker()                  # the check's landmarker: its GPU memory back for the workers
             if 'torch' in sys.modules and sys.modules['torch'].cuda.is_available():
                 sys.modules['torch'].cuda.empty_cache()
             # spawn, not fork: a forked child can deadlock on thread pools (OpenCV, OpenMP, CUDA)
@@ -278,7 +278,7 @@ def _run_items(pending, opts, journal, run, args):
                     for p in (pool._processes or {}).values():
                         p.terminate()
             pool.shutdown(cancel_futures=True)
-        W._STATE.clear()
+        W.release_worker()
 
 
 def _print_summary(s, args):

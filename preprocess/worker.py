@@ -34,6 +34,11 @@ def init_worker(opts):
     _STATE.update(opts=opts, landmarker=landmarker)
 
 
+def release_worker():
+    """Drop this process's landmarker (and with it any GPU memory it holds)."""
+    _STATE.clear()
+
+
 def init_pool_worker(opts):
     """Pool initializer. A failure is kept and reported by process_item: raised here,
     it would print a traceback in every worker and leave the pool without a reason."""

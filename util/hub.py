@@ -138,16 +138,7 @@ def load_checkpoint(source, mmap=False):
     if Path(source).is_file():
         return checkpoint.load(source, mmap=mmap)
     model, config = from_pretrained(source)
-    ckpt = dict(model=model.state_dict(), hub=str(source))
-    if config['kind'] == 'mifae_detector':
-        import models_vit
-        ckpt['detector'] = models_vit.detector_meta(model, config['model'], threshold=config.get('threshold'),
-                                                    **{k: config[k] for k in DETECTOR_EXTRAS if k in config})
-        ckpt['args'] = dict(model=config['model'], input_size=model.img_size)
-    else:
-        import models_mae
-        ckpt['args'] = dict(model=config['model'], **{a: config[k] for a, k in models_mae.TRAINING_ARGS.items()})
-    return ckpt
+    return dict(model=model.state_dict(), hub=str(source), **model.checkpoint_entries(config))
 
 
 # ---------------------------------------------------------------------- writing a folder (export.py)
