@@ -240,7 +240,7 @@ def _run_items(pending, opts, journal, run, args):
         if opts['workers'] == 1:
             results = map(W.process_item, pending)
         else:
-            W.release_worker()                  # the check's landmarker: its GPU memory back for the workers
+            W.release_worker()                # the check's landmarker: its GPU memory back for the workers
             if 'torch' in sys.modules and sys.modules['torch'].cuda.is_available():
                 sys.modules['torch'].cuda.empty_cache()
             # spawn, not fork: a forked child can deadlock on thread pools (OpenCV, OpenMP, CUDA)

@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP = {'tests', 'MIFAE-Forensics', 'demo_output'}
+SKIP = {'tests', 'MIFAE-Forensics'}
 
 
 def project_modules():
-    """{dotted name: parsed file} of every shipped module (tests and the reference code excluded)."""
-    files = [p for p in ROOT.rglob('*.py')
-             if not any(part in SKIP or part.startswith('.') for part in p.relative_to(ROOT).parts)]
+    """{dotted name: parsed file} of every shipped module: the top-level scripts and the packages beside them
+    (tests and the reference code excluded; a virtual environment in the checkout is not a package)."""
+    packages = [d for d in ROOT.iterdir() if (d / '__init__.py').is_file() and d.name not in SKIP]
+    files = sorted(ROOT.glob('*.py')) + [p for d in packages for p in sorted(d.rglob('*.py'))]
     return {'.'.join(p.relative_to(ROOT).with_suffix('').parts).removesuffix('.__init__'): ast.parse(p.read_text())
             for p in files}
 
